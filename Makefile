@@ -1,0 +1,53 @@
+# Gantry: every target installs what it needs (a venv in .venv, Go-built binaries cached in
+# ~/.cache/gantry), so `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
+export PATH := $(CURDIR)/.cluster/bin:$(PATH)
+
+.PHONY: all venv binaries cluster-up cluster-down cluster-status test unit e2e demo run bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+binaries:
+	bash hack/build-binaries.sh
+
+cluster-up: $(STAMP)
+	$(PY) hack/localcluster.py up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) hack/localcluster.py down; else $(PYTHON) hack/localcluster.py down; fi
+
+cluster-status: $(STAMP)
+	$(PY) hack/localcluster.py status
+
+# All tests: unit tests and the end-to-end ones (the session fixture brings the local control
+# plane up, or uses $$KUBECONFIG when set). pytest's exit code 5 (no tests collected) fails too.
+test: $(STAMP) binaries
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+e2e: $(STAMP) binaries
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+demo: cluster-up
+	KUBECONFIG=$(CURDIR)/.cluster/kubeconfig kubectl get nodes -o wide
+
+bench: cluster-up
+	$(PY) -m bench
+
+clean: cluster-down
+	rm -rf $(VENV) build *.egg-info

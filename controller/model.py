@@ -1,0 +1,317 @@
+"""Typed values passed between the stages of the flow (source → render → diff → sync → health → status).
+
+Nothing here does I/O: these are the nouns every stage shares, and the one error tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+# A Kubernetes object as the API and kustomize give it: plain dicts, never client model classes, so
+# stages compare and hash them without conversion.
+Manifest = dict[str, Any]
+
+API_GROUP = "gantry.dev"
+API_VERSION = "v1alpha1"
+FIELD_MANAGER = "gantry"
+FINALIZER = "gantry.dev/resources-finalizer"
+ARGOCD_FINALIZER = "resources-finalizer.argocd.argoproj.io"
+REFRESH_ANNOTATION = "gantry.dev/refresh"
+# Set on every object Gantry applies: the label lets watches select only managed objects, the
+# annotation says which Application owns it, so prune never touches what another app or a human made.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "gantry"
+TRACKING_ANNOTATION = "gantry.dev/tracking-id"
+
+
+class SyncStatus(StrEnum):
+    SYNCED = "Synced"
+    OUT_OF_SYNC = "OutOfSync"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+
+class HealthStatus(StrEnum):
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+    MISSING = "Missing"
+    UNKNOWN = "Unknown"
+
+
+class Action(StrEnum):
+    """What sync did (or, in a dry run, would do) to one object."""
+
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Identity of one object: group, kind, namespace (\"\" for cluster-scoped) and name."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "ObjectRef":
+        api_version = manifest.get("apiVersion", "")
+        group = api_version.rpartition("/")[0] if "/" in api_version else ""
+        metadata = manifest.get("metadata") or {}
+        return cls(group, manifest.get("kind", ""), metadata.get("namespace") or "", metadata.get("name", ""))
+
+    def __str__(self) -> str:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    status: HealthStatus
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one tree, each carrying what it is about, each message saying what to do.
+
+
+class GantryError(Exception):
+    """Base of every error a stage raises on purpose; its message is shown to users as it is."""
+
+
+class SpecError(GantryError):
+    """The Application itself is invalid; retrying cannot help until it is edited."""
+
+
+class SourceError(GantryError):
+    """Git could not give the requested revision (unreachable repo, unknown revision, bad auth)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class RenderError(GantryError):
+    """The manifests could not be rendered; names the file (relative to the repo root) and line."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = path if path else ""
+        if path and line:
+            where = f"{path}:{line}"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path = path
+        self.line = line
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    ref: ObjectRef
+    message: str
+
+
+class ApplyError(GantryError):
+    """The API server refused one or more objects; each failure names the object and the reason."""
+
+    def __init__(self, failures: list[ApplyFailure], *, transient: bool = False) -> None:
+        self.failures = failures
+        self.transient = transient
+        super().__init__("; ".join(f"{f.ref}: {f.message}" for f in failures))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What git says the cluster should hold: the rendered objects at one commit."""
+
+    revision: str
+    objects: tuple[Manifest, ...] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Application spec, parsed once at the edge into values the stages take.
+
+IN_CLUSTER_SERVERS = ("https://kubernetes.default.svc", "https://kubernetes.default.svc/")
+IN_CLUSTER_NAME = "in-cluster"
+
+
+@dataclass(frozen=True)
+class IgnoreDifference:
+    """Fields to leave out of the diff for the objects it matches (Argo CD's ignoreDifferences)."""
+
+    group: str
+    kind: str
+    json_pointers: tuple[str, ...]
+    name: str = ""
+    namespace: str = ""
+
+    def matches(self, ref: ObjectRef) -> bool:
+        return (
+            self.kind == ref.kind
+            and self.group == ref.group
+            and (not self.name or self.name == ref.name)
+            and (not self.namespace or self.namespace == ref.namespace)
+        )
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """Argo CD's `syncPolicy.syncOptions` entries (`Name=true|false`) that Gantry honours."""
+
+    create_namespace: bool = False
+    prune_last: bool = False
+    replace: bool = False
+    server_side_apply: bool = True  # always SSA; accepted so Argo CD manifests port unchanged
+    respect_ignore_differences: bool = False
+
+    @classmethod
+    def parse(cls, entries: list[str]) -> "SyncOptions":
+        known = {
+            "CreateNamespace": "create_namespace",
+            "PruneLast": "prune_last",
+            "Replace": "replace",
+            "ServerSideApply": "server_side_apply",
+            "RespectIgnoreDifferences": "respect_ignore_differences",
+        }
+        values: dict[str, bool] = {}
+        for entry in entries:
+            name, sep, value = entry.partition("=")
+            if not sep or value.lower() not in ("true", "false"):
+                raise SpecError(f"syncPolicy.syncOptions: {entry!r} is not of the form Name=true|false")
+            if name in known:
+                values[known[name]] = value.lower() == "true"
+            # Other Argo CD options (Validate=false, ApplyOutOfSyncOnly=true, …) are accepted and
+            # have no effect here, so an Argo CD Application still ports by changing apiVersion.
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    limit: int = 5
+    backoff_seconds: float = 5.0
+    factor: float = 2.0
+    max_backoff_seconds: float = 180.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1-based)."""
+        return min(self.backoff_seconds * self.factor ** max(attempt - 1, 0), self.max_backoff_seconds)
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    namespace: str  # the Application's own namespace
+    repo_url: str
+    target_revision: str
+    path: str
+    destination_namespace: str
+    automated: bool
+    prune: bool
+    self_heal: bool
+    sync_options: SyncOptions
+    retry: RetryPolicy | None
+    ignore_differences: tuple[IgnoreDifference, ...]
+    project: str = "default"
+
+    @classmethod
+    def parse(cls, name: str, namespace: str, spec: dict[str, Any]) -> "AppSpec":
+        """Validate what the CRD schema cannot (server, URL scheme, path) and fill in defaults."""
+        source = spec.get("source") or {}
+        destination = spec.get("destination") or {}
+        repo_url = str(source.get("repoURL") or "").strip()
+        if not repo_url:
+            raise SpecError("spec.source.repoURL is required")
+        if not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) and not _is_scp_url(repo_url):
+            raise SpecError(
+                f"spec.source.repoURL {repo_url!r}: use an https://, http://, ssh://, git:// or file:// URL"
+            )
+        path = str(source.get("path") or "k8s").strip()
+        if path.startswith("/") or ".." in path.split("/"):
+            raise SpecError(f"spec.source.path {path!r} must be relative to the repository root and may not use '..'")
+        server = destination.get("server")
+        dest_name = destination.get("name")
+        if server and server not in IN_CLUSTER_SERVERS:
+            raise SpecError(
+                f"spec.destination.server {server!r} is not supported: Gantry deploys only to the cluster it runs in "
+                f"(use https://kubernetes.default.svc or destination.name: in-cluster)"
+            )
+        if dest_name and dest_name != IN_CLUSTER_NAME:
+            raise SpecError(f"spec.destination.name {dest_name!r} is not supported: use {IN_CLUSTER_NAME!r}")
+        policy = spec.get("syncPolicy") or {}
+        automated = policy.get("automated")
+        retry_spec = policy.get("retry")
+        retry = None
+        if retry_spec is not None:
+            backoff = retry_spec.get("backoff") or {}
+            retry = RetryPolicy(
+                limit=int(retry_spec.get("limit", 5)),
+                backoff_seconds=parse_duration(backoff.get("duration", "5s")),
+                factor=float(backoff.get("factor", 2)),
+                max_backoff_seconds=parse_duration(backoff.get("maxDuration", "3m")),
+            )
+        ignores = tuple(
+            IgnoreDifference(
+                group=entry.get("group", ""),
+                kind=entry["kind"],
+                name=entry.get("name", ""),
+                namespace=entry.get("namespace", ""),
+                json_pointers=tuple(entry.get("jsonPointers") or ()),
+            )
+            for entry in spec.get("ignoreDifferences") or ()
+        )
+        return cls(
+            name=name,
+            namespace=namespace,
+            repo_url=repo_url,
+            target_revision=str(source.get("targetRevision") or "HEAD"),
+            path=path.strip("/") or ".",
+            destination_namespace=destination.get("namespace") or namespace,
+            automated=automated is not None,
+            prune=bool((automated or {}).get("prune", False)),
+            self_heal=bool((automated or {}).get("selfHeal", False)),
+            sync_options=SyncOptions.parse(list(policy.get("syncOptions") or ())),
+            retry=retry,
+            ignore_differences=ignores,
+            project=spec.get("project") or "default",
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def _is_scp_url(url: str) -> bool:
+    """git's scp-like form, `git@host:org/repo.git`, which Argo CD accepts as ssh."""
+    user_host, sep, _ = url.partition(":")
+    return bool(sep) and "@" in user_host and "/" not in user_host
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a Go-style duration (`5s`, `3m`, `1h30m`) as Argo CD writes them."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, number = 0.0, ""
+    index = 0
+    text = text.strip()
+    while index < len(text):
+        char = text[index]
+        if char.isdigit() or char == ".":
+            number += char
+            index += 1
+            continue
+        unit = "ms" if text.startswith("ms", index) else char
+        if unit not in units or not number:
+            raise SpecError(f"{text!r} is not a duration like 5s, 3m or 1h")
+        total += float(number) * units[unit]
+        number = ""
+        index += len(unit)
+    if number:
+        raise SpecError(f"{text!r} is not a duration like 5s, 3m or 1h (missing unit)")
+    return total

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from Go modules, once, into a cache keyed by version:
+#   $GANTRY_CACHE/kubernetes-<v>/bin  kube-apiserver kube-controller-manager kube-scheduler kubectl
+#   $GANTRY_CACHE/etcd-<v>/bin        etcd
+#   $GANTRY_CACHE/kwok-<v>/bin        kwok
+#   $GANTRY_CACHE/kustomize-<v>/bin   kustomize
+# Each hack/<name>/go.mod pins one release (the Kubernetes one replaces every staging module with
+# its matching v0.N.P, which is why `go install k8s.io/kubernetes/cmd/...@v` cannot be used).
+# A component is rebuilt only when its directory is missing; a build lands atomically (tmp + mv).
+# Usage: hack/build-binaries.sh [--print-dirs]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${GANTRY_CACHE:-$HOME/.cache/gantry}
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+# The pinned version of a module, read from the wrapper's go.mod so there is one place to bump it.
+module_version() { # dir module
+  awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$here/$1/go.mod"
+}
+
+kube_version=$(module_version kube k8s.io/kubernetes)
+etcd_version=$(module_version etcd go.etcd.io/etcd/server/v3)
+kwok_version=$(module_version kwok sigs.k8s.io/kwok)
+kustomize_version=$(module_version kustomize sigs.k8s.io/kustomize/kustomize/v5)
+
+kube_dir=$cache/kubernetes-$kube_version
+etcd_dir=$cache/etcd-$etcd_version
+kwok_dir=$cache/kwok-$kwok_version
+kustomize_dir=$cache/kustomize-$kustomize_version
+
+if [[ ${1:-} == --print-dirs ]]; then
+  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nKUBE_VERSION=%s\n' \
+    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$kube_version"
+  exit 0
+fi
+
+build() { # wrapper-dir target-dir output ldflags package...
+  # output: a file name under bin/ for a single package whose directory name is not the command's
+  # (etcd's main package is ".../server/v3"), or "" to name each binary after its package.
+  local wrapper=$1 target=$2 output=$3 ldflags=$4
+  shift 4
+  if [[ -d $target/bin ]]; then return 0; fi
+  local started=$SECONDS tmp
+  mkdir -p "$cache"
+  tmp=$(mktemp -d "$cache/.build-XXXXXX")
+  echo "building $(basename "$target") (cached in $target) ..." >&2
+  (cd "$here/$wrapper" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/bin/$output" "$@")
+  rm -rf "$target"
+  mv "$tmp" "$target"
+  echo "built $(basename "$target") in $((SECONDS - started))s" >&2
+}
+
+# kubectl version and the apiserver's emulation-version check both read these; they must equal the
+# module version exactly, or the binaries report v0.0.0-master and refuse to start.
+minor=${kube_version#v1.}
+minor=${minor%%.*}
+kube_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+build etcd "$etcd_dir" etcd "" go.etcd.io/etcd/server/v3
+build kwok "$kwok_dir" "" "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" sigs.k8s.io/kwok/cmd/kwok
+build kustomize "$kustomize_dir" kustomize "" sigs.k8s.io/kustomize/kustomize/v5
+build kube "$kube_dir" "" "$kube_ldflags" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl

@@ -1,0 +1,4 @@
+//go:build tools
+
+// Package etcd pins the etcd release that hack/build-binaries.sh builds.
+package etcd

@@ -1,0 +1,4 @@
+//go:build tools
+
+// Package kwok pins the release of kwok that hack/build-binaries.sh builds.
+package kwok
