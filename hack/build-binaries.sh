@@ -2,12 +2,12 @@
 # Builds the local control plane's binaries from Go modules, once, into a cache keyed by version:
 #   $GANTRY_CACHE/kubernetes-<v>/bin  kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   $GANTRY_CACHE/etcd-<v>/bin        etcd
-#   $GANTRY_CACHE/kwok-<v>/bin        kwok
+#   $GANTRY_CACHE/kwok-<v>/bin        kwok (and kwok-<v>/stages.yaml, its stage configuration)
 #   $GANTRY_CACHE/kustomize-<v>/bin   kustomize
 # Each hack/<name>/go.mod pins one release (the Kubernetes one replaces every staging module with
 # its matching v0.N.P, which is why `go install k8s.io/kubernetes/cmd/...@v` cannot be used).
 # A component is rebuilt only when its directory is missing; a build lands atomically (tmp + mv).
-# Usage: hack/build-binaries.sh [--print-dirs]
+# Usage: hack/build-binaries.sh [--print-dirs | kustomize]   (kustomize: build only that one)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +35,11 @@ if [[ ${1:-} == --print-dirs ]]; then
   exit 0
 fi
 
+# One build at a time per cache (parallel test runs, a demo started beside a test run).
+mkdir -p "$cache"
+exec 9>"$cache/.build.lock"
+flock 9
+
 build() { # wrapper-dir target-dir output ldflags package...
   # output: a file name under bin/ for a single package whose directory name is not the command's
   # (etcd's main package is ".../server/v3"), or "" to name each binary after its package.
@@ -61,9 +66,21 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+build kustomize "$kustomize_dir" kustomize "" sigs.k8s.io/kustomize/kustomize/v5
+[[ ${1:-} == kustomize ]] && exit 0
 build etcd "$etcd_dir" etcd "" go.etcd.io/etcd/server/v3
 build kwok "$kwok_dir" "" "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" sigs.k8s.io/kwok/cmd/kwok
-build kustomize "$kustomize_dir" kustomize "" sigs.k8s.io/kustomize/kustomize/v5
+# kwok only acts through stages; out of cluster it has none unless given. Take the release's own
+# stage sets (nodes become Ready and keep their leases; pods become Running and Ready, deleted pods
+# go away) from the module at the pinned version, rendered with the pinned kustomize.
+if [[ ! -s $kwok_dir/stages.yaml ]]; then
+  stage_root=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+  for set in node/fast node/heartbeat-with-lease pod/fast; do
+    "$kustomize_dir/bin/kustomize" build "$stage_root/$set"
+    echo "---"
+  done > "$kwok_dir/stages.yaml.tmp"
+  mv "$kwok_dir/stages.yaml.tmp" "$kwok_dir/stages.yaml"
+fi
 build kube "$kube_dir" "" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl

@@ -76,6 +76,14 @@ class Binaries:
             kube_version=dirs["KUBE_VERSION"],
         )
 
+    @staticmethod
+    def build_kustomize() -> Path:
+        """Only kustomize (for unit tests of render, which need no cluster): its bin directory."""
+        script = ROOT / "hack" / "build-binaries.sh"
+        subprocess.run(["bash", str(script), "kustomize"], check=True)
+        dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
+        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["KUSTOMIZE_BIN"])
+
     def link_into(self, directory: Path) -> None:
         """One PATH entry with every tool, so `source .cluster/env` gives kubectl and kustomize."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -103,13 +111,16 @@ def _read_pid(name: str) -> int | None:
 
 
 def _is_ours(pid: int, name: str) -> bool:
-    """True when pid is alive and still the process we started (pids get reused)."""
+    """True when pid is alive and still runs the binary we started (pids get reused)."""
+    recorded = _pid_file(name).read_text().split(maxsplit=1) if _pid_file(name).exists() else []
+    return len(recorded) == 2 and _runs(pid, recorded[1].strip())
+
+
+def _runs(pid: int, binary: str) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(binary)
     except OSError:
         return False
-    recorded = _pid_file(name).read_text().split(maxsplit=1)
-    return len(recorded) == 2 and cmdline[0].decode(errors="replace") == recorded[1].strip()
 
 
 def _start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -121,6 +132,11 @@ def _start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, env={**os.environ, **(env or {})}, cwd=STATE,
     )
+    # Popen may return before the child has exec'd; record it once it runs the binary, so a later
+    # check by executable never mistakes the starting child for a dead one.
+    deadline = time.monotonic() + 5
+    while not _runs(process.pid, argv[0]) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     _pid_file(name).write_text(f"{process.pid} {argv[0]}\n")
     return process.pid
 
@@ -381,7 +397,7 @@ def _bring_up(binaries: Binaries) -> None:
     _start("kube-scheduler", [str(binaries.kube / "kube-scheduler"), *common, f"--secure-port={scheduler_port}", "--v=1"])
 
     _start("kwok", [
-        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}",
+        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok.parent / 'stages.yaml'}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-ip=127.0.0.1", f"--node-port={kwok_port}", "--cidr=10.244.0.0/16",
     ])

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# hack/ (the local cluster launcher) and tests/ (gitserver) are plain folders, not packages.
 sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import localcluster  # noqa: E402  (hack/ is not a package; it is put on the path just above)
 
@@ -42,6 +44,12 @@ class Cluster:
         from kubernetes import client, config
 
         return config.new_client_from_config(str(self.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> Path:
+    """The pinned, Go-built kustomize binary (built into ~/.cache/gantry on first use)."""
+    return localcluster.Binaries.build_kustomize() / "kustomize"
 
 
 @pytest.fixture(scope="session")
