@@ -1,0 +1,479 @@
+"""controller.render with the real, pinned kustomize: what it builds and how each failure names its file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gitserver import WorkRepo, init_bare
+
+from controller.model import RenderError
+from controller.render import load_yaml, render
+from controller.source import GitCache
+
+
+def configmap(name: str, **data: str) -> str:
+    text = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
+    if data:
+        text += "data:\n" + "".join(f"  {key}: {value!r}\n" for key, value in data.items())
+    return text
+
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: backend
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: backend}
+  template:
+    metadata:
+      labels: {app: backend}
+    spec:
+      containers:
+      - name: backend
+        image: nginx:1.27
+"""
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+spec:
+  selector: {app: backend}
+  ports:
+  - port: 80
+"""
+# Line 5 is `data` without its colon.
+BROKEN = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata\n  key: value\n"
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    """A checked-out tree: `files` maps a repo-relative path to its text, or `-> target` for a symlink."""
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("-> "):
+            path.symlink_to(text[3:])
+        else:
+            path.write_text(text)
+    return root
+
+
+def refs(objects: list[dict]) -> list[tuple[str, str | None, str]]:
+    return [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+
+
+def render_error(tmp_path: Path, files: dict[str, str], *, path: str = "k8s", kustomize: Path | str = "kustomize") -> RenderError:
+    """The RenderError rendering `files` raises, checked to show no path of the checkout itself."""
+    root = write(tmp_path / "checkout", files)
+    with pytest.raises(RenderError) as caught:
+        render(root, path, kustomize=kustomize)
+    assert str(tmp_path) not in str(caught.value), "an error shows where the checkout lives"
+    assert caught.value.path is None or not caught.value.path.startswith("/")
+    return caught.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Kustomize
+
+
+def test_kustomization_with_resources_and_namespace(tmp_path: Path, kustomize: Path):
+    root = write(tmp_path, {
+        "k8s/kustomization.yaml": (
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            "namespace: shop\nlabels:\n- pairs: {team: web}\n"
+            "resources:\n- deployment.yaml\n- service.yaml\n- config\n"
+        ),
+        "k8s/deployment.yaml": DEPLOYMENT,
+        "k8s/service.yaml": SERVICE,
+        "k8s/config/kustomization.yaml": "resources:\n- settings.yaml\n",
+        "k8s/config/settings.yaml": configmap("settings", mode="fast"),
+        "k8s/unlisted.yaml": configmap("not-in-the-build"),
+    })
+    objects = render(root, "k8s", kustomize=kustomize)
+    assert sorted(refs(objects)) == [
+        ("ConfigMap", "shop", "settings"),
+        ("Deployment", "shop", "backend"),
+        ("Service", "shop", "backend"),
+    ]
+    assert all(o["metadata"]["labels"] == {"team": "web"} for o in objects)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+
+
+@pytest.mark.parametrize("name", ["kustomization.yaml", "kustomization.yml", "Kustomization"])
+def test_every_kustomization_file_name_is_recognised(tmp_path: Path, kustomize: Path, name: str):
+    root = write(tmp_path, {f"k8s/{name}": "namePrefix: prod-\nresources:\n- a.yaml\n", "k8s/a.yaml": configmap("a")})
+    assert refs(render(root, "k8s", kustomize=kustomize)) == [("ConfigMap", None, "prod-a")]
+
+
+def test_overlay_on_a_base_elsewhere_in_the_repo(tmp_path: Path, kustomize: Path):
+    root = write(tmp_path, {
+        "base/kustomization.yaml": "resources:\n- deployment.yaml\n",
+        "base/deployment.yaml": DEPLOYMENT,
+        "overlays/prod/kustomization.yaml": (
+            "resources:\n- ../../base\nnamespace: prod\n"
+            "patches:\n- patch: |-\n    - op: replace\n      path: /spec/replicas\n      value: 5\n"
+            "  target: {kind: Deployment, name: backend}\n"
+        ),
+    })
+    [deployment] = render(root, "overlays/prod", kustomize=kustomize)
+    assert deployment["metadata"]["namespace"] == "prod"
+    assert deployment["spec"]["replicas"] == 5
+
+
+def test_kustomize_invalid_yaml_resource_names_file_and_line(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- service.yaml\n- backend.yaml\n",
+        "k8s/service.yaml": SERVICE,
+        "k8s/backend.yaml": BROKEN,
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/backend.yaml", 5)
+    assert "could not find expected ':'" in str(error)
+    assert str(error).startswith("k8s/backend.yaml:5: ")
+
+
+def test_kustomize_and_plain_directories_report_a_yaml_error_alike(tmp_path: Path, kustomize: Path):
+    broken = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: [x\ndata:\n  k: v\n"
+    plain = render_error(tmp_path / "plain", {"k8s/backend.yaml": broken})
+    built = render_error(
+        tmp_path / "kustomize",
+        {"k8s/kustomization.yaml": "resources:\n- backend.yaml\n", "k8s/backend.yaml": broken},
+        kustomize=kustomize,
+    )
+    assert (built.path, built.line, str(built)) == (plain.path, plain.line, str(plain))
+    assert plain.path == "k8s/backend.yaml" and plain.line == 6
+    assert "did not find expected ',' or ']'" in str(plain)
+
+
+def test_kustomize_invalid_yaml_in_a_base_names_the_base_file(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "apps/web/kustomization.yaml": "resources:\n- ../../base\n",
+        "base/kustomization.yaml": "resources:\n- manifests/backend.yaml\n",
+        "base/manifests/backend.yaml": BROKEN,
+    }, path="apps/web", kustomize=kustomize)
+    assert (error.path, error.line) == ("base/manifests/backend.yaml", 5)
+
+
+def test_kustomization_listing_a_missing_file(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- service.yaml\n- missing.yaml\n",
+        "k8s/service.yaml": SERVICE,
+    }, kustomize=kustomize)
+    assert error.path == "k8s/kustomization.yaml"
+    assert error.line == 3
+    assert str(error) == (
+        "k8s/kustomization.yaml:3: resource k8s/missing.yaml does not exist: "
+        "add the file or remove it from `resources:`"
+    )
+
+
+def test_base_listing_a_missing_file_names_the_base(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- ../base\n",
+        "base/kustomization.yaml": "resources:\n- gone.yaml\n",
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("base/kustomization.yaml", 2)
+    assert "resource base/gone.yaml does not exist" in str(error)
+
+
+def test_kustomization_with_a_missing_patch_file(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- service.yaml\npatches:\n- path: replicas.yaml\n",
+        "k8s/service.yaml": SERVICE,
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 4)
+    assert "patch k8s/replicas.yaml does not exist: add the file or remove it from `patches:`" in str(error)
+
+
+def test_invalid_kustomization_yaml_itself(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- service.yaml\nnamespace shop\n",
+        "k8s/service.yaml": SERVICE,
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 3)
+    assert "could not find expected ':'" in str(error)
+
+
+def test_kustomization_with_an_unknown_field(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- service.yaml\nnamespaces: shop\n",
+        "k8s/service.yaml": SERVICE,
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 3)
+    assert "unknown field 'namespaces'" in str(error)
+
+
+def test_kustomization_field_of_the_wrong_type_keeps_kustomize_reason(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "namespace: shop\nresources: service.yaml\n",
+        "k8s/service.yaml": SERVICE,
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 2)
+    assert "cannot unmarshal string" in str(error)
+
+
+def test_kustomize_reason_is_kept_with_repo_relative_paths(tmp_path: Path, kustomize: Path):
+    # A file outside the kustomization's directory: kustomize's load restrictor refuses it.
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- ../shared/config.yaml\n",
+        "shared/config.yaml": configmap("shared"),
+    }, kustomize=kustomize)
+    assert error.path == "k8s/kustomization.yaml"
+    assert "shared/config.yaml is not in or below k8s" in str(error)
+
+
+def test_kustomize_duplicate_resources(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- a.yaml\n- b.yaml\n",
+        "k8s/a.yaml": configmap("same"),
+        "k8s/b.yaml": configmap("same", other="1"),
+    }, kustomize=kustomize)
+    assert error.path == "k8s/kustomization.yaml"
+    assert "ConfigMap" in str(error) and "same" in str(error)
+
+
+def test_kustomize_output_must_name_every_object(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- a.yaml\n",
+        "k8s/a.yaml": "kind: ConfigMap\nmetadata:\n  name: a\n",  # kustomize lets a missing apiVersion through
+    }, kustomize=kustomize)
+    assert error.path == "k8s/kustomization.yaml"
+    assert "no apiVersion" in str(error)
+
+
+def test_kustomize_resource_directory_outside_the_repo(tmp_path: Path, kustomize: Path):
+    write(tmp_path / "elsewhere", {"kustomization.yaml": "resources:\n- a.yaml\n", "a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- ../../elsewhere\n",
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 2)
+    assert "leads outside the repository" in str(error)
+
+
+def test_kustomize_symlink_to_outside_the_repo(tmp_path: Path, kustomize: Path):
+    write(tmp_path / "elsewhere", {"kustomization.yaml": "resources:\n- a.yaml\n", "a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- base\n",
+        "k8s/base": f"-> {tmp_path / 'elsewhere'}",
+    }, kustomize=kustomize)
+    assert error.path == "k8s/base"
+    assert "symlink that leads outside the repository" in str(error)
+
+
+def test_kustomize_symlinked_file_to_outside_the_repo(tmp_path: Path, kustomize: Path):
+    write(tmp_path / "elsewhere", {"a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- a.yaml\n",
+        "k8s/a.yaml": f"-> {tmp_path / 'elsewhere' / 'a.yaml'}",
+    }, kustomize=kustomize)
+    assert error.path == "k8s/a.yaml"
+
+
+def test_symlinks_inside_the_repo_are_followed(tmp_path: Path, kustomize: Path):
+    root = write(tmp_path, {
+        "shared/kustomization.yaml": "resources:\n- a.yaml\n",
+        "shared/a.yaml": configmap("a"),
+        "k8s/kustomization.yaml": "resources:\n- base\n",
+        "k8s/base": "-> ../shared",
+    })
+    assert refs(render(root, "k8s", kustomize=kustomize)) == [("ConfigMap", None, "a")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain directories
+
+
+def test_plain_directory_reads_yaml_json_and_lists_in_name_order(tmp_path: Path):
+    root = write(tmp_path, {
+        "k8s/b-app.yaml": "# comment only\n---\n" + DEPLOYMENT + "---\n---\n" + SERVICE + "---\n",
+        "k8s/a-config.json": json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-json"}}),
+        "k8s/c-list.yml": (
+            "apiVersion: v1\nkind: List\nitems:\n"
+            "- apiVersion: v1\n  kind: Secret\n  metadata:\n    name: s1\n"
+            "- apiVersion: v1\n  kind: Secret\n  metadata:\n    name: s2\n"
+        ),
+        "k8s/d-list.json": json.dumps({"kind": "List", "apiVersion": "v1", "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa"}},
+        ]}),
+        "k8s/empty.yaml": "",
+        "k8s/README.md": "not a manifest",
+        "k8s/nested/ignored.yaml": configmap("not-recursive"),
+    })
+    assert refs(render(root, "k8s")) == [
+        ("ConfigMap", None, "from-json"),
+        ("Deployment", None, "backend"),
+        ("Service", None, "backend"),
+        ("Secret", None, "s1"),
+        ("Secret", None, "s2"),
+        ("ServiceAccount", None, "sa"),
+    ]
+
+
+def test_repo_root_as_path(tmp_path: Path):
+    root = write(tmp_path, {"a.yaml": configmap("a"), "sub/b.yaml": configmap("b")})
+    assert refs(render(root, ".")) == [("ConfigMap", None, "a")]
+    assert refs(render(root, "")) == [("ConfigMap", None, "a")]
+
+
+def test_values_keep_the_types_kubernetes_gives_them(tmp_path: Path):
+    root = write(tmp_path, {"k8s/a.yaml": configmap("a") + "data:\n  day: 2024-01-31\n  port: '80'\n"
+                            + "---\n" + DEPLOYMENT})
+    config, deployment = render(root, "k8s")
+    assert config["data"] == {"day": "2024-01-31", "port": "80"}
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_plain_invalid_yaml_names_file_and_line(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("a"), "k8s/backend.yaml": BROKEN})
+    assert (error.path, error.line) == ("k8s/backend.yaml", 5)
+    assert str(error) == "k8s/backend.yaml:5: could not find expected ':'"
+
+
+def test_plain_invalid_yaml_in_a_later_document(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/all.yaml": configmap("a") + "---\n" + SERVICE + "---\nkind: x: y\n"})
+    assert (error.path, error.line) == ("k8s/all.yaml", 15)
+    assert "mapping values are not allowed" in str(error)
+
+
+def test_plain_invalid_json_names_file_and_line(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.json": '{\n  "apiVersion": "v1",\n  "kind" "ConfigMap"\n}\n'})
+    assert (error.path, error.line) == ("k8s/a.json", 3)
+    assert "invalid JSON" in str(error)
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("a") + "kind: Secret\n"})
+    assert (error.path, error.line) == ("k8s/a.yaml", 5)
+    assert "'kind' already defined at line 2" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("document", "missing"),
+    [
+        ("kind: ConfigMap\nmetadata:\n  name: a\n", "apiVersion"),
+        ("apiVersion: v1\nmetadata:\n  name: a\n", "kind"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {a: b}\n", "metadata.name"),
+        ("apiVersion: v1\nkind: ConfigMap\n", "metadata.name"),
+    ],
+)
+def test_plain_object_without_required_fields(tmp_path: Path, document: str, missing: str):
+    error = render_error(tmp_path, {"k8s/app.yaml": configmap("first") + "---\n" + document})
+    assert (error.path, error.line) == ("k8s/app.yaml", 6)
+    assert f"object has no {missing}" in str(error)
+
+
+def test_plain_list_item_without_a_name_names_its_line(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/list.yaml": (
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: v1\n  kind: Secret\n  metadata:\n    name: s1\n"
+        "- apiVersion: v1\n  kind: Secret\n  metadata: {}\n"
+    )})
+    assert (error.path, error.line) == ("k8s/list.yaml", 8)
+
+
+def test_a_document_that_is_not_an_object(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/notes.yaml": "- just\n- a list\n"})
+    assert (error.path, error.line) == ("k8s/notes.yaml", 1)
+    assert "not a Kubernetes object" in str(error)
+
+
+def test_duplicate_objects_in_two_files_name_both(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("x"), "k8s/b.yaml": SERVICE + "---\n" + configmap("x")})
+    assert (error.path, error.line) == ("k8s/b.yaml", 10)
+    assert str(error) == "k8s/b.yaml:10: ConfigMap x is defined twice, at k8s/a.yaml:1 and at k8s/b.yaml:10: remove one of them"
+
+
+def test_duplicates_are_per_group_kind_namespace_and_name(tmp_path: Path):
+    root = write(tmp_path, {
+        "k8s/a.yaml": configmap("x") + "---\n" + configmap("x").replace("name: x", "name: x\n  namespace: other")
+        + "---\n" + SERVICE.replace("backend", "x") + "---\n"
+        + "apiVersion: example.com/v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+    })
+    assert len(render(root, "k8s")) == 4
+    error = render_error(tmp_path / "dup", {"k8s/a.yaml": configmap("x").replace("name: x", "name: x\n  namespace: n")
+                                            + "---\n" + configmap("x").replace("name: x", "name: x\n  namespace: n")})
+    assert "ConfigMap n/x is defined twice, at k8s/a.yaml:1 and at k8s/a.yaml:7" in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where render may read
+
+
+def test_missing_path(tmp_path: Path):
+    error = render_error(tmp_path, {"deploy/a.yaml": configmap("a")})
+    assert str(error) == "path 'k8s' does not exist in the repository at this revision"
+
+
+def test_path_that_is_a_file(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s": configmap("a")})
+    assert "is a file, not a directory" in str(error)
+
+
+@pytest.mark.parametrize("path", ["../outside", "k8s/../../outside", "/etc", "/"])
+def test_path_may_not_leave_the_repo(tmp_path: Path, path: str):
+    write(tmp_path / "outside", {"a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("a")}, path=path)
+    assert "must be relative to the repository root and may not use '..'" in str(error)
+
+
+def test_path_that_is_a_symlink_to_outside(tmp_path: Path):
+    write(tmp_path / "outside", {"a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {"k8s": f"-> {tmp_path / 'outside'}"})
+    assert str(error) == "path 'k8s' is a symlink that leads outside the repository"
+
+
+def test_path_through_a_relative_symlink_to_outside(tmp_path: Path):
+    write(tmp_path / "outside", {"a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {"k8s": "-> ../outside"})
+    assert "leads outside the repository" in str(error)
+
+
+def test_plain_file_symlinked_to_outside(tmp_path: Path):
+    write(tmp_path / "outside", {"a.yaml": configmap("stolen")})
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("a"), "k8s/b.yaml": f"-> {tmp_path / 'outside' / 'a.yaml'}"})
+    assert error.path == "k8s/b.yaml"
+    assert "symlink that leads outside the repository" in str(error)
+
+
+def test_plain_file_symlinked_inside_the_repo(tmp_path: Path):
+    root = write(tmp_path, {"shared/a.yaml": configmap("a"), "k8s/a.yaml": "-> ../shared/a.yaml"})
+    assert refs(render(root, "k8s")) == [("ConfigMap", None, "a")]
+
+
+def test_load_yaml_skips_empty_documents():
+    assert load_yaml("---\n# nothing\n---\na: 1\n---\n", "x.yaml") == [{"a": 1}]
+    with pytest.raises(RenderError) as caught:
+        load_yaml("a: [\n", "x.yaml")
+    assert caught.value.path == "x.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# From git to objects
+
+
+def test_rendering_a_checkout_from_the_git_cache(tmp_path: Path, kustomize: Path):
+    bare = init_bare(tmp_path / "app.git")
+    repo = WorkRepo.create(tmp_path / "work", {
+        "k8s/kustomization.yaml": "namespace: shop\nresources:\n- service.yaml\n",
+        "k8s/service.yaml": SERVICE,
+    }, remote=bare)
+    repo.commit()
+    repo.push()
+    cache = GitCache(tmp_path / "cache")
+    tree = cache.checkout(bare.as_uri(), cache.resolve(bare.as_uri()))
+    assert refs(render(tree, "k8s", kustomize=kustomize)) == [("Service", "shop", "backend")]
+
+    repo.write({"k8s/backend.yaml": BROKEN, "k8s/kustomization.yaml": "resources:\n- service.yaml\n- backend.yaml\n"})
+    repo.commit("break it")
+    repo.push()
+    tree = cache.checkout(bare.as_uri(), cache.resolve(bare.as_uri(), refresh=True))
+    with pytest.raises(RenderError) as caught:
+        render(tree, "k8s", kustomize=kustomize)
+    assert (caught.value.path, caught.value.line) == ("k8s/backend.yaml", 5)
+    assert str(tmp_path) not in str(caught.value)

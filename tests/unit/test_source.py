@@ -1,0 +1,435 @@
+"""controller.source against real git: repos served over smart HTTP on loopback and file:// repos."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gitfixtures import git_server, make_repo  # noqa: F401  (fixtures, until conftest registers the plugin)
+from gitserver import GitServer, WorkRepo, git, init_bare
+
+from controller.model import SourceError
+from controller.source import GitCache, redact_url
+
+CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value!r}\n"
+
+
+@dataclass
+class Remote:
+    url: str
+    repo: WorkRepo  # the developer's working copy, pushing to `url`
+
+
+@pytest.fixture(params=["http", "file"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
+    """A repo with one commit on `main`, served over HTTP on loopback or as a file:// URL."""
+    files = {"k8s/configmap.yaml": CONFIGMAP.format(name="app", value="1")}
+    if request.param == "http":
+        server: GitServer = request.getfixturevalue("git_server")
+        repo = request.getfixturevalue("make_repo")(files)
+        return Remote(server.url("app"), repo)
+    bare = init_bare(tmp_path / "bare" / "app.git")
+    repo = WorkRepo.create(tmp_path / "work", files, remote=bare)
+    repo.commit("initial commit")
+    repo.push()
+    return Remote(bare.as_uri(), repo)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> GitCache:
+    return GitCache(tmp_path / "cache", min_fetch_interval=60, timeout=30)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving revisions
+
+
+def test_resolves_head_branches_tags_and_shas(remote: Remote, cache: GitCache):
+    repo = remote.repo
+    first = repo.head
+    repo.tag("v1")  # lightweight
+    second = repo.commit("second")
+    repo.branch("feature", start=first)
+    feature = repo.commit("on feature")
+    repo.tag("v2", message="annotated release")
+    repo.switch("main")
+    repo.push()
+    annotated_object = repo.git("rev-parse", "v2")
+    assert annotated_object != feature  # the tag object, which must peel to the commit
+
+    assert cache.resolve(remote.url) == second
+    assert cache.resolve(remote.url, "HEAD") == second
+    assert cache.resolve(remote.url, "main") == second
+    assert cache.resolve(remote.url, "feature") == feature
+    assert cache.resolve(remote.url, "v1") == first
+    assert cache.resolve(remote.url, "v2") == feature
+    assert cache.resolve(remote.url, first) == first
+    assert cache.resolve(remote.url, first[:7]) == first
+    assert cache.resolve(remote.url, first.upper()) == first
+    assert cache.resolve(remote.url, "refs/heads/feature") == feature
+
+
+def test_head_follows_the_remote_default_branch(tmp_path: Path, cache: GitCache):
+    bare = init_bare(tmp_path / "app.git", default_branch="trunk")
+    repo = WorkRepo.create(tmp_path / "work", {"a.txt": "a"}, remote=bare, branch="trunk")
+    trunk = repo.commit()
+    repo.branch("release")
+    release = repo.commit("release")
+    repo.push()
+    assert cache.resolve(bare.as_uri()) == trunk
+    git("symbolic-ref", "HEAD", "refs/heads/release", cwd=bare)
+    assert cache.resolve(bare.as_uri(), refresh=True) == release
+
+
+def test_new_commit_is_seen_only_after_refresh(remote: Remote, cache: GitCache):
+    before = cache.resolve(remote.url, "main")
+    remote.repo.write({"k8s/configmap.yaml": CONFIGMAP.format(name="app", value="2")})
+    after = remote.repo.commit("change the value")
+    remote.repo.push()
+
+    assert cache.resolve(remote.url, "main") == before  # the fetch of a moment ago is reused
+    assert cache.fetch_count(remote.url) == 1
+    assert cache.resolve(remote.url, "main", refresh=True) == after
+    assert cache.fetch_count(remote.url) == 2
+
+
+def test_new_commit_is_seen_after_min_fetch_interval(remote: Remote, tmp_path: Path):
+    cache = GitCache(tmp_path / "cache", min_fetch_interval=2.0)
+    before = cache.resolve(remote.url)
+    fetched = time.monotonic()
+    remote.repo.write({"new.txt": "new"})
+    after = remote.repo.commit("add a file")
+    remote.repo.push()
+    if time.monotonic() - fetched < 1.5:  # the push was quick enough to still be inside the interval
+        assert cache.resolve(remote.url) == before
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - fetched)))
+    assert cache.resolve(remote.url) == after
+
+
+def test_commit_reached_by_no_branch_or_tag_is_fetched_by_its_full_sha(remote: Remote, cache: GitCache):
+    main = cache.resolve(remote.url)
+    remote.repo.branch("pr")
+    pull_request = remote.repo.commit("proposed change")
+    remote.repo.push(f"{pull_request}:refs/pull/1/head")  # as a forge keeps pull requests
+    with pytest.raises(SourceError, match="not found"):
+        cache.resolve(remote.url, pull_request[:10])  # an abbreviation cannot be asked for
+    assert cache.resolve(remote.url, pull_request) == pull_request
+    assert cache.resolve(remote.url, "main") == main
+
+
+def test_full_sha_already_in_the_cache_needs_no_fetch(remote: Remote, cache: GitCache):
+    sha = cache.resolve(remote.url)
+    count = cache.fetch_count(remote.url)
+    assert cache.resolve(remote.url, sha, refresh=True) == sha
+    assert cache.fetch_count(remote.url) == count
+
+
+def test_last_fetch_is_recorded(remote: Remote, cache: GitCache):
+    assert cache.last_fetch(remote.url) is None
+    before = time.time()
+    cache.resolve(remote.url)
+    stamp = cache.last_fetch(remote.url)
+    assert stamp is not None and before <= stamp <= time.time()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize("revision", ["nope", "v9.9.9", "feature/missing", "0" * 40, "deadbeef", "main~1", "--upload-pack=x"])
+def test_unknown_revision_is_a_permanent_error(remote: Remote, cache: GitCache, revision: str):
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(remote.url, revision)
+    assert str(caught.value) == (
+        f"revision {revision!r} not found in {remote.url}: no branch, tag or commit of that name"
+    )
+    assert not caught.value.transient
+
+
+def test_unreachable_repo_is_a_transient_error(cache: GitCache):
+    url = f"http://127.0.0.1:{closed_port()}/app.git"
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(url)
+    message = str(caught.value)
+    assert caught.value.transient
+    assert message.startswith(f"cannot reach {url}: ")
+    assert "connect" in message.lower()
+    assert "\n" not in message
+
+
+def test_missing_file_repo_is_a_transient_error(tmp_path: Path, cache: GitCache):
+    url = (tmp_path / "nowhere.git").as_uri()
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(url)
+    assert caught.value.transient
+    assert str(caught.value).startswith(f"cannot reach {url}: ")
+    assert "does not appear to be a git repository" in str(caught.value)
+
+
+def test_server_that_never_answers_times_out(tmp_path: Path):
+    with socket.socket() as silent:  # accepts connections (backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/app.git"
+        cache = GitCache(tmp_path / "cache", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(url)
+    assert time.monotonic() - started < 20
+    assert caught.value.transient
+    assert str(caught.value).startswith(f"cannot reach {url}: ")
+
+
+def test_a_failed_fetch_is_shared_by_callers_within_the_interval(cache: GitCache):
+    url = f"http://127.0.0.1:{closed_port()}/app.git"
+    errors: list[SourceError] = []
+
+    def resolve() -> None:
+        try:
+            cache.resolve(url)
+        except SourceError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=resolve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4 and all(e.transient for e in errors)
+    assert cache.fetch_count(url) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Iterator[tuple[GitServer, str]]:
+    with GitServer(tmp_path / "private", username="deployer", password="s3cr3t-Pa55") as server:
+        repo = WorkRepo.create(tmp_path / "work", {"k8s/a.yaml": "a: 1\n"}, remote=server.create_repo("app"))
+        sha = repo.commit()
+        repo.push()
+        yield server, sha
+
+
+def test_right_credentials_from_the_hook_work(private, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    server, sha = private
+    asked: list[str] = []
+
+    def credentials(url: str) -> tuple[str, str] | None:
+        asked.append(url)
+        return ("deployer", "s3cr3t-Pa55")
+
+    cache = GitCache(tmp_path / "cache", credentials=credentials)
+    with caplog.at_level(logging.DEBUG):
+        assert cache.resolve(server.url("app")) == sha
+    assert asked and all(url == server.url("app") for url in asked)
+    assert {r.user for r in server.requests if r.status == 200} == {"deployer"}
+    assert "s3cr3t-Pa55" not in caplog.text  # GitPython logs every command line at debug level
+    stored = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not [p for p in stored if b"s3cr3t-Pa55" in p.read_bytes()]
+
+
+def test_credentials_in_the_url_work_and_are_never_stored(private, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    server, sha = private
+    cache = GitCache(tmp_path / "cache")
+    with caplog.at_level(logging.DEBUG):
+        assert cache.resolve(server.url("app", credentials=True)) == sha
+    assert "s3cr3t-Pa55" not in caplog.text
+    stored = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not [p for p in stored if b"s3cr3t-Pa55" in p.read_bytes()]
+
+
+@pytest.mark.parametrize("given", [("deployer", "wrong-Pa55"), ("intruder", "s3cr3t-Pa55"), None])
+def test_wrong_or_missing_credentials_fail_as_authentication(
+    private, tmp_path: Path, given, caplog: pytest.LogCaptureFixture
+):
+    server, _ = private
+    cache = GitCache(tmp_path / "cache", credentials=lambda url: given)
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as caught:
+        cache.resolve(server.url("app"))
+    message = str(caught.value)
+    assert message.startswith(f"authentication failed for {server.url('app')}")
+    assert not caught.value.transient
+    for secret in ("wrong-Pa55", "s3cr3t-Pa55"):
+        assert secret not in message and secret not in caplog.text
+    assert any(r.status == 401 for r in server.requests)
+
+
+def test_wrong_password_in_the_url_is_not_shown(private, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    server, _ = private
+    url = server.url("app", credentials=True).replace("s3cr3t-Pa55", "wrong-Pa55")
+    cache = GitCache(tmp_path / "cache")
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as caught:
+        cache.resolve(url)
+    assert str(caught.value).startswith(f"authentication failed for {server.url('app')}")
+    assert "wrong-Pa55" not in str(caught.value) and "wrong-Pa55" not in caplog.text
+    assert "deployer" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pa55@example.com/org/repo.git", "https://example.com/org/repo.git"),
+        ("https://ghp_token@example.com/org/repo.git", "https://example.com/org/repo.git"),
+        ("http://u:p@127.0.0.1:8080/x.git", "http://127.0.0.1:8080/x.git"),
+        ("ssh://git@example.com/org/repo.git", "ssh://git@example.com/org/repo.git"),
+        ("ssh://git:pa55@example.com/org/repo.git", "ssh://example.com/org/repo.git"),
+        ("git@example.com:org/repo.git", "git@example.com:org/repo.git"),
+        ("file:///srv/git/app.git", "file:///srv/git/app.git"),
+        ("see 'https://a:b@h/x' and https://c:d@h/y", "see 'https://h/x' and https://h/y"),
+    ],
+)
+def test_redact_url(url: str, shown: str):
+    assert redact_url(url) == shown
+
+
+# ---------------------------------------------------------------------------------------------
+# One fetch for many Applications
+
+
+def test_concurrent_resolves_of_one_repo_share_one_fetch(git_server: GitServer, make_repo, cache: GitCache):
+    repo = make_repo({"k8s/a.yaml": "a: 1\n"})
+    url = git_server.url("app")
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def resolve() -> None:
+        barrier.wait()
+        results.append(cache.resolve(url, "main"))
+
+    threads = [threading.Thread(target=resolve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [repo.head] * 8
+    assert cache.fetch_count(url) == 1
+    assert git_server.fetches("app") == 1
+
+
+def test_refresh_always_fetches_again(git_server: GitServer, make_repo, cache: GitCache):
+    make_repo({"a.txt": "a"})
+    url = git_server.url("app")
+    cache.resolve(url)
+    cache.resolve(url, refresh=True)
+    cache.resolve(url)
+    assert git_server.fetches("app") == 2
+
+
+def test_repos_share_a_clone_per_url(git_server: GitServer, make_repo, cache: GitCache, tmp_path: Path):
+    make_repo({"a.txt": "a"}, name="one")
+    make_repo({"b.txt": "b"}, name="two")
+    cache.resolve(git_server.url("one"))
+    cache.resolve(git_server.url("two"))
+    cache.resolve(git_server.url("one"), "main")
+    assert len(list((tmp_path / "cache" / "repos").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkout
+
+
+def tree_files(directory: Path) -> dict[str, bytes | str]:
+    """Every file under `directory`: its bytes, or for a symlink `-> target`."""
+    files: dict[str, bytes | str] = {}
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.is_symlink():
+            files[name] = f"-> {path.readlink()}"
+        elif path.is_file():
+            files[name] = path.read_bytes()
+    return files
+
+
+def test_checkout_holds_exactly_the_files_of_the_commit(remote: Remote, cache: GitCache, tmp_path: Path):
+    repo = remote.repo
+    repo.write({
+        "k8s/deployment.yaml": "kind: Deployment\n",
+        "k8s/base/kustomization.yaml": "resources: []\n",
+        ".gitattributes": "k8s/secret.yaml export-ignore\n",  # `git archive` would drop it
+        "k8s/secret.yaml": "kind: Secret\n",
+    })
+    repo.symlink("k8s/current", "base")
+    first = repo.commit("layout")
+    repo.delete("k8s/deployment.yaml")
+    repo.write({"k8s/service.yaml": "kind: Service\n"})
+    second = repo.commit("replace the deployment with a service")
+    repo.push()
+    assert cache.resolve(remote.url) == second
+
+    for commit in (first, second):
+        tree = cache.checkout(remote.url, commit)
+        assert tree == tmp_path / "cache" / "trees" / commit
+        expected = {}
+        for name in repo.git("ls-tree", "-r", "--name-only", commit).splitlines():
+            mode = repo.git("ls-tree", commit, name).split()[0]
+            blob = subprocess_bytes(repo, f"{commit}:{name}")
+            expected[name] = f"-> {blob.decode()}" if mode == "120000" else blob
+        assert tree_files(tree) == expected
+    assert "k8s/deployment.yaml" in tree_files(cache.checkout(remote.url, first))
+    assert "k8s/deployment.yaml" not in tree_files(cache.checkout(remote.url, second))
+
+
+def subprocess_bytes(repo: WorkRepo, spec: str) -> bytes:
+    return subprocess.run(["git", "cat-file", "-p", spec], cwd=repo.path, capture_output=True, check=True).stdout
+
+
+def test_checkout_is_built_once_and_reused(remote: Remote, cache: GitCache, tmp_path: Path):
+    sha = cache.resolve(remote.url)
+    tree = cache.checkout(remote.url, sha)
+    marker = (tree / "k8s" / "configmap.yaml").stat().st_mtime_ns
+    assert cache.checkout(remote.url, sha) == tree
+    assert (tree / "k8s" / "configmap.yaml").stat().st_mtime_ns == marker
+    assert sorted(p.name for p in (tmp_path / "cache" / "trees").iterdir()) == [sha]  # no temp leftovers
+
+
+def test_concurrent_checkouts_of_one_commit_agree(remote: Remote, cache: GitCache):
+    sha = cache.resolve(remote.url)
+    barrier = threading.Barrier(6)
+    trees: list[Path] = []
+
+    def checkout() -> None:
+        barrier.wait()
+        trees.append(cache.checkout(remote.url, sha))
+
+    threads = [threading.Thread(target=checkout) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(trees) == 6 and len(set(trees)) == 1
+    assert (trees[0] / "k8s" / "configmap.yaml").read_text() == CONFIGMAP.format(name="app", value="1")
+
+
+def test_checkout_fetches_a_commit_it_does_not_have_yet(remote: Remote, cache: GitCache):
+    sha = remote.repo.head
+    assert (cache.checkout(remote.url, sha) / "k8s" / "configmap.yaml").is_file()
+
+
+def test_checkout_of_an_unknown_commit_fails(remote: Remote, cache: GitCache):
+    with pytest.raises(SourceError, match="not found"):
+        cache.checkout(remote.url, "1" * 40)
+    with pytest.raises(SourceError, match="full commit SHA"):
+        cache.checkout(remote.url, "main")
+
+
+def test_empty_repo_has_no_default_branch(git_server: GitServer, cache: GitCache):
+    git_server.create_repo("empty")
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(git_server.url("empty"))
+    assert str(caught.value) == f"{git_server.url('empty')} has no default branch (is the repository empty?)"
+    assert caught.value.transient
