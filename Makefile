@@ -43,8 +43,16 @@ unit: $(STAMP)
 e2e: $(STAMP) binaries
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# The local control plane, the controller and the example app served from a loopback git repo;
+# left running (make cluster-down stops all of it).
 demo: cluster-up
-	KUBECONFIG=$(CURDIR)/.cluster/kubeconfig kubectl get nodes -o wide
+	$(PY) hack/demo.py
+
+# The controller in the foreground against $$KUBECONFIG (default: the local control plane).
+run: $(STAMP) binaries
+	KUBECONFIG=$(KUBECONFIG) kubectl apply -f crds/
+	KUBECONFIG=$(KUBECONFIG) kubectl create namespace gantry --dry-run=client -o yaml | KUBECONFIG=$(KUBECONFIG) kubectl apply -f -
+	$(VENV)/bin/gantry-controller --kubeconfig $(KUBECONFIG) --namespace gantry --kustomize $(CURDIR)/.cluster/bin/kustomize
 
 bench: cluster-up
 	$(PY) -m bench

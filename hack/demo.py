@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import localcluster
+import localcluster  # noqa: I001  (hack/ is on the path when run as a script)
 from gitserver import WorkRepo, init_bare
 
 ROOT = localcluster.ROOT

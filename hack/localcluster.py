@@ -123,14 +123,16 @@ def _runs(pid: int, binary: str) -> bool:
         return False
 
 
-def _start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+def start(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Start a process of ours in the background, its output in .cluster/logs/NAME.log, its pid
+    recorded so `down` stops it (the demo's controller and git server use this too)."""
     LOGS.mkdir(parents=True, exist_ok=True)
     PIDS.mkdir(parents=True, exist_ok=True)
     log = open(LOGS / f"{name}.log", "ab")
     # A session of its own: the process outlives `make cluster-up` and a Ctrl-C in that terminal.
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env={**os.environ, **(env or {})}, cwd=STATE,
+        start_new_session=True, env={**os.environ, **(env or {})}, cwd=cwd or STATE,
     )
     # Popen may return before the child has exec'd; record it once it runs the binary, so a later
     # check by executable never mistakes the starting child for a dead one.
@@ -158,7 +160,7 @@ def _stop(name: str, grace: float = 10.0) -> None:
     _pid_file(name).unlink(missing_ok=True)
 
 
-def _running(name: str) -> bool:
+def running(name: str) -> bool:
     pid = _read_pid(name)
     return pid is not None and _is_ours(pid, name)
 
@@ -175,7 +177,7 @@ def _wait(what: str, check, timeout: float, component: str) -> None:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if not _running(component):
+        if not running(component):
             raise ClusterError(
                 f"{component} exited while waiting for {what}; see {LOGS / (component + '.log')}:\n"
                 + _log_tail(component)
@@ -192,7 +194,7 @@ def _wait(what: str, check, timeout: float, component: str) -> None:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -310,7 +312,7 @@ STORAGE_CLASS_MANIFEST = {
 
 
 def is_up() -> bool:
-    if not KUBECONFIG.exists() or not all(_running(name) for name in COMPONENTS):
+    if not KUBECONFIG.exists() or not all(running(name) for name in COMPONENTS):
         return False
     server = json.loads(KUBECONFIG.read_text())["clusters"][0]["cluster"]["server"]
     try:
@@ -350,12 +352,12 @@ def _etcd_data_dir() -> Path:
 
 
 def _bring_up(binaries: Binaries) -> None:
-    etcd_port, etcd_peer_port = _free_port(), _free_port()
-    api_port, kcm_port, scheduler_port, kwok_port = (_free_port() for _ in range(4))
+    etcd_port, etcd_peer_port = free_port(), free_port()
+    api_port, kcm_port, scheduler_port, kwok_port = (free_port() for _ in range(4))
     data_dir = _etcd_data_dir()
     (STATE / "etcd-data-dir").write_text(str(data_dir))
     etcd_url = f"http://127.0.0.1:{etcd_port}"
-    _start("etcd", [
+    start("etcd", [
         str(binaries.etcd / "etcd"), "--name=gantry", f"--data-dir={data_dir}",
         f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
         f"--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}",
@@ -366,7 +368,7 @@ def _bring_up(binaries: Binaries) -> None:
     _wait("etcd health", lambda: urllib.request.urlopen(etcd_url + "/health", timeout=2).status == 200, 60, "etcd")
 
     server = f"https://127.0.0.1:{api_port}"
-    _start("kube-apiserver", [
+    start("kube-apiserver", [
         str(binaries.kube / "kube-apiserver"),
         f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
         f"--secure-port={api_port}",
@@ -387,16 +389,16 @@ def _bring_up(binaries: Binaries) -> None:
     kubeconfig = str(KUBECONFIG)
     common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
               f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--leader-elect=false"]
-    _start("kube-controller-manager", [
+    start("kube-controller-manager", [
         str(binaries.kube / "kube-controller-manager"), *common, f"--secure-port={kcm_port}",
         f"--service-account-private-key-file={PKI / 'sa.key'}", f"--root-ca-file={PKI / 'ca.crt'}",
         f"--cluster-signing-cert-file={PKI / 'ca.crt'}", f"--cluster-signing-key-file={PKI / 'ca.key'}",
         "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allocate-node-cidrs=false", "--controllers=*,-nodeipam", "--v=1",
     ])
-    _start("kube-scheduler", [str(binaries.kube / "kube-scheduler"), *common, f"--secure-port={scheduler_port}", "--v=1"])
+    start("kube-scheduler", [str(binaries.kube / "kube-scheduler"), *common, f"--secure-port={scheduler_port}", "--v=1"])
 
-    _start("kwok", [
+    start("kwok", [
         str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok.parent / 'stages.yaml'}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-ip=127.0.0.1", f"--node-port={kwok_port}", "--cidr=10.244.0.0/16",
@@ -404,7 +406,7 @@ def _bring_up(binaries: Binaries) -> None:
     for index, name in enumerate(FAKE_NODES):
         _kubectl(binaries, "apply", "-f", "-", stdin=json.dumps(_node_manifest(name, index)))
     _kubectl(binaries, "apply", "-f", "-", stdin=json.dumps(STORAGE_CLASS_MANIFEST))
-    _start("provisioner", [sys.executable, str(Path(__file__).resolve()), "provision"],
+    start("provisioner", [sys.executable, str(Path(__file__).resolve()), "provision"],
            env={"KUBECONFIG": kubeconfig})
 
     def nodes_ready() -> bool:
@@ -420,7 +422,7 @@ def _bring_up(binaries: Binaries) -> None:
     _wait("default ServiceAccount", lambda: bool(_kubectl(binaries, "get", "serviceaccount", "default", "-o", "name")),
           60, "kube-controller-manager")
     for name in ("kube-controller-manager", "kube-scheduler", "provisioner"):
-        if not _running(name):
+        if not running(name):
             raise ClusterError(f"{name} exited during start-up; see {LOGS / (name + '.log')}:\n{_log_tail(name)}")
 
 
@@ -453,7 +455,7 @@ def down(quiet: bool = False, keep_logs: bool = False) -> None:
 
 def status() -> int:
     for name in COMPONENTS:
-        print(f"{name:25} {'running' if _running(name) else 'stopped'}")
+        print(f"{name:25} {'running' if running(name) else 'stopped'}")
     if is_up():
         print(f"ready; KUBECONFIG={KUBECONFIG}")
         return 0

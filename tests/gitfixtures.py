@@ -1,4 +1,4 @@
-"""pytest fixtures for real git repositories served on loopback (see gitserver.py).
+"""pytest fixtures for real git repositories served on loopback (see hack/gitserver.py).
 
 Registered by `pytest_plugins = ["gitfixtures"]` in tests/conftest.py; until then a test module
 imports the fixtures it uses (`from gitfixtures import git_server, make_repo`).

@@ -1,4 +1,4 @@
-"""A real git server on loopback for tests: bare repositories served over smart HTTP by git's own
+"""A real git server on loopback for tests and the demo: bare repositories served over smart HTTP by git's own
 `git http-backend` (through a small CGI bridge), and working repos to commit and push changes.
 
     with GitServer(tmp_path / "srv", username="u", password="p") as server:
@@ -74,8 +74,10 @@ class GitServer:
     does not gets 401 with `WWW-Authenticate`, so git reports an authentication failure.
     """
 
-    def __init__(self, root: Path, *, username: str | None = None, password: str | None = None) -> None:
+    def __init__(self, root: Path, *, username: str | None = None, password: str | None = None,
+                 port: int = 0) -> None:
         self.root = Path(root)
+        self._bind_port = port
         self.root.mkdir(parents=True, exist_ok=True)
         self.username = username
         self.password = password
@@ -88,7 +90,7 @@ class GitServer:
 
     def start(self) -> GitServer:
         handler = type("Handler", (_CgiBridge,), {"server_ref": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._bind_port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="gitserver", daemon=True)
         self._thread.start()
@@ -320,3 +322,29 @@ class WorkRepo:
 
     def rev(self, revision: str) -> str:
         return self.git("rev-parse", f"{revision}^{{commit}}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python hack/gitserver.py serve ROOT PORT`: serve ROOT's bare repos until stopped (the demo)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="serve bare git repositories over smart HTTP on 127.0.0.1")
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("port", type=int)
+    args = parser.parse_args(argv)
+    server = GitServer(args.root, port=args.port).start()
+    print(f"serving {args.root} at http://127.0.0.1:{server.port}/", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Live-object cache fed by watches (the gitops-engine `pkg/cache` idea, small).
+
+One list+watch per resource type that some Application manages, filtered by Gantry's managed-by
+label. Diff reads live objects from here instead of asking the API server per object, and every
+change to a managed object calls `on_change` with the owning Application's key, which is how drift
+is noticed within seconds instead of at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .kube import KubeApiError, KubeClient, Resource
+from .model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TRACKING_ANNOTATION, Manifest, ObjectRef
+
+logger = logging.getLogger(__name__)
+_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+
+def owner_of(obj: Manifest) -> str | None:
+    """The `namespace/name` of the Application that applied obj, from its tracking annotation."""
+    tracking = ((obj.get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION, "")
+    app_key, sep, _ = tracking.partition(":")
+    return app_key if sep else None
+
+
+def _newer(candidate: Manifest, current: Manifest | None) -> bool:
+    if current is None:
+        return True
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(current["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):  # resourceVersions are opaque in principle; trust the newest event
+        return True
+
+
+class LiveCache:
+    def __init__(self, client: KubeClient, on_change: Callable[[str, Manifest], None] | None = None,
+                 *, watch_timeout: int = 300) -> None:
+        self.client = client
+        self.on_change = on_change
+        self.watch_timeout = watch_timeout
+        self._objects: dict[ObjectRef, Manifest] = {}
+        self._watched: dict[tuple[str, str], threading.Event] = {}  # (apiVersion, kind) -> synced
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, target: Manifest) -> Manifest | None:
+        """The live object for a target: from the cache when its type is watched and synced and
+        the object is there; otherwise one GET (objects not yet labelled, or just deleted)."""
+        ref = ObjectRef.of(target)
+        resource = self.client.resource_of(target)
+        self.ensure_watched(resource)
+        with self._lock:
+            cached = self._objects.get(ref)
+        if cached is not None:
+            return cached
+        metadata = target.get("metadata") or {}
+        live = self.client.get(resource, metadata["name"], metadata.get("namespace"))
+        if live is not None:
+            self.record(live)
+        return live
+
+    def record(self, live: Manifest) -> None:
+        """Remember an object the caller just got from the server (an apply's answer)."""
+        ref = ObjectRef.of(live)
+        labels = (live.get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
+            return
+        with self._lock:
+            if _newer(live, self._objects.get(ref)):
+                self._objects[ref] = live
+
+    def forget(self, ref: ObjectRef) -> None:
+        with self._lock:
+            self._objects.pop(ref, None)
+
+    def objects_of(self, app_key: str) -> list[Manifest]:
+        with self._lock:
+            return [obj for obj in self._objects.values() if owner_of(obj) == app_key]
+
+    # ------------------------------------------------------------------ watches
+
+    def ensure_watched(self, resource: Resource, wait: float = 30.0) -> bool:
+        """Start a watch on resource's type if none runs; True once its initial list is in."""
+        key = (resource.api_version, resource.kind)
+        with self._lock:
+            synced = self._watched.get(key)
+            if synced is None:
+                synced = self._watched[key] = threading.Event()
+                thread = threading.Thread(target=self._run, args=(resource, synced), daemon=True,
+                                          name=f"watch-{resource.plural}.{resource.group or 'core'}")
+                thread.start()
+        return synced.wait(wait)
+
+    def _run(self, resource: Resource, synced: threading.Event) -> None:
+        backoff = 1.0
+        while not self._stopped.is_set():
+            try:
+                listing = self.client.list(resource, label_selector=_SELECTOR)
+                seen = set()
+                for item in listing["items"]:
+                    item.setdefault("apiVersion", resource.api_version)
+                    item.setdefault("kind", resource.kind)
+                    seen.add(ObjectRef.of(item))
+                    self._store("ADDED", item, notify=synced.is_set())
+                self._drop_missing(resource, seen)
+                synced.set()
+                version = listing["metadata"].get("resourceVersion")
+                backoff = 1.0
+                while not self._stopped.is_set():
+                    query = {"labelSelector": _SELECTOR, "timeoutSeconds": self.watch_timeout,
+                             "allowWatchBookmarks": "true"}
+                    if version:
+                        query["resourceVersion"] = version
+                    for event in self.client.stream(resource.collection_path(), query, timeout=self.watch_timeout):
+                        kind, obj = event.get("type"), event.get("object") or {}
+                        if kind == "ERROR":
+                            raise KubeApiError(obj.get("code", 0), obj.get("reason", ""), obj.get("message", ""))
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if kind == "BOOKMARK":
+                            continue
+                        obj.setdefault("apiVersion", resource.api_version)
+                        obj.setdefault("kind", resource.kind)
+                        self._store(kind, obj, notify=True)
+            except KubeApiError as error:
+                if error.status != 410:  # 410 Gone: our resourceVersion is too old, relist at once
+                    logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30)
+            except Exception as error:  # connection reset, API server restart …
+                logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    def _store(self, event_type: str, obj: Manifest, *, notify: bool) -> None:
+        ref = ObjectRef.of(obj)
+        with self._lock:
+            if event_type == "DELETED":
+                self._objects.pop(ref, None)
+            elif _newer(obj, self._objects.get(ref)):
+                self._objects[ref] = obj
+            else:
+                return
+        owner = owner_of(obj)
+        if notify and owner and self.on_change:
+            self.on_change(owner, obj)
+
+    def _drop_missing(self, resource: Resource, seen: set[ObjectRef]) -> None:
+        """After a relist, objects deleted while no watch ran must go too (and count as changes)."""
+        with self._lock:
+            gone = [
+                (ref, obj) for ref, obj in self._objects.items()
+                if obj.get("apiVersion") == resource.api_version and ref.kind == resource.kind and ref not in seen
+            ]
+            for ref, _ in gone:
+                del self._objects[ref]
+        for _, obj in gone:
+            owner = owner_of(obj)
+            if owner and self.on_change:
+                self.on_change(owner, obj)

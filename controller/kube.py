@@ -1,0 +1,218 @@
+"""The edge to the API server: one small JSON-over-HTTPS client with discovery, used by diff, sync,
+the live-object cache and the operator. Objects stay plain dicts (no client model classes), which is
+both what the stages compare and several times faster than the generated client for bulk work.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from .model import GantryError, Manifest
+
+
+class KubeApiError(GantryError):
+    """A non-2xx answer from the API server, with its Status reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message or reason or f"HTTP {status}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        # Conflicts on resourceVersion, throttling, timeouts and server errors go away on retry;
+        # validation (422), not found (404) and forbidden (403) need a change by a human.
+        return self.status in (0, 409, 429, 500, 502, 503, 504) and self.reason != "AlreadyExists"
+
+
+class UnservedApiError(GantryError):
+    """The cluster serves no such apiVersion/kind (a removed API such as networking.k8s.io/v1beta1)."""
+
+    def __init__(self, api_version: str, kind: str) -> None:
+        super().__init__(f"{api_version} {kind} is not served by this cluster")
+        self.api_version = api_version
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where objects of one apiVersion/kind live in the REST API."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0] if "/" in self.api_version else ""
+
+    def collection_path(self, namespace: str | None = None) -> str:
+        base = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        if self.namespaced and namespace:
+            return f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def object_path(self, name: str, namespace: str | None = None) -> str:
+        return f"{self.collection_path(namespace)}/{quote(name, safe='')}"
+
+
+class KubeClient:
+    """Thread-safe: urllib3's pool is, and discovery is guarded by a lock."""
+
+    def __init__(self, configuration: k8s_client.Configuration, *, pool_size: int = 16) -> None:
+        self.configuration = configuration
+        self.host = configuration.host.rstrip("/")
+        self._pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=pool_size,
+            cert_reqs="CERT_REQUIRED" if configuration.verify_ssl else "CERT_NONE",
+            ca_certs=configuration.ssl_ca_cert,
+            cert_file=configuration.cert_file,
+            key_file=configuration.key_file,
+        )
+        self._discovery: dict[str, dict[str, Resource] | None] = {}
+        self._discovery_lock = threading.Lock()
+        self.requests_made = 0  # read by benchmarks: API requests since start
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> "KubeClient":
+        """In-cluster when running in a pod (and no kubeconfig is named), else the kubeconfig."""
+        configuration = k8s_client.Configuration()
+        if kubeconfig is None:
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+                return cls(configuration)
+            except k8s_config.ConfigException:
+                pass
+        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        return cls(configuration)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "gantry"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        token = self.configuration.get_api_key_with_prefix("BearerToken") or self.configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 60.0,
+    ) -> Manifest:
+        url = self.host + path + (f"?{urlencode(query)}" if query else "")
+        payload = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.requests_made += 1
+        try:
+            response = self._pool.request(
+                method, url, body=payload, headers=self._headers(content_type if payload else None),
+                timeout=urllib3.Timeout(connect=10, read=timeout), retries=False,
+            )
+        except urllib3.exceptions.HTTPError as error:
+            raise KubeApiError(0, "ConnectionError", f"cannot reach the API server: {error}") from error
+        data = json.loads(response.data) if response.data else {}
+        if response.status >= 400:
+            raise KubeApiError(response.status, data.get("reason", ""), data.get("message", response.reason or ""))
+        return data
+
+    def stream(self, path: str, query: dict[str, Any], *, timeout: float) -> Iterator[Manifest]:
+        """Watch events (one JSON object a line) until the server closes the stream."""
+        url = self.host + path + "?" + urlencode({**query, "watch": "true"})
+        self.requests_made += 1
+        response = self._pool.request(
+            "GET", url, headers=self._headers(None), preload_content=False,
+            timeout=urllib3.Timeout(connect=10, read=timeout + 10), retries=False,
+        )
+        try:
+            if response.status >= 400:
+                data = json.loads(response.read() or b"{}")
+                raise KubeApiError(response.status, data.get("reason", ""), data.get("message", ""))
+            buffer = b""
+            for chunk in response.stream(65536, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            response.release_conn()
+
+    # ------------------------------------------------------------------ discovery
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """The REST resource of apiVersion/kind; refreshes discovery once on a miss (new CRDs)."""
+        for refresh in (False, True):
+            resources = self._group_version(api_version, refresh=refresh)
+            if resources and kind in resources:
+                return resources[kind]
+        raise UnservedApiError(api_version, kind)
+
+    def resource_of(self, manifest: Manifest) -> Resource:
+        return self.resource(manifest.get("apiVersion", ""), manifest.get("kind", ""))
+
+    def invalidate_discovery(self) -> None:
+        with self._discovery_lock:
+            self._discovery.clear()
+
+    def _group_version(self, api_version: str, *, refresh: bool) -> dict[str, Resource] | None:
+        with self._discovery_lock:
+            if not refresh and api_version in self._discovery:
+                return self._discovery[api_version]
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            listing = self.request("GET", path)
+            resources = {
+                entry["kind"]: Resource(api_version, entry["kind"], entry["name"], entry["namespaced"])
+                for entry in listing.get("resources", [])
+                if "/" not in entry["name"]  # subresources such as deployments/scale
+            }
+        except KubeApiError as error:
+            if error.status != 404:
+                raise
+            resources = None
+        with self._discovery_lock:
+            self._discovery[api_version] = resources
+        return resources
+
+    # ------------------------------------------------------------------ conveniences
+
+    def get(self, resource: Resource, name: str, namespace: str | None = None) -> Manifest | None:
+        try:
+            return self.request("GET", resource.object_path(name, namespace))
+        except KubeApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None) -> Manifest:
+        """The whole list (following `continue`), as one List dict with items and resourceVersion."""
+        items: list[Manifest] = []
+        query: dict[str, Any] = {"limit": 500}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        while True:
+            page = self.request("GET", resource.collection_path(namespace), query=query)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return {"items": items, "metadata": page.get("metadata") or {}}
+            query["continue"] = token

@@ -1,0 +1,296 @@
+"""The kopf wiring: Application events in, one worker loop per Application, status and events out.
+
+Handlers stay thin; the reconcile itself is controller.reconcile. We use `@kopf.on.event` rather
+than kopf daemons on purpose: daemons make kopf put its own finalizer on every Application, so an
+Application could not be deleted while the controller is down, and Argo CD users expect that only
+when they asked for cascade (`resources-finalizer`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kopf
+
+from .cache import LiveCache
+from .kube import KubeApiError, KubeClient
+from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_ANNOTATION, Manifest
+from .reconcile import Event, Outcome, Reconciler, now
+from .source import GitCache
+
+logger = logging.getLogger("gantry")
+PLURAL = "applications"
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "gantry"
+    app_namespaces: tuple[str, ...] = ()  # extra namespaces whose Applications are served
+    all_namespaces: bool = False
+    poll_interval: float = 180.0
+    workers: int = 8
+    kubeconfig: str | None = None
+    kustomize: str = "kustomize"
+    cache_dir: Path = Path(os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"))
+
+
+@dataclass
+class AppWorker:
+    body: Manifest
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    seen_generation: int | None = None
+    attempt: int = 0
+
+
+class Scheduler:
+    """One asyncio task per Application; reconciles run in a bounded thread pool, so a slow repo
+    occupies one worker, never the loop or the other apps."""
+
+    def __init__(self, reconciler: Reconciler, client: KubeClient, options: Options) -> None:
+        self.reconciler = reconciler
+        self.client = client
+        self.options = options
+        self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="reconcile")
+        self.loop = asyncio.get_running_loop()
+        self.workers: dict[str, AppWorker] = {}
+
+    def observe(self, event_type: str | None, body: Manifest) -> None:
+        metadata = body["metadata"]
+        key = f"{metadata['namespace']}/{metadata['name']}"
+        if event_type == "DELETED":
+            worker = self.workers.pop(key, None)
+            if worker and worker.task:
+                worker.task.cancel()
+            return
+        worker = self.workers.get(key)
+        if worker is None:
+            worker = self.workers[key] = AppWorker(body=dict(body))
+            worker.task = self.loop.create_task(self._run(key, worker), name=f"app-{key}")
+            return
+        worker.body = dict(body)
+        annotations = metadata.get("annotations") or {}
+        if (metadata.get("generation") != worker.seen_generation or REFRESH_ANNOTATION in annotations
+                or body.get("operation") or metadata.get("deletionTimestamp")):
+            worker.wake.set()
+
+    def wake_threadsafe(self, app_key: str, _obj: Manifest | None = None) -> None:
+        """Called from watch threads when a managed object changed."""
+        self.loop.call_soon_threadsafe(self._wake, app_key)
+
+    def _wake(self, app_key: str) -> None:
+        worker = self.workers.get(app_key)
+        if worker is not None:
+            worker.wake.set()
+
+    async def _run(self, key: str, worker: AppWorker) -> None:
+        while True:
+            body = worker.body
+            worker.wake.clear()
+            worker.seen_generation = body["metadata"].get("generation")
+            delay: float | None = None
+            try:
+                if body["metadata"].get("deletionTimestamp"):
+                    await self.loop.run_in_executor(self.pool, self._finalize, body)
+                    delay = 5.0  # until the DELETED event cancels this task
+                else:
+                    started = time.monotonic()
+                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt)
+                    worker.attempt = worker.attempt + 1 if outcome.requeue_after else 0
+                    delay = outcome.requeue_after
+                    logger.info("reconciled %s: %s, %s in %.2fs", key, outcome.status.get("sync", {}).get("status"),
+                                outcome.status.get("health", {}).get("status"), time.monotonic() - started)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or an API outage must not end this app's loop
+                logger.exception("reconcile of %s failed unexpectedly", key)
+                worker.attempt += 1
+                delay = min(5.0 * 2 ** worker.attempt, 300.0)
+            try:
+                await asyncio.wait_for(worker.wake.wait(), timeout=delay or self.options.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
+
+    # ---------------------------------------------------------------- runs in the thread pool
+
+    def _reconcile(self, body: Manifest, attempt: int) -> Outcome:
+        outcome = self.reconciler.reconcile(body, attempt=attempt)
+        metadata = body["metadata"]
+        self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": outcome.status},
+                            content_type="application/merge-patch+json")
+        consumed: dict = {}
+        if outcome.consumed_refresh:
+            consumed.setdefault("metadata", {})["annotations"] = {REFRESH_ANNOTATION: None}
+        if outcome.consumed_operation:
+            consumed["operation"] = None
+        if consumed:
+            self.client.request("PATCH", _app_path(metadata), body=consumed,
+                                content_type="application/merge-patch+json")
+        for event in outcome.events:
+            post_event(self.client, body, event)
+        return outcome
+
+    def _finalize(self, body: Manifest) -> None:
+        metadata = body["metadata"]
+        ours = (FINALIZER, ARGOCD_FINALIZER)
+        finalizers = metadata.get("finalizers") or []
+        if not any(f in finalizers for f in ours):
+            return
+        results = self.reconciler.finalize(body)
+        logger.info("finalizing %s/%s: %s", metadata["namespace"], metadata["name"],
+                    ", ".join(f"{r.ref} {r.action.value}{' (' + r.message + ')' if r.message else ''}" for r in results)
+                    or "nothing to delete")
+        failed = [r for r in results if r.failed]
+        for result in results:
+            if result.action.value == "deleted":
+                post_event(self.client, body, Event("Normal", "Pruned", f"{result.ref} deleted with the application"))
+        if failed:
+            post_event(self.client, body, Event("Warning", "DeleteFailed",
+                                                "; ".join(f"{r.ref}: {r.message}" for r in failed)))
+            return
+        remaining = [f for f in finalizers if f not in ours]
+        self.client.request("PATCH", _app_path(metadata),
+                            body={"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}},
+                            content_type="application/merge-patch+json")
+
+
+def _app_path(metadata: Manifest, suffix: str = "") -> str:
+    return (f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{metadata['namespace']}/{PLURAL}/"
+            f"{metadata['name']}{suffix}")
+
+
+def post_event(client: KubeClient, app: Manifest, event: Event) -> None:
+    metadata = app["metadata"]
+    timestamp = now()
+    try:
+        client.request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", body={
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+            "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "Application",
+                               "name": metadata["name"], "namespace": metadata["namespace"],
+                               "uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion")},
+            "type": event.type, "reason": event.reason, "message": event.message[:1024],
+            "source": {"component": "gantry-controller"}, "reportingComponent": "gantry-controller",
+            "firstTimestamp": timestamp, "lastTimestamp": timestamp, "count": 1,
+        })
+    except KubeApiError as error:
+        logger.warning("could not post event %s for %s: %s", event.reason, metadata["name"], error)
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf handlers: thin.
+
+_scheduler: Scheduler | None = None
+_options = Options()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
+    global _scheduler
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    client = KubeClient.from_kubeconfig(_options.kubeconfig)
+    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval)
+    live = LiveCache(client)
+    reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers)
+    _scheduler = Scheduler(reconciler, client, _options)
+    live.on_change = _scheduler.wake_threadsafe
+    logger.info("gantry controller started: apps in %s, poll every %.0fs, %d workers",
+                "all namespaces" if _options.all_namespaces else ", ".join(_served_namespaces(_options)),
+                _options.poll_interval, _options.workers)
+
+
+@kopf.on.login()
+def login(**_) -> kopf.ConnectionInfo:
+    """kopf talks to the same cluster, with the same credentials, as our own client."""
+    configuration = KubeClient.from_kubeconfig(_options.kubeconfig).configuration
+    token = (configuration.api_key or {}).get("BearerToken") or (configuration.api_key or {}).get("authorization")
+    scheme, _, token = (token or "").rpartition(" ") if token and " " in token else ("Bearer", "", token)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme=scheme if token else None,
+        token=token or None,
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(**_) -> None:
+    if _scheduler is not None:
+        _scheduler.reconciler.live.stop()
+        _scheduler.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+async def application_event(type: str | None, body: kopf.Body, **_) -> None:
+    if _scheduler is not None:
+        _scheduler.observe(type, _plain(body))
+
+
+def _plain(body: kopf.Body) -> Manifest:
+    """kopf's Body is a live view; the worker needs a snapshot it can keep."""
+    import copy
+
+    return copy.deepcopy(dict(body))
+
+
+def _served_namespaces(options: Options) -> list[str]:
+    return [options.namespace, *[n for n in options.app_namespaces if n != options.namespace]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gantry-controller", description="Gantry GitOps controller")
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                        help="kubeconfig to use (default: in-cluster, else $KUBECONFIG)")
+    parser.add_argument("--namespace", default=os.environ.get("GANTRY_NAMESPACE", "gantry"),
+                        help="the controller's namespace; Applications here are served (default: gantry)")
+    parser.add_argument("--app-namespaces", default="",
+                        help="comma-separated further namespaces whose Applications are served")
+    parser.add_argument("--all-namespaces", action="store_true",
+                        help="serve Applications in every namespace (they can deploy anywhere the controller can)")
+    parser.add_argument("--poll-interval", type=float, default=180.0, help="seconds between git polls (default 180)")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
+    parser.add_argument("--kustomize", default=os.environ.get("GANTRY_KUSTOMIZE") or shutil.which("kustomize") or "kustomize",
+                        help="path of the kustomize binary")
+    parser.add_argument("--cache-dir", default=os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"),
+                        help="where git clones are cached")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    global _options
+    _options = Options(
+        namespace=args.namespace,
+        app_namespaces=tuple(n.strip() for n in args.app_namespaces.split(",") if n.strip()),
+        all_namespaces=args.all_namespaces,
+        poll_interval=args.poll_interval,
+        workers=args.workers,
+        kubeconfig=args.kubeconfig,
+        kustomize=args.kustomize,
+        cache_dir=Path(args.cache_dir),
+    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kopf.objects", "kopf.activities.startup", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,
+        clusterwide=args.all_namespaces,
+        namespaces=[] if args.all_namespaces else _served_namespaces(_options),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,429 @@
+"""One reconcile of one Application: source → render → diff → sync → health → status.
+
+Guards come in a fixed order, as in Flux's kustomize-controller: invalid spec (stalled until edited),
+source, render, dry-run; any of them failing marks the app Failed and returns before anything is
+applied or pruned, so a broken commit never touches what runs. The result is a status value and
+the events to post; operator.py writes them. No kopf here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import health as health_stage
+from . import status as status_stage
+from .cache import LiveCache
+from .diff import DiffResult, Differ, ObjectDiff, prepare, unserved_message
+from .kube import KubeApiError, KubeClient, UnservedApiError
+from .model import (
+    ARGOCD_FINALIZER,
+    FINALIZER,
+    REFRESH_ANNOTATION,
+    Action,
+    AppSpec,
+    ApplyFailure,
+    HealthResult,
+    HealthStatus,
+    Manifest,
+    ObjectRef,
+    RenderError,
+    RetryPolicy,
+    SourceError,
+    SpecError,
+    SyncStatus,
+)
+from .render import render
+from .source import GitCache
+from .sync import InventoryEntry, ResourceResult, Syncer, stage
+
+logger = logging.getLogger(__name__)
+DEFAULT_RETRY = RetryPolicy(limit=0, backoff_seconds=10, factor=2, max_backoff_seconds=300)
+HISTORY_LIMIT = 10
+
+
+def now() -> str:
+    return status_stage.timestamp()
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What one reconcile decided: the new status and what the operator must do about it."""
+
+    status: dict
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds; None: wait for the next change or poll
+    consumed_refresh: bool = False
+    consumed_operation: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """Why this reconcile runs, read off the Application by the operator."""
+
+    refresh: str | None = None  # "normal" | "hard" from the refresh annotation
+    sync_revision: str | None = None  # operation.sync.revision
+    sync_prune: bool = False  # operation.sync.prune
+    sync_requested: bool = False  # operation.sync present
+
+    @classmethod
+    def of(cls, body: Manifest) -> "Request":
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        sync = ((body.get("operation") or {}).get("sync"))
+        return cls(
+            refresh=annotations.get(REFRESH_ANNOTATION),
+            sync_revision=(sync or {}).get("revision") or None,
+            sync_prune=bool((sync or {}).get("prune", False)),
+            sync_requested=sync is not None,
+        )
+
+
+class Reconciler:
+    """Holds what reconciles share: the API client, git cache, diff cache, live cache."""
+
+    def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
+                 workers: int = 8) -> None:
+        self.client = client
+        self.git = git
+        self.live = live
+        self.kustomize = kustomize
+        self.differ = Differ(client, workers=workers)
+        self.syncer = Syncer(client, workers=workers)
+        self._renders: OrderedDict[tuple[str, str, str], list[Manifest] | RenderError] = OrderedDict()
+        self._render_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the reconcile
+
+    def reconcile(self, body: Manifest, *, attempt: int = 0) -> Outcome:
+        metadata = body["metadata"]
+        previous = body.get("status") or {}
+        request = Request.of(body)
+        status: dict = {
+            "observedGeneration": metadata.get("generation"),
+            "reconciledAt": now(),
+            "inventory": previous.get("inventory") or [],
+            "history": previous.get("history") or [],
+        }
+        outcome = Outcome(status, consumed_refresh=request.refresh is not None)
+
+        try:
+            spec = AppSpec.parse(metadata["name"], metadata["namespace"], body.get("spec") or {})
+        except SpecError as error:
+            # Stalled: retrying cannot help until someone edits the Application.
+            return self._failed(outcome, previous, "InvalidSpecError", str(error), health=HealthStatus.UNKNOWN)
+
+        revision_wanted = request.sync_revision or spec.target_revision
+        try:
+            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=request.refresh is not None
+                                      or previous.get("observedGeneration") != metadata.get("generation"))
+            checkout = self.git.checkout(spec.repo_url, commit)
+        except SourceError as error:
+            outcome = self._failed(outcome, previous, "ComparisonError", str(error))
+            if error.transient:
+                outcome.requeue_after = self._retry_delay(spec, attempt)
+            return outcome
+        status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit)}
+
+        try:
+            objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard")
+        except RenderError as error:
+            return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
+
+        # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
+        prerequisites = [o for o in objects if stage(o) == 0]
+        rest = [o for o in objects if stage(o) != 0]
+        if unserved := self._unserved(prerequisites):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+        targets = prepare(prerequisites, self.client.resource_of, destination_namespace=spec.destination_namespace,
+                          app_key=spec.key)
+
+        auto_sync = spec.automated and request.sync_requested is False
+        wants_sync = request.sync_requested or spec.automated
+        pre_diff = self.differ.diff(targets, self.live.get, spec.ignore_differences)
+        applied: list[ResourceResult] = []
+        if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
+            if spec.sync_options.create_namespace:
+                self._ensure_namespace(spec.destination_namespace)
+            applied += self.syncer.apply(pre_diff.diffs, replace=spec.sync_options.replace)
+            self._remember(applied)
+        elif wants_sync and spec.sync_options.create_namespace:
+            self._ensure_namespace(spec.destination_namespace)
+
+        if unserved := self._unserved(rest):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+        rest_targets = prepare(rest, self.client.resource_of, destination_namespace=spec.destination_namespace,
+                               app_key=spec.key)
+        diff = self.differ.diff(rest_targets, self.live.get, spec.ignore_differences)
+        if failures := [*pre_diff.failures, *diff.failures]:
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
+
+        all_targets = [*targets, *rest_targets]
+        target_entries = {InventoryEntry.of(t) for t in all_targets}
+        previous_entries = {InventoryEntry.parse(e) for e in previous.get("inventory") or []}
+        stale = sorted(previous_entries - target_entries, key=lambda e: (e.kind, e.namespace, e.name))
+        out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
+
+        last_synced = (previous.get("operationState") or {}).get("syncResult", {}).get("revision")
+        do_sync = request.sync_requested or (
+            auto_sync and out_of_sync and (spec.self_heal or commit != last_synced
+                                           or previous.get("observedGeneration") != metadata.get("generation"))
+        )
+        prune = request.sync_prune if request.sync_requested else spec.prune
+        pruned: list[ResourceResult] = []
+        if do_sync:
+            started = now()
+            applied += self.syncer.apply(diff.diffs, replace=spec.sync_options.replace)
+            self._remember(applied)
+            sync_failed = any(r.failed for r in applied)
+            if prune and stale and not sync_failed:
+                pruned = self.syncer.prune(stale, spec.key)
+                for result in pruned:
+                    if result.action is Action.DELETED:
+                        self.live.forget(result.ref)
+            outcome.consumed_operation = request.sync_requested
+            self._record_operation(status, previous, spec, commit, applied, pruned, started, prune, outcome)
+        else:
+            status["operationState"] = previous.get("operationState")
+
+        # What is still stale after this pass stays in the inventory until it is pruned.
+        deleted = {r.ref for r in pruned if r.action is Action.DELETED}
+        remaining_stale = [e for e in stale if e.ref not in deleted]
+        status["inventory"] = [e.to_dict() for e in sorted(target_entries | set(remaining_stale),
+                                                             key=lambda e: (e.kind, e.namespace, e.name))]
+        return self._summarise(outcome, previous, spec, commit, [*pre_diff.diffs, *diff.diffs], applied,
+                               remaining_stale, do_sync)
+
+    # ------------------------------------------------------------------ deletion
+
+    def finalize(self, body: Manifest) -> list[ResourceResult]:
+        """Cascade delete for an Application carrying Gantry's (or Argo CD's) resources finalizer."""
+        finalizers = (body.get("metadata") or {}).get("finalizers") or []
+        if FINALIZER not in finalizers and ARGOCD_FINALIZER not in finalizers:
+            return []
+        metadata = body["metadata"]
+        key = f"{metadata['namespace']}/{metadata['name']}"
+        inventory = [InventoryEntry.parse(e) for e in (body.get("status") or {}).get("inventory") or []]
+        return self.syncer.prune(inventory, key)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _render(self, checkout: Path, commit: str, path: str, *, hard: bool) -> list[Manifest]:
+        key = (str(checkout), commit, path)
+        with self._render_lock:
+            if hard:
+                self._renders.pop(key, None)
+            cached = self._renders.get(key)
+        if cached is None:
+            try:
+                cached = render(checkout, path, kustomize=self.kustomize)
+            except RenderError as error:
+                cached = error
+            with self._render_lock:
+                self._renders[key] = cached
+                while len(self._renders) > 64:
+                    self._renders.popitem(last=False)
+        if isinstance(cached, RenderError):
+            raise cached
+        return cached
+
+    def _ensure_namespace(self, name: str) -> None:
+        resource = self.client.resource("v1", "Namespace")
+        if self.client.get(resource, name) is None:
+            try:
+                self.client.request("POST", resource.collection_path(),
+                                    body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+            except KubeApiError as error:
+                if error.status != 409:
+                    raise
+
+    def _remember(self, results: Sequence[ResourceResult]) -> None:
+        for result in results:
+            if result.live is not None:
+                self.live.record(result.live)
+
+    @staticmethod
+    def _retry_delay(spec: AppSpec, attempt: int) -> float:
+        policy = spec.retry or DEFAULT_RETRY
+        return policy.delay(attempt + 1)
+
+    def _unserved(self, objects: Sequence[Manifest]) -> list[ApplyFailure]:
+        failures = []
+        for obj in objects:
+            try:
+                self.client.resource_of(obj)
+            except UnservedApiError as error:
+                failures.append(ApplyFailure(ObjectRef.of(obj), unserved_message(error)))
+        return failures
+
+    def _dry_run_failed(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
+                        failures: Sequence[ApplyFailure]) -> Outcome:
+        """Failed before anything was applied; each cause named as `k8s/file.yaml: Kind ns/name: reason`."""
+        described = []
+        for failure in failures:
+            source = source_file(checkout, spec.path, failure.ref)
+            described.append(f"{source}: {failure.ref}: {failure.message}" if source else f"{failure.ref}: {failure.message}")
+        return self._failed(outcome, previous, "ComparisonError", "; ".join(described), revision=commit)
+
+    def _failed(self, outcome: Outcome, previous: dict, condition_type: str, message: str, *,
+                revision: str | None = None, health: HealthStatus | None = None) -> Outcome:
+        status = outcome.status
+        sync = {"status": SyncStatus.FAILED.value}
+        if revision:
+            sync.update(revision=revision, shortRevision=status_stage.short_revision(revision))
+        status["sync"] = sync
+        # Health stays what it was: the running resources were not touched.
+        status["health"] = previous.get("health") or {"status": (health or HealthStatus.UNKNOWN).value}
+        status["resources"] = previous.get("resources") or []
+        status["summary"] = previous.get("summary") or {}
+        status["operationState"] = previous.get("operationState")
+        status["conditions"] = [status_stage.condition(condition_type, message, status["reconciledAt"],
+                                                       previous.get("conditions"))]
+        status["message"] = status_stage.one_line(message)
+        if status_stage.one_line(message) != previous.get("message"):
+            outcome.events.append(Event("Warning", condition_type, message))
+        return outcome
+
+    def _record_operation(self, status: dict, previous: dict, spec: AppSpec, commit: str,
+                          applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], started: str,
+                          prune: bool, outcome: Outcome) -> None:
+        failed = [r for r in [*applied, *pruned] if r.failed]
+        changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
+        phase = "Failed" if failed else "Succeeded"
+        message = ("; ".join(f"{r.ref}: {r.message}" for r in failed) if failed
+                   else f"successfully synced (applied {len(changed)}, pruned "
+                        f"{sum(r.action is Action.DELETED for r in pruned)})")
+        status["operationState"] = {
+            "phase": phase,
+            "message": message,
+            "startedAt": started,
+            "finishedAt": now(),
+            "operation": {"sync": {"revision": commit, "prune": prune}},
+            "syncResult": {
+                "revision": commit,
+                "resources": [_sync_result_entry(r) for r in [*applied, *pruned]
+                              if r.action is not Action.UNCHANGED or r.message],
+            },
+        }
+        if failed:
+            outcome.events.append(Event("Warning", "SyncFailed", f"sync to {status_stage.short_revision(commit)} failed: {message}"))
+            return
+        if changed:
+            outcome.events.append(Event("Normal", "Synced", f"synced {status_stage.short_revision(commit)}: " + ", ".join(
+                f"{r.ref} {r.action.value}" for r in changed[:20]) + (" …" if len(changed) > 20 else "")))
+        for result in pruned:
+            if result.action is Action.DELETED:
+                outcome.events.append(Event("Normal", "Pruned", f"{result.ref} pruned: no longer in git"))
+        history = list(previous.get("history") or [])
+        if changed or not history or history[-1].get("revision") != commit:
+            next_id = (history[-1]["id"] + 1) if history else 0
+            history.append({"id": next_id, "revision": commit, "deployedAt": now(),
+                            "source": {"repoURL": spec.repo_url, "path": spec.path,
+                                       "targetRevision": spec.target_revision}})
+        status["history"] = history[-HISTORY_LIMIT:]
+
+    def _summarise(self, outcome: Outcome, previous: dict, spec: AppSpec, commit: str,
+                   diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
+                   stale: Sequence[InventoryEntry], synced_now: bool) -> Outcome:
+        status = outcome.status
+        applied_ok = {r.ref for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)}
+        failed = {r.ref: r.message for r in applied if r.failed}
+        context = self._health_context()
+        resources, healths, lives = [], [], []
+        for d in diffs:
+            live = self.live.get(d.target) if d.ref in applied_ok else d.live
+            in_sync = d.in_sync or d.ref in applied_ok
+            result = (health_stage.assess(live, context) if live is not None
+                      else HealthResult(HealthStatus.MISSING, "not created yet"))
+            entry = status_stage.resource_entry(d.ref, d.target["apiVersion"].rpartition("/")[2],
+                                                SyncStatus.SYNCED if in_sync else SyncStatus.OUT_OF_SYNC, result)
+            if result is not None:
+                healths.append(result)
+            if d.ref in failed:
+                entry["message"] = failed[d.ref]
+            resources.append(entry)
+            if live is not None:
+                lives.append(live)
+        for entry in stale:
+            resources.append(status_stage.resource_entry(entry.ref, entry.api_version.rpartition("/")[2],
+                                                         SyncStatus.OUT_OF_SYNC, None, requires_pruning=True))
+        status["resources"] = resources
+        app_health = health_stage.worst(healths) if healths else HealthStatus.HEALTHY
+        worst_message = next((h.message for h in healths if h.status == app_health and h.message), "")
+        status["health"] = {"status": app_health.value, **({"message": worst_message} if worst_message else {})}
+        status["summary"] = status_stage.summary(lives)
+        out_of_sync = [r for r in resources if r["status"] != SyncStatus.SYNCED.value]
+        if failed:
+            sync_status = SyncStatus.FAILED
+            message = "sync failed: " + "; ".join(f"{ref}: {m}" for ref, m in failed.items())
+            status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
+                                                           previous.get("conditions"))]
+        else:
+            sync_status = SyncStatus.OUT_OF_SYNC if out_of_sync else SyncStatus.SYNCED
+            status["conditions"] = []
+            if out_of_sync:
+                names = ", ".join(f"{r['kind']}/{r['name']}" for r in out_of_sync[:5])
+                more = f" and {len(out_of_sync) - 5} more" if len(out_of_sync) > 5 else ""
+                why = "requires pruning" if all(r.get("requiresPruning") for r in out_of_sync) else "differs from git"
+                message = f"{len(out_of_sync)} resource(s) {why}: {names}{more}"
+            else:
+                message = f"synced to {status_stage.short_revision(commit)}"
+                if app_health is not HealthStatus.HEALTHY and worst_message:
+                    message += f"; {app_health.value.lower()}: {worst_message}"
+        status["sync"] = {"status": sync_status.value, "revision": commit, "shortRevision": status_stage.short_revision(commit)}
+        status["message"] = status_stage.one_line(message)
+        if previous.get("sync", {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
+            outcome.events.append(Event("Normal", "OutOfSync", message))
+        if failed:
+            outcome.requeue_after = self._retry_delay(spec, 0)
+        elif app_health is HealthStatus.PROGRESSING:
+            outcome.requeue_after = 5.0  # watches also wake us; this covers objects we do not watch
+        return outcome
+
+    def _health_context(self) -> health_stage.HealthContext | None:
+        """The cluster's IngressClasses; None when they cannot be read (Ingresses then wait for an
+        address rather than being called Healthy on a guess)."""
+        try:
+            resource = self.client.resource("networking.k8s.io/v1", "IngressClass")
+            return health_stage.HealthContext.from_ingress_classes(self.client.list(resource)["items"])
+        except (KubeApiError, UnservedApiError):
+            return None
+
+
+def _sync_result_entry(result: ResourceResult) -> dict:
+    status = {Action.CREATED: "Synced", Action.CONFIGURED: "Synced", Action.UNCHANGED: "Synced",
+              Action.DELETED: "Pruned", Action.FAILED: "SyncFailed"}[result.action]
+    entry = {"group": result.ref.group, "kind": result.ref.kind, "namespace": result.ref.namespace,
+             "name": result.ref.name, "status": status, "action": result.action.value}
+    if result.message:
+        entry["message"] = result.message
+    return entry
+
+
+def source_file(checkout: Path, path: str, ref: ObjectRef) -> str | None:
+    """The repo-relative file under the app's path that declares ref (by kind and name), if any."""
+    base = checkout / path
+    for file in sorted(base.rglob("*")):
+        if file.suffix not in (".yaml", ".yml", ".json") or not file.is_file():
+            continue
+        try:
+            documents = list(yaml.safe_load_all(file.read_text()))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            continue
+        for document in documents:
+            if (isinstance(document, dict) and document.get("kind") == ref.kind
+                    and (document.get("metadata") or {}).get("name") == ref.name):
+                return str(file.relative_to(checkout))
+    return None

@@ -1,0 +1,251 @@
+"""The GitOps loop end to end: a real git server on loopback, the real kustomize, the controller
+process and the local control plane. Each test owns its Application, repo and destination."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+from harness import web_app_files
+
+pytestmark = pytest.mark.e2e
+
+
+def deployment(app, name="web") -> dict:
+    obj = app.object("deployment", name)
+    assert obj is not None, f"deployment {name} is missing"
+    return obj
+
+
+def test_first_sync_is_synced_and_healthy_with_revision_and_url(make_app):
+    app = make_app()
+    app.apply()
+    status = app.wait_synced(app.repo.head)
+    assert status["sync"]["revision"] == app.repo.head
+    assert status["sync"]["shortRevision"] == app.repo.head[:7]
+    assert status["summary"]["externalURLs"] == ["http://shop.example.test"]
+    assert "nginx:1.27" in status["summary"]["images"]
+    kinds = {(r["kind"], r["name"]): r for r in status["resources"]}
+    assert set(kinds) == {("Deployment", "web"), ("Service", "web"), ("ConfigMap", "web-config"), ("Ingress", "web")}
+    assert all(r["status"] == "Synced" for r in kinds.values())
+    assert kinds[("Deployment", "web")]["health"]["status"] == "Healthy"
+    assert "ingress controller" in kinds[("Ingress", "web")]["health"]["message"]
+    live = json.loads(app.kubectl("get", "deployment", "web", "-o", "json", "--show-managed-fields").stdout)
+    assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gantry"
+    managers = {m["manager"] for m in live["metadata"]["managedFields"] if m["operation"] == "Apply"}
+    assert managers == {"gantry"}
+    assert status["operationState"]["phase"] == "Succeeded"
+    assert status["history"][-1]["revision"] == app.repo.head
+    assert any(e["reason"] == "Synced" for e in app.events())
+    printed = app.cluster.kubectl("get", "apps", "-n", "gantry", app.name, "-o", "wide").stdout
+    assert "Synced" in printed and "Healthy" in printed and app.repo.head[:7] in printed
+    assert "http://shop.example.test" in printed
+
+
+def test_commit_propagates_after_refresh_and_removed_file_is_pruned(make_app):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+
+    files = web_app_files(replicas=3, image="nginx:1.28")
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": ["deployment.yaml", "service.yaml", "ingress.yaml"]})
+    sha = app.push(files, delete=("k8s/config.yaml",), message="scale up, new image, drop config")
+    app.refresh()
+    status = app.wait_synced(sha, timeout=120)
+    live = deployment(app)
+    assert live["spec"]["replicas"] == 3
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.28"
+    assert app.object("configmap", "web-config") is None, "the ConfigMap removed from git was not pruned"
+    assert "gantry.dev/refresh" not in (app.get()["metadata"].get("annotations") or {})
+    assert {(r["kind"], r["name"]) for r in status["resources"]} == {("Deployment", "web"), ("Service", "web"), ("Ingress", "web")}
+    assert any(e["reason"] == "Pruned" and "web-config" in e["message"] for e in app.events())
+
+
+def test_prune_leaves_objects_gantry_did_not_create(make_app):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    app.kubectl("create", "configmap", "hand-made", "--from-literal=a=b")
+    sha = app.push(delete=("k8s/config.yaml",), files={"k8s/kustomization.yaml": yaml.safe_dump(
+        {"resources": ["deployment.yaml", "service.yaml", "ingress.yaml"]})})
+    app.refresh()
+    app.wait_synced(sha, timeout=120)
+    assert app.object("configmap", "hand-made") is not None
+
+
+def test_manual_scale_and_delete_are_undone_within_seconds(make_app):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+
+    app.kubectl("scale", "deployment/web", "--replicas=4")
+    deadline = time.monotonic() + 15
+    while deployment(app)["spec"]["replicas"] != 1:
+        assert time.monotonic() < deadline, "manual scale was not undone within 15s"
+        time.sleep(0.2)
+
+    app.kubectl("delete", "service", "web")
+    deadline = time.monotonic() + 15
+    while app.object("service", "web") is None:
+        assert time.monotonic() < deadline, "deleted Service was not recreated within 15s"
+        time.sleep(0.2)
+    app.wait_synced(app.repo.head)
+
+
+def test_drift_without_self_heal_is_marked_out_of_sync_at_once(make_app):
+    app = make_app()
+    app.apply(self_heal=False)
+    app.wait_synced(app.repo.head)
+    app.kubectl("scale", "deployment/web", "--replicas=2")
+    status = app.wait_sync_status("OutOfSync", timeout=15)
+    drifted = [r for r in status["resources"] if r["status"] == "OutOfSync"]
+    assert [(r["kind"], r["name"]) for r in drifted] == [("Deployment", "web")]
+    time.sleep(3)
+    assert deployment(app)["spec"]["replicas"] == 2, "self-heal is off: the drift must stay"
+
+
+BROKEN_COMMITS = {
+    "invalid yaml": (
+        {"k8s/deployment.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: [1\n"},
+        ("k8s/deployment.yaml",),
+    ),
+    "missing file in kustomization": (
+        {"k8s/kustomization.yaml": yaml.safe_dump({"resources": ["deployment.yaml", "service.yaml", "missing.yaml"]})},
+        ("k8s/kustomization.yaml", "missing.yaml"),
+    ),
+    "unserved api": (
+        {"k8s/ingress.yaml": yaml.safe_dump({
+            "apiVersion": "networking.k8s.io/v1beta1", "kind": "Ingress", "metadata": {"name": "web"},
+            "spec": {"rules": [{"host": "shop.example.test", "http": {"paths": [
+                {"path": "/", "backend": {"serviceName": "web", "servicePort": 80}}]}}]}})},
+        ("k8s/ingress.yaml", "not served", "networking.k8s.io/v1", "service.name"),
+    ),
+    "rejected by the api server": (
+        {"k8s/deployment.yaml": yaml.safe_dump({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 5, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "other"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.29"}]}}}})},
+        ("k8s/deployment.yaml", "Deployment", "web", "selector"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_COMMITS))
+def test_broken_commit_fails_with_named_cause_and_leaves_app_running(make_app, case):
+    app = make_app()
+    app.apply()
+    good = app.wait_synced(app.repo.head)
+    before = deployment(app)
+
+    change, expected = BROKEN_COMMITS[case]
+    bad = app.push(change, message=f"break: {case}")
+    app.refresh()
+    status = app.wait_sync_status("Failed", timeout=60)
+    message = status["conditions"][0]["message"]
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert status["message"]
+    assert status["health"] == good["health"]
+    after = deployment(app)
+    assert after["spec"] == before["spec"], "a broken commit changed the running Deployment"
+    assert app.object("configmap", "web-config") is not None, "a broken commit pruned something"
+    assert any(e["type"] == "Warning" for e in app.events())
+
+    fixed = app.push(web_app_files(), message="fix")
+    app.refresh()
+    app.wait_synced(fixed, timeout=90)
+    assert bad != fixed
+
+
+def test_unreachable_repo_and_unknown_revision_fail_without_touching_resources(make_app, git_server):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    app.apply(revision="no-such-branch")
+    status = app.wait_sync_status("Failed")
+    assert "no-such-branch" in status["conditions"][0]["message"]
+    app.apply(repo_url="http://127.0.0.1:9/nowhere.git")
+    status = app.wait(lambda s: "nowhere.git" in ((s.get("conditions") or [{}])[0].get("message", "")), "unreachable")
+    assert status["sync"]["status"] == "Failed"
+    assert app.object("deployment", "web") is not None
+    assert app.object("configmap", "web-config") is not None
+
+
+def test_manual_sync_only_when_operation_is_set(make_app):
+    app = make_app()
+    app.apply(automated=False)
+    status = app.wait_sync_status("OutOfSync")
+    assert all(r["status"] == "OutOfSync" for r in status["resources"])
+    time.sleep(2)
+    assert app.object("deployment", "web") is None, "an app without automated policy was synced"
+
+    app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type=merge",
+                        "-p", '{"operation": {"sync": {"prune": true}}}')
+    app.wait_synced(app.repo.head)
+    assert "operation" not in app.get()
+
+
+def test_delete_cascades_only_with_finalizer(make_app):
+    kept = make_app()
+    kept.apply()
+    kept.wait_synced(kept.repo.head)
+    kept.cluster.kubectl("delete", "applications.gantry.dev", kept.name, "-n", "gantry", "--timeout=30s")
+    time.sleep(2)
+    assert kept.object("deployment", "web") is not None, "without the finalizer resources must stay"
+
+    cascaded = make_app()
+    cascaded.apply(finalizer=True)
+    cascaded.wait_synced(cascaded.repo.head)
+    cascaded.cluster.kubectl("delete", "applications.gantry.dev", cascaded.name, "-n", "gantry", "--timeout=60s")
+    deadline = time.monotonic() + 30
+    while cascaded.object("deployment", "web") is not None or cascaded.object("configmap", "web-config") is not None:
+        assert time.monotonic() < deadline, "resources of an app deleted with the finalizer were not deleted"
+        time.sleep(0.3)
+
+
+def test_argocd_finalizer_is_honoured(make_app):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type=merge",
+                        "-p", '{"metadata": {"finalizers": ["resources-finalizer.argocd.argoproj.io"]}}')
+    app.cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", "gantry", "--timeout=60s")
+    deadline = time.monotonic() + 30
+    while app.object("deployment", "web") is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+
+
+def test_invalid_specs_are_refused_or_reported(make_app):
+    app = make_app()
+    refused = app.cluster.kubectl("apply", "-f", "-", check=False, stdin=yaml.safe_dump({
+        "apiVersion": "gantry.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": app.name, "namespace": "gantry"},
+        "spec": {"destination": {"namespace": "x"}, "source": {"path": "k8s"}},
+    }))
+    assert refused.returncode != 0 and "repoURL" in refused.stderr
+
+    app.apply(destination={"server": "https://elsewhere.example:6443", "namespace": app.destination})
+    status = app.wait(lambda s: bool(s.get("conditions")), "a condition")
+    assert status["conditions"][0]["type"] == "InvalidSpecError"
+    assert "elsewhere.example" in status["conditions"][0]["message"]
+    assert any(e["reason"] == "InvalidSpecError" for e in app.events())
+
+
+def test_controller_restart_converges_without_reapplying(make_app, controller):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    time.sleep(1)
+    versions = {kind: app.object(kind, name)["metadata"]["resourceVersion"]
+                for kind, name in (("deployment", "web"), ("service", "web"), ("configmap", "web-config"))}
+    reconciled = app.status()["reconciledAt"]
+    controller.restart()
+    app.wait(lambda s: s.get("reconciledAt", "") > reconciled, "a reconcile after the restart", timeout=60)
+    status = app.wait_synced(app.repo.head)
+    assert status["sync"]["status"] == "Synced"
+    for kind, name in (("service", "web"), ("configmap", "web-config")):
+        assert app.object(kind, name)["metadata"]["resourceVersion"] == versions[kind], f"{kind} was re-applied"
