@@ -1,0 +1,351 @@
+"""controller/model.py: object identity, and the Application spec parsed into values with defaults,
+the checks the CRD schema cannot make, and Argo CD's syncPolicy (syncOptions, retry with Go durations).
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from controller.model import (
+    AppSpec,
+    IgnoreDifference,
+    ObjectRef,
+    RetryPolicy,
+    SpecError,
+    SyncOptions,
+    parse_duration,
+)
+
+# ---------------------------------------------------------------------------------------------
+# ObjectRef
+
+REFS = [
+    # (manifest, ref, str)
+    ({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}},
+     ObjectRef("apps", "Deployment", "shop", "web"), "Deployment.apps shop/web"),
+    ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "shop"}},
+     ObjectRef("", "ConfigMap", "shop", "settings"), "ConfigMap shop/settings"),
+    ({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+     ObjectRef("", "Namespace", "", "shop"), "Namespace shop"),
+    ({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "reader", "namespace": None}},
+     ObjectRef("rbac.authorization.k8s.io", "ClusterRole", "", "reader"), "ClusterRole.rbac.authorization.k8s.io reader"),
+]
+
+
+@pytest.mark.parametrize("manifest,ref,text", REFS, ids=[r[2] for r in REFS])
+def test_object_ref_of_and_str(manifest, ref, text):
+    assert ObjectRef.of(manifest) == ref
+    assert str(ref) == text
+
+
+def test_object_ref_of_a_manifest_without_metadata_does_not_raise():
+    assert ObjectRef.of({"apiVersion": "v1", "kind": "ConfigMap"}) == ObjectRef("", "ConfigMap", "", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# AppSpec.parse
+
+REPO = "https://git.example.com/shop/deploy.git"
+
+
+def parse(spec: dict) -> AppSpec:
+    return AppSpec.parse("guestbook", "argocd", spec)
+
+
+def test_defaults():
+    spec = parse({"source": {"repoURL": REPO}})
+    assert spec.repo_url == REPO
+    assert spec.target_revision == "HEAD"
+    assert spec.path == "k8s"
+    assert spec.destination_namespace == "argocd"
+    assert spec.project == "default"
+    assert (spec.automated, spec.prune, spec.self_heal) == (False, False, False)
+    assert spec.sync_options == SyncOptions()
+    assert spec.retry is None
+    assert spec.ignore_differences == ()
+    assert spec.key == "argocd/guestbook"
+
+
+def test_explicit_values_are_kept():
+    spec = parse({"source": {"repoURL": f"  {REPO} ", "targetRevision": "v1.4.2", "path": "deploy/overlays/prod/"},
+                  "destination": {"namespace": "shop", "server": "https://kubernetes.default.svc"}})
+    assert spec.repo_url == REPO
+    assert spec.target_revision == "v1.4.2"
+    assert spec.path == "deploy/overlays/prod"
+    assert spec.destination_namespace == "shop"
+
+
+REJECTED = [
+    # (id, spec, what the message must say)
+    ("no source", {}, "spec.source.repoURL is required"),
+    ("empty repoURL", {"source": {"repoURL": "  "}}, "spec.source.repoURL is required"),
+    ("ftp scheme", {"source": {"repoURL": "ftp://git.example.com/shop.git"}},
+     "spec.source.repoURL 'ftp://git.example.com/shop.git': use an https://, http://, ssh://, git:// or file:// URL"),
+    ("bare host path", {"source": {"repoURL": "git.example.com/shop.git"}}, "use an https://"),
+    ("local path with an at sign", {"source": {"repoURL": "repos/me@work:shop.git"}}, "use an https://"),
+    ("absolute path", {"source": {"repoURL": REPO, "path": "/etc"}},
+     "spec.source.path '/etc' must be relative to the repository root and may not use '..'"),
+    ("dot-dot path", {"source": {"repoURL": REPO, "path": "k8s/../../other"}}, "may not use '..'"),
+    ("leading dot-dot", {"source": {"repoURL": REPO, "path": "../k8s"}}, "may not use '..'"),
+    ("remote server", {"source": {"repoURL": REPO}, "destination": {"server": "https://10.0.0.1:6443"}},
+     "spec.destination.server 'https://10.0.0.1:6443' is not supported: Gantry deploys only to the cluster it runs in"),
+    ("remote cluster name", {"source": {"repoURL": REPO}, "destination": {"name": "prod-eu"}},
+     "spec.destination.name 'prod-eu' is not supported: use 'in-cluster'"),
+    ("malformed syncOption", {"source": {"repoURL": REPO}, "syncPolicy": {"syncOptions": ["CreateNamespace"]}},
+     "syncPolicy.syncOptions: 'CreateNamespace' is not of the form Name=true|false"),
+    ("bad retry duration", {"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"backoff": {"duration": "five"}}}},
+     "'five' is not a duration like 5s, 3m or 1h"),
+]
+
+
+@pytest.mark.parametrize("spec,message", [r[1:] for r in REJECTED], ids=[r[0] for r in REJECTED])
+def test_invalid_specs_are_rejected_with_a_message_that_says_what_to_fix(spec, message):
+    with pytest.raises(SpecError) as caught:
+        parse(spec)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("url", [
+    "git@github.com:example/shop.git",
+    "deploy@git.example.com:shop/deploy",
+    "ssh://git@git.example.com:2222/shop/deploy.git",
+    "git://git.example.com/shop.git",
+    "http://127.0.0.1:8080/shop.git",
+    "file:///srv/git/shop.git",
+])
+def test_accepted_repo_urls(url):
+    assert parse({"source": {"repoURL": url}}).repo_url == url
+
+
+@pytest.mark.parametrize("destination", [
+    {"server": "https://kubernetes.default.svc"},
+    {"server": "https://kubernetes.default.svc/"},
+    {"name": "in-cluster"},
+    {"server": "https://kubernetes.default.svc", "name": "in-cluster"},
+    {},
+])
+def test_in_cluster_destinations_are_accepted(destination):
+    assert parse({"source": {"repoURL": REPO}, "destination": {**destination, "namespace": "shop"}}).destination_namespace == "shop"
+
+
+@pytest.mark.parametrize("path,parsed", [("k8s/", "k8s"), (".", "."), ("./", "."), ("a/..b/c", "a/..b/c")])
+def test_paths_inside_the_repository(path, parsed):
+    assert parse({"source": {"repoURL": REPO, "path": path}}).path == parsed
+
+
+@pytest.mark.parametrize("automated,expected", [
+    ({}, (True, False, False)),
+    ({"prune": True}, (True, True, False)),
+    ({"selfHeal": True}, (True, False, True)),
+    ({"prune": True, "selfHeal": True}, (True, True, True)),
+    (None, (False, False, False)),
+], ids=["empty", "prune", "selfHeal", "both", "null"])
+def test_automated(automated, expected):
+    spec = parse({"source": {"repoURL": REPO}, "syncPolicy": {"automated": automated}})
+    assert (spec.automated, spec.prune, spec.self_heal) == expected
+
+
+@pytest.mark.xfail(strict=True, reason="AppSpec.parse ignores syncPolicy.automated.enabled (in the CRD, and Argo CD's "
+                   "way to switch auto-sync off while keeping prune/selfHeal): enabled: false still gives automated=True")
+def test_automated_enabled_false_turns_auto_sync_off():
+    spec = parse({"source": {"repoURL": REPO}, "syncPolicy": {"automated": {"enabled": False, "prune": True}}})
+    assert spec.automated is False
+
+
+def test_automated_enabled_true_is_automated():
+    assert parse({"source": {"repoURL": REPO}, "syncPolicy": {"automated": {"enabled": True}}}).automated is True
+
+
+# ---------------------------------------------------------------------------------------------
+# syncOptions
+
+
+def test_sync_options_honoured():
+    options = SyncOptions.parse(["CreateNamespace=true", "PruneLast=true", "Replace=true", "RespectIgnoreDifferences=true"])
+    assert options == SyncOptions(create_namespace=True, prune_last=True, replace=True, respect_ignore_differences=True)
+
+
+def test_sync_option_values_are_case_insensitive_and_false_turns_off():
+    assert SyncOptions.parse(["CreateNamespace=True", "PruneLast=FALSE"]) == SyncOptions(create_namespace=True)
+    assert SyncOptions.parse(["CreateNamespace=true", "CreateNamespace=false"]).create_namespace is False
+
+
+def test_other_argo_cd_sync_options_are_accepted_without_effect():
+    options = SyncOptions.parse(["Validate=false", "ApplyOutOfSyncOnly=true", "FailOnSharedResource=true",
+                                 "ServerSideApply=true", "SkipDryRunOnMissingResource=true"])
+    assert options == SyncOptions()
+
+
+@pytest.mark.parametrize("entry", ["CreateNamespace", "CreateNamespace=yes", "CreateNamespace=", "Replace:true"])
+def test_malformed_sync_options_are_rejected(entry):
+    with pytest.raises(SpecError, match="is not of the form Name=true|false"):
+        SyncOptions.parse(["PruneLast=true", entry])
+
+
+@pytest.mark.xfail(strict=True, reason="SyncOptions.parse rejects PrunePropagationPolicy=foreground|background|orphan, a "
+                   "documented Argo CD Application syncOption whose value is not true|false, so such an Application "
+                   "is stalled as InvalidSpecError instead of porting unchanged")
+@pytest.mark.parametrize("policy", ["foreground", "background", "orphan"])
+def test_prune_propagation_policy_is_accepted(policy):
+    assert SyncOptions.parse([f"PrunePropagationPolicy={policy}", "CreateNamespace=true"]).create_namespace is True
+
+
+# ---------------------------------------------------------------------------------------------
+# retry and durations
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("5s", 5.0), ("3m", 180.0), ("1h", 3600.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1m30s", 90.0),
+    ("1.5s", 1.5), ("2h0m0s", 7200.0), (" 10s ", 10.0), (7, 7.0), (2.5, 2.5),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["five", "5x", "s", "m5", "-5s", "5 s", "1h30", "5d"])
+def test_parse_duration_rejects_what_is_not_a_duration(text):
+    with pytest.raises(SpecError, match="is not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.xfail(strict=True, reason="parse_duration('1.2.3s') raises ValueError from float(), not SpecError, so a "
+                   "typo in retry.backoff escapes AppSpec.parse's SpecError handling in reconcile")
+def test_parse_duration_rejects_a_malformed_number_with_spec_error():
+    with pytest.raises(SpecError):
+        parse_duration("1.2.3s")
+
+
+@pytest.mark.xfail(strict=True, reason="parse_duration rejects a unitless number ('missing unit'); Argo CD's "
+                   "retry.backoff.duration/maxDuration default unit is seconds, so duration: \"10\" is valid there")
+@pytest.mark.parametrize("text,seconds", [("10", 10.0), ("0", 0.0)])
+def test_parse_duration_unitless_means_seconds_as_in_argo_cd(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_retry_parsed_from_an_argo_cd_block():
+    spec = parse({"source": {"repoURL": REPO}, "syncPolicy": {"retry": {
+        "limit": 3, "backoff": {"duration": "10s", "factor": 3, "maxDuration": "30m"}}}})
+    assert spec.retry == RetryPolicy(limit=3, backoff_seconds=10.0, factor=3.0, max_backoff_seconds=1800.0)
+
+
+def test_retry_defaults_and_factor_as_a_string():
+    spec = parse({"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"backoff": {"factor": "2"}}}})
+    assert spec.retry == RetryPolicy(limit=5, backoff_seconds=5.0, factor=2.0, max_backoff_seconds=180.0)
+    assert parse({"source": {"repoURL": REPO}, "syncPolicy": {"retry": {}}}).retry == RetryPolicy()
+
+
+def test_retry_delay_grows_by_the_factor_up_to_the_cap():
+    policy = RetryPolicy(limit=10, backoff_seconds=5, factor=2, max_backoff_seconds=60)
+    assert [policy.delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    assert policy.delay(0) == 5  # treated as the first retry, never less
+
+
+def test_retry_delay_with_factor_one_is_constant():
+    assert {RetryPolicy(backoff_seconds=7, factor=1).delay(n) for n in range(1, 20)} == {7}
+
+
+@pytest.mark.xfail(strict=True, reason="RetryPolicy.delay computes the float factor ** (attempt - 1) before capping "
+                   "and raises OverflowError from attempt 1026 with factor 2.0 (AppSpec.parse always makes the factor a "
+                   "float); with retry.limit < 0 (unlimited, as in Argo CD) a long outage ends in a crash")
+def test_unlimited_retry_delay_stays_at_the_cap_for_ever():
+    spec = parse({"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"limit": -1}}})
+    assert spec.retry.limit == -1
+    assert spec.retry.delay(1025) == 180.0
+    assert spec.retry.delay(2000) == 180.0
+
+
+# ---------------------------------------------------------------------------------------------
+# ignoreDifferences
+
+
+@pytest.mark.parametrize("ignore,ref,matches", [
+    (IgnoreDifference("apps", "Deployment", ()), ObjectRef("apps", "Deployment", "shop", "web"), True),
+    (IgnoreDifference("apps", "Deployment", (), name="web"), ObjectRef("apps", "Deployment", "shop", "web"), True),
+    (IgnoreDifference("apps", "Deployment", (), name="api"), ObjectRef("apps", "Deployment", "shop", "web"), False),
+    (IgnoreDifference("apps", "Deployment", (), namespace="shop"), ObjectRef("apps", "Deployment", "shop", "web"), True),
+    (IgnoreDifference("apps", "Deployment", (), namespace="prod"), ObjectRef("apps", "Deployment", "shop", "web"), False),
+    (IgnoreDifference("", "Deployment", ()), ObjectRef("apps", "Deployment", "shop", "web"), False),
+    (IgnoreDifference("apps", "StatefulSet", ()), ObjectRef("apps", "Deployment", "shop", "web"), False),
+    (IgnoreDifference("", "ConfigMap", ()), ObjectRef("", "ConfigMap", "shop", "settings"), True),
+    (IgnoreDifference("", "Namespace", (), namespace="shop"), ObjectRef("", "Namespace", "", "shop"), False),
+])
+def test_ignore_difference_matches(ignore, ref, matches):
+    assert ignore.matches(ref) is matches
+
+
+# ---------------------------------------------------------------------------------------------
+# An Argo CD Application as users write it
+
+ARGO_CD_APPLICATION = """
+apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: shop
+  namespace: argocd
+  finalizers:
+    - resources-finalizer.argocd.argoproj.io
+spec:
+  project: shop-team
+  source:
+    repoURL: https://github.com/example/shop-deploy.git
+    targetRevision: main
+    path: overlays/prod
+    kustomize:
+      namePrefix: prod-
+      images:
+        - ghcr.io/example/web:1.4.2
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: shop
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+      allowEmpty: false
+    syncOptions:
+      - CreateNamespace=true
+      - PruneLast=true
+      - ApplyOutOfSyncOnly=true
+    retry:
+      limit: 5
+      backoff:
+        duration: 5s
+        factor: 2
+        maxDuration: 3m
+  ignoreDifferences:
+    - group: apps
+      kind: Deployment
+      jsonPointers:
+        - /spec/replicas
+    - kind: Secret
+      name: db
+      namespace: shop
+      jsonPointers:
+        - /data/password
+        - /metadata/annotations/example.com~1rotated-at
+"""
+
+
+def test_argo_cd_application_parses():
+    app = yaml.safe_load(ARGO_CD_APPLICATION)
+    spec = AppSpec.parse(app["metadata"]["name"], app["metadata"]["namespace"], app["spec"])
+    assert spec == AppSpec(
+        name="shop",
+        namespace="argocd",
+        repo_url="https://github.com/example/shop-deploy.git",
+        target_revision="main",
+        path="overlays/prod",
+        destination_namespace="shop",
+        automated=True,
+        prune=True,
+        self_heal=True,
+        sync_options=SyncOptions(create_namespace=True, prune_last=True),
+        retry=RetryPolicy(limit=5, backoff_seconds=5.0, factor=2.0, max_backoff_seconds=180.0),
+        ignore_differences=(
+            IgnoreDifference("apps", "Deployment", ("/spec/replicas",)),
+            IgnoreDifference("", "Secret", ("/data/password", "/metadata/annotations/example.com~1rotated-at"),
+                             name="db", namespace="shop"),
+        ),
+        project="shop-team",
+    )
