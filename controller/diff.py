@@ -70,11 +70,13 @@ def prepare(objects: Iterable[Manifest], resource_of: Callable[[Manifest], Resou
         target = copy.deepcopy(source)
         metadata = target.setdefault("metadata", {})
         if resource_of(target).namespaced:
-            metadata.setdefault("namespace", destination_namespace)
+            metadata["namespace"] = metadata.get("namespace") or destination_namespace
         else:
             metadata.pop("namespace", None)
-        metadata.setdefault("labels", {})[MANAGED_BY_LABEL] = MANAGED_BY_VALUE
-        metadata.setdefault("annotations", {})[TRACKING_ANNOTATION] = tracking_id(app_key, ObjectRef.of(target))
+        # An empty `labels:` in YAML is null, not a map.
+        metadata["labels"] = {**(metadata.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+        metadata["annotations"] = {**(metadata.get("annotations") or {}),
+                                   TRACKING_ANNOTATION: tracking_id(app_key, ObjectRef.of(target))}
         prepared.append(target)
     return prepared
 
@@ -100,7 +102,7 @@ def normalise(obj: Manifest, ignores: Sequence[IgnoreDifference] = ()) -> Manife
 
 
 def _remove_pointer(obj: Manifest, pointer: str) -> None:
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.lstrip("/").split("/")] if pointer else []
+    parts = _pointer_parts(pointer)
     node = obj
     for part in parts[:-1]:
         if isinstance(node, dict):
@@ -118,6 +120,53 @@ def _remove_pointer(obj: Manifest, pointer: str) -> None:
         node.pop(last, None)
     elif isinstance(node, list) and last.isdigit() and int(last) < len(node):
         node.pop(int(last))
+
+
+def keep_live_values(target: Manifest, live: Manifest, ignores: Sequence[IgnoreDifference]) -> Manifest:
+    """target with every ignored field set to its live value (or left out when live has none)."""
+    if not ignores:
+        return target
+    result = copy.deepcopy(target)
+    for ignore in ignores:
+        for pointer in ignore.json_pointers:
+            found, value = _get_pointer(live, pointer)
+            if found:
+                _set_pointer(result, pointer, copy.deepcopy(value))
+            else:
+                _remove_pointer(result, pointer)
+    return result
+
+
+def _pointer_parts(pointer: str) -> list[str]:
+    return [p.replace("~1", "/").replace("~0", "~") for p in pointer.lstrip("/").split("/")] if pointer else []
+
+
+def _get_pointer(obj, pointer: str) -> tuple[bool, object]:
+    node = obj
+    for part in _pointer_parts(pointer):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _set_pointer(obj, pointer: str, value: object) -> None:
+    parts = _pointer_parts(pointer)
+    node = obj
+    for part in parts[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(part, {})
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return
+    if parts and isinstance(node, dict):
+        node[parts[-1]] = value
+    elif parts and isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+        node[int(parts[-1])] = value
 
 
 def compare(predicted: Manifest, live: Manifest, ignores: Sequence[IgnoreDifference] = ()) -> bool:
@@ -187,18 +236,23 @@ class Differ:
         self.dry_runs = 0  # read by tests and benchmarks
 
     def diff(self, targets: Sequence[Manifest], live_of: Callable[[Manifest], Manifest | None],
-             ignores: Sequence[IgnoreDifference] = ()) -> DiffResult:
+             ignores: Sequence[IgnoreDifference] = (), *, respect_ignores: bool = False) -> DiffResult:
+        """respect_ignores (Argo CD's RespectIgnoreDifferences=true): ignored fields keep their live
+        values in what is applied, so a sync does not undo, say, an autoscaler's replicas."""
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            outcomes = list(pool.map(lambda target: self._diff_one(target, live_of, ignores), targets))
+            outcomes = list(pool.map(lambda target: self._diff_one(target, live_of, ignores, respect_ignores),
+                                     targets))
         return DiffResult(
             diffs=tuple(o for o in outcomes if isinstance(o, ObjectDiff)),
             failures=tuple(o for o in outcomes if isinstance(o, ApplyFailure)),
         )
 
-    def _diff_one(self, target: Manifest, live_of, ignores) -> ObjectDiff | ApplyFailure:
+    def _diff_one(self, target: Manifest, live_of, ignores, respect_ignores: bool) -> ObjectDiff | ApplyFailure:
         ref = ObjectRef.of(target)
         try:
             live = live_of(target)
+            if respect_ignores and live is not None:
+                target = keep_live_values(target, live, [i for i in ignores if i.matches(ref)])
             target_hash = content_hash(target)
             live_hash = content_hash(normalise(live)) if live is not None else ""
             key = (ref, target_hash, live_hash)

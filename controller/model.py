@@ -169,6 +169,7 @@ class SyncOptions:
     replace: bool = False
     server_side_apply: bool = True  # always SSA; accepted so Argo CD manifests port unchanged
     respect_ignore_differences: bool = False
+    prune_propagation_policy: str = "foreground"  # Argo CD's default for pruned objects
 
     @classmethod
     def parse(cls, entries: list[str]) -> "SyncOptions":
@@ -179,12 +180,18 @@ class SyncOptions:
             "ServerSideApply": "server_side_apply",
             "RespectIgnoreDifferences": "respect_ignore_differences",
         }
-        values: dict[str, bool] = {}
+        values: dict[str, bool | str] = {}
         for entry in entries:
             name, sep, value = entry.partition("=")
-            if not sep or value.lower() not in ("true", "false"):
-                raise SpecError(f"syncPolicy.syncOptions: {entry!r} is not of the form Name=true|false")
-            if name in known:
+            if not sep or not name:
+                raise SpecError(f"syncPolicy.syncOptions: {entry!r} is not of the form Name=value, such as CreateNamespace=true")
+            if name == "PrunePropagationPolicy":
+                if value.lower() not in ("foreground", "background", "orphan"):
+                    raise SpecError(f"syncPolicy.syncOptions: {entry!r}: use foreground, background or orphan")
+                values["prune_propagation_policy"] = value.lower()
+            elif name in known:
+                if value.lower() not in ("true", "false"):
+                    raise SpecError(f"syncPolicy.syncOptions: {entry!r} is not of the form {name}=true|false")
                 values[known[name]] = value.lower() == "true"
             # Other Argo CD options (Validate=false, ApplyOutOfSyncOnly=true, …) are accepted and
             # have no effect here, so an Argo CD Application still ports by changing apiVersion.
@@ -199,8 +206,9 @@ class RetryPolicy:
     max_backoff_seconds: float = 180.0
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number `attempt` (1-based)."""
-        return min(self.backoff_seconds * self.factor ** max(attempt - 1, 0), self.max_backoff_seconds)
+        """Seconds to wait before retry number `attempt` (1-based), never above the cap."""
+        # The exponent is bounded so that unlimited retries (limit -1) never overflow a float.
+        return min(self.backoff_seconds * self.factor ** min(max(attempt - 1, 0), 64), self.max_backoff_seconds)
 
 
 @dataclass(frozen=True)
@@ -245,15 +253,17 @@ class AppSpec:
             raise SpecError(f"spec.destination.name {dest_name!r} is not supported: use {IN_CLUSTER_NAME!r}")
         policy = spec.get("syncPolicy") or {}
         automated = policy.get("automated")
+        if automated is not None and automated.get("enabled") is False:
+            automated = None  # Argo CD's switch to turn auto-sync off while keeping the block
         retry_spec = policy.get("retry")
         retry = None
         if retry_spec is not None:
             backoff = retry_spec.get("backoff") or {}
             retry = RetryPolicy(
                 limit=int(retry_spec.get("limit", 5)),
-                backoff_seconds=parse_duration(backoff.get("duration", "5s")),
-                factor=float(backoff.get("factor", 2)),
-                max_backoff_seconds=parse_duration(backoff.get("maxDuration", "3m")),
+                backoff_seconds=parse_duration(backoff.get("duration") or "5s"),
+                factor=float(backoff.get("factor") or 2),
+                max_backoff_seconds=parse_duration(backoff.get("maxDuration") or "3m"),
             )
         ignores = tuple(
             IgnoreDifference(
@@ -293,9 +303,12 @@ def _is_scp_url(url: str) -> bool:
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in a Go-style duration (`5s`, `3m`, `1h30m`) as Argo CD writes them."""
+    """Seconds in a Go-style duration (`5s`, `3m`, `1h30m`) as Argo CD writes them; a bare number
+    is seconds, as Argo CD reads it."""
     if isinstance(text, (int, float)):
         return float(text)
+    if text.strip().isdigit():
+        return float(text.strip())
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     total, number = 0.0, ""
     index = 0
@@ -309,7 +322,10 @@ def parse_duration(text: str | int | float) -> float:
         unit = "ms" if text.startswith("ms", index) else char
         if unit not in units or not number:
             raise SpecError(f"{text!r} is not a duration like 5s, 3m or 1h")
-        total += float(number) * units[unit]
+        try:
+            total += float(number) * units[unit]
+        except ValueError:
+            raise SpecError(f"{text!r} is not a duration like 5s, 3m or 1h") from None
         number = ""
         index += len(unit)
     if number:

@@ -63,6 +63,13 @@ class Scheduler:
         self.loop = asyncio.get_running_loop()
         self.workers: dict[str, AppWorker] = {}
 
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            if worker.task:
+                worker.task.cancel()
+        self.reconciler.live.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     def observe(self, event_type: str | None, body: Manifest) -> None:
         metadata = body["metadata"]
         key = f"{metadata['namespace']}/{metadata['name']}"
@@ -92,6 +99,7 @@ class Scheduler:
             worker.wake.set()
 
     async def _run(self, key: str, worker: AppWorker) -> None:
+        poll = False  # the first pass reads git because the generation is new to the reconciler
         while True:
             body = worker.body
             worker.wake.clear()
@@ -103,8 +111,8 @@ class Scheduler:
                     delay = 5.0  # until the DELETED event cancels this task
                 else:
                     started = time.monotonic()
-                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt)
-                    worker.attempt = worker.attempt + 1 if outcome.requeue_after else 0
+                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll)
+                    worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
                     logger.info("reconciled %s: %s, %s in %.2fs", key, outcome.status.get("sync", {}).get("status"),
                                 outcome.status.get("health", {}).get("status"), time.monotonic() - started)
@@ -113,17 +121,19 @@ class Scheduler:
             except Exception:  # a bug or an API outage must not end this app's loop
                 logger.exception("reconcile of %s failed unexpectedly", key)
                 worker.attempt += 1
-                delay = min(5.0 * 2 ** worker.attempt, 300.0)
+                delay = min(5.0 * 2 ** min(worker.attempt, 10), 300.0)
+            # Woken by a change (spec, refresh, a managed object) or, on time-out, due to poll git.
             try:
                 await asyncio.wait_for(worker.wake.wait(), timeout=delay or self.options.poll_interval)
+                poll = False
             except asyncio.TimeoutError:
-                pass
+                poll = delay is None
             await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
 
     # ---------------------------------------------------------------- runs in the thread pool
 
-    def _reconcile(self, body: Manifest, attempt: int) -> Outcome:
-        outcome = self.reconciler.reconcile(body, attempt=attempt)
+    def _reconcile(self, body: Manifest, attempt: int, poll: bool) -> Outcome:
+        outcome = self.reconciler.reconcile(body, attempt=attempt, poll=poll)
         metadata = body["metadata"]
         self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": outcome.status},
                             content_type="application/merge-patch+json")
@@ -199,6 +209,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     client = KubeClient.from_kubeconfig(_options.kubeconfig)
+    # Without a refresh request, a repo's refs are reused for one poll interval; the scheduler asks
+    # for a refresh when the interval is up (apps sharing a repo then share that one fetch).
     git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval)
     live = LiveCache(client)
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers)
@@ -229,8 +241,7 @@ def login(**_) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def cleanup(**_) -> None:
     if _scheduler is not None:
-        _scheduler.reconciler.live.stop()
-        _scheduler.pool.shutdown(wait=False, cancel_futures=True)
+        _scheduler.stop()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

@@ -44,7 +44,7 @@ from .source import GitCache
 from .sync import InventoryEntry, ResourceResult, Syncer, stage
 
 logger = logging.getLogger(__name__)
-DEFAULT_RETRY = RetryPolicy(limit=0, backoff_seconds=10, factor=2, max_backoff_seconds=300)
+DEFAULT_RETRY = RetryPolicy(limit=-1, backoff_seconds=10, factor=2, max_backoff_seconds=300)
 HISTORY_LIMIT = 10
 
 
@@ -66,6 +66,7 @@ class Outcome:
     status: dict
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds; None: wait for the next change or poll
+    retrying: bool = False  # requeued because of a failure: the next pass counts as a retry
     consumed_refresh: bool = False
     consumed_operation: bool = False
 
@@ -107,7 +108,9 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the reconcile
 
-    def reconcile(self, body: Manifest, *, attempt: int = 0) -> Outcome:
+    def reconcile(self, body: Manifest, *, attempt: int = 0, poll: bool = False) -> Outcome:
+        """attempt: consecutive failed passes before this one (for retry backoff); poll: the poll
+        interval has passed, so git is read again even without a refresh request."""
         metadata = body["metadata"]
         previous = body.get("status") or {}
         request = Request.of(body)
@@ -127,13 +130,14 @@ class Reconciler:
 
         revision_wanted = request.sync_revision or spec.target_revision
         try:
-            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=request.refresh is not None
+            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=poll or request.refresh is not None
                                       or previous.get("observedGeneration") != metadata.get("generation"))
             checkout = self.git.checkout(spec.repo_url, commit)
         except SourceError as error:
             outcome = self._failed(outcome, previous, "ComparisonError", str(error))
             if error.transient:
                 outcome.requeue_after = self._retry_delay(spec, attempt)
+                outcome.retrying = outcome.requeue_after is not None
             return outcome
         status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit)}
 
@@ -152,7 +156,8 @@ class Reconciler:
 
         auto_sync = spec.automated and request.sync_requested is False
         wants_sync = request.sync_requested or spec.automated
-        pre_diff = self.differ.diff(targets, self.live.get, spec.ignore_differences)
+        respect = spec.sync_options.respect_ignore_differences
+        pre_diff = self.differ.diff(targets, self.live.get, spec.ignore_differences, respect_ignores=respect)
         applied: list[ResourceResult] = []
         if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
             if spec.sync_options.create_namespace:
@@ -166,7 +171,7 @@ class Reconciler:
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
         rest_targets = prepare(rest, self.client.resource_of, destination_namespace=spec.destination_namespace,
                                app_key=spec.key)
-        diff = self.differ.diff(rest_targets, self.live.get, spec.ignore_differences)
+        diff = self.differ.diff(rest_targets, self.live.get, spec.ignore_differences, respect_ignores=respect)
         if failures := [*pre_diff.failures, *diff.failures]:
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
 
@@ -176,7 +181,10 @@ class Reconciler:
         stale = sorted(previous_entries - target_entries, key=lambda e: (e.kind, e.namespace, e.name))
         out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
 
-        last_synced = (previous.get("operationState") or {}).get("syncResult", {}).get("revision")
+        # A failed sync does not count as done: the retry (or the next pass) syncs that revision again.
+        operation_state = previous.get("operationState") or {}
+        last_synced = (operation_state.get("syncResult", {}).get("revision")
+                       if operation_state.get("phase") == "Succeeded" else None)
         do_sync = request.sync_requested or (
             auto_sync and out_of_sync and (spec.self_heal or commit != last_synced
                                            or previous.get("observedGeneration") != metadata.get("generation"))
@@ -189,7 +197,7 @@ class Reconciler:
             self._remember(applied)
             sync_failed = any(r.failed for r in applied)
             if prune and stale and not sync_failed:
-                pruned = self.syncer.prune(stale, spec.key)
+                pruned = self.syncer.prune(stale, spec.key, propagation=spec.sync_options.prune_propagation_policy)
                 for result in pruned:
                     if result.action is Action.DELETED:
                         self.live.forget(result.ref)
@@ -204,7 +212,7 @@ class Reconciler:
         status["inventory"] = [e.to_dict() for e in sorted(target_entries | set(remaining_stale),
                                                              key=lambda e: (e.kind, e.namespace, e.name))]
         return self._summarise(outcome, previous, spec, commit, [*pre_diff.diffs, *diff.diffs], applied,
-                               remaining_stale, do_sync)
+                               remaining_stale, attempt)
 
     # ------------------------------------------------------------------ deletion
 
@@ -255,9 +263,15 @@ class Reconciler:
                 self.live.record(result.live)
 
     @staticmethod
-    def _retry_delay(spec: AppSpec, attempt: int) -> float:
-        policy = spec.retry or DEFAULT_RETRY
-        return policy.delay(attempt + 1)
+    def _retry_delay(spec: AppSpec, attempt: int) -> float | None:
+        """Seconds until the next try after a transient failure; None once spec.syncPolicy.retry's
+        limit is spent (then the next change or poll tries again). Without a retry policy,
+        transient failures are retried for ever with a capped backoff, as a flaky network needs."""
+        if spec.retry is None:
+            return DEFAULT_RETRY.delay(attempt + 1)
+        if spec.retry.limit >= 0 and attempt >= spec.retry.limit:
+            return None
+        return spec.retry.delay(attempt + 1)
 
     def _unserved(self, objects: Sequence[Manifest]) -> list[ApplyFailure]:
         failures = []
@@ -336,7 +350,7 @@ class Reconciler:
 
     def _summarise(self, outcome: Outcome, previous: dict, spec: AppSpec, commit: str,
                    diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
-                   stale: Sequence[InventoryEntry], synced_now: bool) -> Outcome:
+                   stale: Sequence[InventoryEntry], attempt: int) -> Outcome:
         status = outcome.status
         applied_ok = {r.ref for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)}
         failed = {r.ref: r.message for r in applied if r.failed}
@@ -387,7 +401,8 @@ class Reconciler:
         if previous.get("sync", {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
             outcome.events.append(Event("Normal", "OutOfSync", message))
         if failed:
-            outcome.requeue_after = self._retry_delay(spec, 0)
+            outcome.requeue_after = self._retry_delay(spec, attempt)
+            outcome.retrying = outcome.requeue_after is not None
         elif app_health is HealthStatus.PROGRESSING:
             outcome.requeue_after = 5.0  # watches also wake us; this covers objects we do not watch
         return outcome

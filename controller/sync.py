@@ -136,8 +136,11 @@ class Syncer:
         action = Action.CREATED if diff.missing else Action.CONFIGURED
         return ResourceResult(diff.ref, action, "", live)
 
-    def prune(self, stale: Iterable[InventoryEntry], app_key: str) -> list[ResourceResult]:
-        """Delete stale inventory entries that still carry this app's tracking id, in reverse order."""
+    def prune(self, stale: Iterable[InventoryEntry], app_key: str, *,
+              propagation: str = "foreground") -> list[ResourceResult]:
+        """Delete stale inventory entries that still carry this app's tracking id, in reverse order.
+        propagation: what happens to dependents (a Deployment's ReplicaSets and Pods), as kubectl's
+        --cascade: foreground waits for them, background lets the garbage collector follow, orphan keeps them."""
         entries = sorted(stale, key=lambda e: order_key({"apiVersion": e.api_version, "kind": e.kind,
                                                          "metadata": {"name": e.name, "namespace": e.namespace}}),
                          reverse=True)
@@ -156,7 +159,7 @@ class Syncer:
                     results.append(ResourceResult(ref, Action.UNCHANGED, "not pruned: not created by this application"))
                     continue
                 self.client.request("DELETE", resource.object_path(entry.name, entry.namespace or None),
-                                    body={"propagationPolicy": "Background"})
+                                    body={"propagationPolicy": propagation.capitalize()})
                 results.append(ResourceResult(ref, Action.DELETED, "pruned"))
             except UnservedApiError:
                 results.append(ResourceResult(ref, Action.DELETED, "its API is no longer served"))

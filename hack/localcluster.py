@@ -143,7 +143,7 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Pa
     return process.pid
 
 
-def _stop(name: str, grace: float = 10.0) -> None:
+def stop(name: str, grace: float = 10.0) -> None:
     pid = _read_pid(name)
     if pid is not None and _is_ours(pid, name):
         os.kill(pid, signal.SIGTERM)
@@ -435,7 +435,7 @@ def down(quiet: bool = False, keep_logs: bool = False) -> None:
     recorded = sorted(PIDS.glob("*.pid")) if PIDS.exists() else []
     extra = [p.stem for p in recorded if p.stem not in COMPONENTS]  # e.g. the demo's controller
     for name in [*extra, *reversed(COMPONENTS)]:
-        _stop(name)
+        stop(name)
     data_dir_file = STATE / "etcd-data-dir"
     if data_dir_file.exists():
         shutil.rmtree(data_dir_file.read_text().strip(), ignore_errors=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import localcluster
 import pytest
 import yaml
 from gitserver import GitServer, WorkRepo
@@ -64,6 +65,10 @@ class Controller:
 
 @pytest.fixture(scope="session")
 def controller(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+    if cluster.local and localcluster.running("controller"):
+        # `make demo` left its controller running; two controllers on one namespace fight.
+        print("stopping the demo's controller for the test run (make demo starts it again)")
+        localcluster.stop("controller")
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/applications.gantry.dev", "--timeout=60s")
     if cluster.kubectl("get", "namespace", APP_NAMESPACE, check=False).returncode != 0:
@@ -104,10 +109,10 @@ class App:
             "source": {"repoURL": repo_url or self.repo_url, "targetRevision": revision, "path": "k8s"},
             "destination": {"server": "https://kubernetes.default.svc", "namespace": self.destination},
             "syncPolicy": {"syncOptions": ["CreateNamespace=true"]},
-            **extra_spec,
         }
         if automated:
             spec["syncPolicy"]["automated"] = {"prune": prune, "selfHeal": self_heal}
+        spec.update(extra_spec)
         metadata = {"name": self.name, "namespace": APP_NAMESPACE}
         if finalizer:
             metadata["finalizers"] = ["gantry.dev/resources-finalizer"]

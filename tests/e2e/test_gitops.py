@@ -249,3 +249,23 @@ def test_controller_restart_converges_without_reapplying(make_app, controller):
     assert status["sync"]["status"] == "Synced"
     for kind, name in (("service", "web"), ("configmap", "web-config")):
         assert app.object(kind, name)["metadata"]["resourceVersion"] == versions[kind], f"{kind} was re-applied"
+
+
+def test_ignored_differences_are_not_drift_and_respected_on_sync(make_app):
+    app = make_app()
+    app.apply(ignoreDifferences=[{"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]}],
+              syncPolicy={"automated": {"prune": True, "selfHeal": True},
+                          "syncOptions": ["CreateNamespace=true", "RespectIgnoreDifferences=true"]})
+    app.wait_synced(app.repo.head)
+    app.kubectl("scale", "deployment/web", "--replicas=3")  # as an autoscaler would
+    time.sleep(3)
+    assert deployment(app)["spec"]["replicas"] == 3, "an ignored field was reverted"
+    assert app.status()["sync"]["status"] == "Synced"
+
+    # A real change elsewhere in the Deployment is synced without undoing the ignored field.
+    sha = app.push(web_app_files(image="nginx:1.28"), message="new image")
+    app.refresh()
+    app.wait_synced(sha)
+    live = deployment(app)
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.28"
+    assert live["spec"]["replicas"] == 3

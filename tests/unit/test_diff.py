@@ -251,9 +251,6 @@ def test_tracking_id_format():
     assert tracking_id("argocd/guestbook", ObjectRef("", "Namespace", "", "shop")) == "argocd/guestbook:/Namespace:/shop"
 
 
-@pytest.mark.xfail(strict=True, reason="prepare keeps an explicit empty/null metadata.namespace on a namespaced "
-                   "object (dict.setdefault only fills a missing key), so it is applied with no namespace and "
-                   "tracked as '<app>:/ConfigMap:/settings' instead of going to the destination namespace")
 @pytest.mark.parametrize("namespace", [None, ""], ids=["null", "empty"])
 def test_namespaced_object_with_empty_namespace_gets_the_destination(namespace):
     [cm] = _prepare({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": namespace}})
@@ -261,8 +258,6 @@ def test_namespaced_object_with_empty_namespace_gets_the_destination(namespace):
     assert cm["metadata"]["annotations"]["gantry.dev/tracking-id"] == "argocd/guestbook:/ConfigMap:shop/settings"
 
 
-@pytest.mark.xfail(strict=True, reason="prepare raises TypeError on `labels:`/`annotations:` left empty (null) "
-                   "in a plain YAML manifest: metadata.setdefault('labels', {}) returns the None already there")
 @pytest.mark.parametrize("field", ["labels", "annotations"])
 def test_null_labels_or_annotations_are_treated_as_empty(field):
     [cm] = _prepare({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", field: None}})
