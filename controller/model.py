@@ -226,6 +226,7 @@ class AppSpec:
     retry: RetryPolicy | None
     ignore_differences: tuple[IgnoreDifference, ...]
     project: str = "default"
+    history_limit: int = 10  # spec.revisionHistoryLimit: successful syncs kept in status.history
 
     @classmethod
     def parse(cls, name: str, namespace: str, spec: dict[str, Any]) -> "AppSpec":
@@ -289,6 +290,7 @@ class AppSpec:
             retry=retry,
             ignore_differences=ignores,
             project=spec.get("project") or "default",
+            history_limit=int(spec["revisionHistoryLimit"]) if spec.get("revisionHistoryLimit") is not None else 10,
         )
 
     @property

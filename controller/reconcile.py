@@ -45,7 +45,6 @@ from .sync import InventoryEntry, ResourceResult, Syncer, stage
 
 logger = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy(limit=-1, backoff_seconds=10, factor=2, max_backoff_seconds=300)
-HISTORY_LIMIT = 10
 
 
 def now() -> str:
@@ -346,7 +345,7 @@ class Reconciler:
             history.append({"id": next_id, "revision": commit, "deployedAt": now(),
                             "source": {"repoURL": spec.repo_url, "path": spec.path,
                                        "targetRevision": spec.target_revision}})
-        status["history"] = history[-HISTORY_LIMIT:]
+        status["history"] = history[-spec.history_limit:] if spec.history_limit > 0 else []
 
     def _summarise(self, outcome: Outcome, previous: dict, spec: AppSpec, commit: str,
                    diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
