@@ -82,6 +82,10 @@ class LiveCache:
         with self._lock:
             self._objects.pop(ref, None)
 
+    def size(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
     def objects_of(self, app_key: str) -> list[Manifest]:
         with self._lock:
             return [obj for obj in self._objects.values() if owner_of(obj) == app_key]

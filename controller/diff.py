@@ -227,8 +227,10 @@ class DiffResult:
 class Differ:
     """Dry-runs targets against the cluster, remembering answers for unchanged (target, live) pairs."""
 
-    def __init__(self, client: KubeClient, *, workers: int = 8, cache_size: int = 50_000) -> None:
+    def __init__(self, client: KubeClient, *, workers: int = 8, cache_size: int = 50_000,
+                 count: Callable[[str], None] | None = None) -> None:
         self.client = client
+        self.count = count or (lambda command: None)  # metrics: one call per request, by command
         self.workers = workers
         self._cache: dict[tuple[ObjectRef, str, str], tuple[bool, Manifest]] = {}
         self._cache_size = cache_size
@@ -278,6 +280,7 @@ class Differ:
         resource = self.client.resource_of(target)
         metadata = target["metadata"]
         self.dry_runs += 1
+        self.count("dry-run")
         try:
             return self.client.request(
                 "PATCH", resource.object_path(metadata["name"], metadata.get("namespace")),

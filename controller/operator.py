@@ -22,9 +22,10 @@ import kopf
 
 from .cache import LiveCache
 from .kube import KubeApiError, KubeClient
+from .metrics import HttpServer, Metrics
 from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_ANNOTATION, Manifest
 from .reconcile import Event, Outcome, Reconciler, now
-from .source import GitCache
+from .source import GitCache, redact_url
 
 logger = logging.getLogger("gantry")
 PLURAL = "applications"
@@ -39,6 +40,7 @@ class Options:
     workers: int = 8
     kubeconfig: str | None = None
     kustomize: str = "kustomize"
+    metrics_address: str = ":8080"
     cache_dir: Path = Path(os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"))
 
 
@@ -55,10 +57,11 @@ class Scheduler:
     """One asyncio task per Application; reconciles run in a bounded thread pool, so a slow repo
     occupies one worker, never the loop or the other apps."""
 
-    def __init__(self, reconciler: Reconciler, client: KubeClient, options: Options) -> None:
+    def __init__(self, reconciler: Reconciler, client: KubeClient, options: Options, metrics: Metrics) -> None:
         self.reconciler = reconciler
         self.client = client
         self.options = options
+        self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="reconcile")
         self.loop = asyncio.get_running_loop()
         self.workers: dict[str, AppWorker] = {}
@@ -77,6 +80,7 @@ class Scheduler:
             worker = self.workers.pop(key, None)
             if worker and worker.task:
                 worker.task.cancel()
+            self.metrics.forget_app(metadata["namespace"], metadata["name"])
             return
         worker = self.workers.get(key)
         if worker is None:
@@ -114,8 +118,10 @@ class Scheduler:
                     outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll)
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
+                    elapsed = time.monotonic() - started
+                    self._record_metrics(body, outcome, elapsed)
                     logger.info("reconciled %s: %s, %s in %.2fs", key, outcome.status.get("sync", {}).get("status"),
-                                outcome.status.get("health", {}).get("status"), time.monotonic() - started)
+                                outcome.status.get("health", {}).get("status"), elapsed)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug or an API outage must not end this app's loop
@@ -129,6 +135,19 @@ class Scheduler:
             except asyncio.TimeoutError:
                 poll = delay is None
             await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
+
+    def _record_metrics(self, body: Manifest, outcome: Outcome, seconds: float) -> None:
+        metadata, spec, status = body["metadata"], body.get("spec") or {}, outcome.status
+        namespace, name = metadata["namespace"], metadata["name"]
+        self.metrics.reconcile_duration.labels(namespace, name).observe(seconds)
+        if outcome.sync_phase:
+            self.metrics.app_sync_total.labels(namespace, name, outcome.sync_phase).inc()
+        self.metrics.set_app_info(
+            namespace, name, redact_url(str((spec.get("source") or {}).get("repoURL", ""))),
+            str((spec.get("destination") or {}).get("namespace") or namespace),
+            str((status.get("sync") or {}).get("status", "Unknown")),
+            str((status.get("health") or {}).get("status", "Unknown")),
+        )
 
     # ---------------------------------------------------------------- runs in the thread pool
 
@@ -200,22 +219,30 @@ def post_event(client: KubeClient, app: Manifest, event: Event) -> None:
 # kopf handlers: thin.
 
 _scheduler: Scheduler | None = None
+_http: HttpServer | None = None
 _options = Options()
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
-    global _scheduler
+    global _scheduler, _http
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     client = KubeClient.from_kubeconfig(_options.kubeconfig)
+    metrics = Metrics()
     # Without a refresh request, a repo's refs are reused for one poll interval; the scheduler asks
     # for a refresh when the interval is up (apps sharing a repo then share that one fetch).
-    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval)
+    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval,
+                   observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
     live = LiveCache(client)
-    reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers)
-    _scheduler = Scheduler(reconciler, client, _options)
+    count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
+    reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count)
+    _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
+    metrics.cluster_objects.labels(client.host).set_function(live.size)
+    if _options.metrics_address:
+        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None).start()
+        logger.info("serving /metrics and /healthz on %s", _options.metrics_address)
     logger.info("gantry controller started: apps in %s, poll every %.0fs, %d workers",
                 "all namespaces" if _options.all_namespaces else ", ".join(_served_namespaces(_options)),
                 _options.poll_interval, _options.workers)
@@ -242,6 +269,8 @@ def login(**_) -> kopf.ConnectionInfo:
 async def cleanup(**_) -> None:
     if _scheduler is not None:
         _scheduler.stop()
+    if _http is not None:
+        _http.stop()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
@@ -277,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="path of the kustomize binary")
     parser.add_argument("--cache-dir", default=os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"),
                         help="where git clones are cached")
+    parser.add_argument("--metrics-address", default=":8080",
+                        help="host:port of /metrics, /healthz (and the webhook); empty to disable (default :8080)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -289,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         kubeconfig=args.kubeconfig,
         kustomize=args.kustomize,
+        metrics_address=args.metrics_address,
         cache_dir=Path(args.cache_dir),
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,7 @@ class Outcome:
     retrying: bool = False  # requeued because of a failure: the next pass counts as a retry
     consumed_refresh: bool = False
     consumed_operation: bool = False
+    sync_phase: str | None = None  # Succeeded | Failed when this pass ran a sync
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,14 @@ class Reconciler:
     """Holds what reconciles share: the API client, git cache, diff cache, live cache."""
 
     def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
-                 workers: int = 8) -> None:
+                 workers: int = 8, count: Callable[[str], None] | None = None) -> None:
+        """count(command) is called for every apply, dry-run and delete request (metrics)."""
         self.client = client
         self.git = git
         self.live = live
         self.kustomize = kustomize
-        self.differ = Differ(client, workers=workers)
-        self.syncer = Syncer(client, workers=workers)
+        self.differ = Differ(client, workers=workers, count=count)
+        self.syncer = Syncer(client, workers=workers, count=count)
         self._renders: OrderedDict[tuple[str, str, str], list[Manifest] | RenderError] = OrderedDict()
         self._render_lock = threading.Lock()
 
@@ -315,6 +317,7 @@ class Reconciler:
         failed = [r for r in [*applied, *pruned] if r.failed]
         changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
         phase = "Failed" if failed else "Succeeded"
+        outcome.sync_phase = phase
         message = ("; ".join(f"{r.ref}: {r.message}" for r in failed) if failed
                    else f"successfully synced (applied {len(changed)}, pruned "
                         f"{sum(r.action is Action.DELETED for r in pruned)})")

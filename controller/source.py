@@ -96,8 +96,12 @@ class GitCache:
         min_fetch_interval: float = 5.0,
         timeout: float = 60.0,
         credentials: Credentials | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """observe(redacted repo URL, request type, seconds) is called after every git request
+        (the metrics stage's histogram)."""
         self.root = Path(root).resolve()
+        self.observe = observe
         self.min_fetch_interval = min_fetch_interval
         self.timeout = timeout
         self.credentials = credentials
@@ -255,6 +259,8 @@ class GitCache:
         # With no password, the user name is the secret (a token given as `https://<token>@host/`).
         secrets = [secret for secret in (password or username,) if secret]
         stderr = _scrub(stderr, secrets)
+        if self.observe is not None:
+            self.observe(shown, "fetch", time.monotonic() - began)
         if status == 0:
             log.info("fetched %s in %.2fs", shown, time.monotonic() - began)
             return

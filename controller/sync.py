@@ -8,7 +8,7 @@ previous inventory, absent from the target, and carrying this Application's trac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
@@ -89,8 +89,9 @@ class InventoryEntry:
 
 
 class Syncer:
-    def __init__(self, client: KubeClient, *, workers: int = 8) -> None:
+    def __init__(self, client: KubeClient, *, workers: int = 8, count: Callable[[str], None] | None = None) -> None:
         self.client = client
+        self.count = count or (lambda command: None)  # metrics: one call per request, by command
         self.workers = workers
         self.applies = 0  # read by tests and benchmarks
 
@@ -117,6 +118,7 @@ class Syncer:
         target = diff.target
         metadata = target["metadata"]
         self.applies += 1
+        self.count("replace" if replace and diff.live is not None else "apply")
         try:
             resource = self.client.resource_of(target)
             path = resource.object_path(metadata["name"], metadata.get("namespace"))
@@ -158,6 +160,7 @@ class Syncer:
                     # Not ours (any more): someone else created or adopted it. Never delete that.
                     results.append(ResourceResult(ref, Action.UNCHANGED, "not pruned: not created by this application"))
                     continue
+                self.count("delete")
                 self.client.request("DELETE", resource.object_path(entry.name, entry.namespace or None),
                                     body={"propagationPolicy": propagation.capitalize()})
                 results.append(ResourceResult(ref, Action.DELETED, "pruned"))

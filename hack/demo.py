@@ -57,10 +57,13 @@ def start_controller() -> None:
         kubectl("create", "namespace", "gantry")
     if localcluster.running("controller"):
         return
+    port = localcluster.free_port()
+    (DEMO / "metrics-port").write_text(str(port))
     localcluster.start("controller", [
         sys.executable, "-m", "controller.operator", "--kubeconfig", str(localcluster.KUBECONFIG),
         "--namespace", "gantry", "--cache-dir", str(DEMO / "cache"),
         "--kustomize", str(localcluster.BIN / "kustomize"),
+        "--metrics-address", f"127.0.0.1:{port}",
     ], cwd=ROOT)
 
 
@@ -90,6 +93,7 @@ def main() -> int:
   kubectl get apps -n gantry -o wide
   kubectl -n krampoline scale deployment/backend --replicas=3   # drift: Gantry undoes it in seconds
 Controller log: {localcluster.LOGS / 'controller.log'}
+Metrics: curl http://127.0.0.1:{(DEMO / 'metrics-port').read_text().strip()}/metrics
 Stop everything: make cluster-down""")
     return 0
 

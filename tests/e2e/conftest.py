@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Controller:
     cluster: object
     log_path: Path
     args: list[str]
+    metrics_url: str  # http://127.0.0.1:PORT, serving /metrics and /healthz
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -45,6 +47,21 @@ class Controller:
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, "PATH": f"{self.cluster.bin_dir}:{os.environ['PATH']}"},
         )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /healthz answers: kopf has started and the scheduler exists."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the controller exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the controller did not become ready in {timeout:.0f}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -58,6 +75,7 @@ class Controller:
     def restart(self) -> None:
         self.stop()
         self.start()
+        self.wait_ready()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -74,11 +92,14 @@ def controller(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
     if cluster.kubectl("get", "namespace", APP_NAMESPACE, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", APP_NAMESPACE)
     work = tmp_path_factory.mktemp("controller")
+    port = localcluster.free_port()
     ctl = Controller(cluster, work / "controller.log", [
         "--kubeconfig", str(cluster.kubeconfig), "--namespace", APP_NAMESPACE,
         "--cache-dir", str(work / "cache"), "--kustomize", str(cluster.bin_dir / "kustomize"),
-    ])
+        "--metrics-address", f"127.0.0.1:{port}",
+    ], metrics_url=f"http://127.0.0.1:{port}")
     ctl.start()
+    ctl.wait_ready()
     yield ctl
     ctl.stop()
     print(f"controller log: {ctl.log_path}")
