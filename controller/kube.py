@@ -67,6 +67,17 @@ class Resource:
         return f"{self.collection_path(namespace)}/{quote(name, safe='')}"
 
 
+def _decode(body: bytes) -> Manifest:
+    """A JSON answer, or the plain text some endpoints give (`404 page not found` for an unknown
+    API group) as a Status-like message."""
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"message": body.decode(errors="replace").strip()}
+
+
 class KubeClient:
     """Thread-safe: urllib3's pool is, and discovery is guarded by a lock."""
 
@@ -129,7 +140,7 @@ class KubeClient:
             )
         except urllib3.exceptions.HTTPError as error:
             raise KubeApiError(0, "ConnectionError", f"cannot reach the API server: {error}") from error
-        data = json.loads(response.data) if response.data else {}
+        data = _decode(response.data)
         if response.status >= 400:
             raise KubeApiError(response.status, data.get("reason", ""), data.get("message", response.reason or ""))
         return data
@@ -144,7 +155,7 @@ class KubeClient:
         )
         try:
             if response.status >= 400:
-                data = json.loads(response.read() or b"{}")
+                data = _decode(response.read())
                 raise KubeApiError(response.status, data.get("reason", ""), data.get("message", ""))
             buffer = b""
             for chunk in response.stream(65536, decode_content=True):

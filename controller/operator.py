@@ -124,10 +124,11 @@ class Scheduler:
                                 outcome.status.get("health", {}).get("status"), elapsed)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug or an API outage must not end this app's loop
+            except Exception as error:  # a bug or an API outage must not end this app's loop
                 logger.exception("reconcile of %s failed unexpectedly", key)
                 worker.attempt += 1
                 delay = min(5.0 * 2 ** min(worker.attempt, 10), 300.0)
+                await self.loop.run_in_executor(self.pool, self._report_error, body, error)
             # Woken by a change (spec, refresh, a managed object) or, on time-out, due to poll git.
             try:
                 await asyncio.wait_for(worker.wake.wait(), timeout=delay or self.options.poll_interval)
@@ -167,6 +168,18 @@ class Scheduler:
         for event in outcome.events:
             post_event(self.client, body, event)
         return outcome
+
+    def _report_error(self, body: Manifest, error: Exception) -> None:
+        """Say on the Application that its reconcile broke, instead of only in our log."""
+        message = f"reconcile failed unexpectedly: {type(error).__name__}: {error}"[:1000]
+        status = {"sync": {**((body.get("status") or {}).get("sync") or {}), "status": "Unknown"},
+                  "conditions": [{"type": "ReconcileError", "message": message, "lastTransitionTime": now()}],
+                  "message": message[:200], "reconciledAt": now()}
+        try:
+            self.client.request("PATCH", _app_path(body["metadata"], "/status"), body={"status": status},
+                                content_type="application/merge-patch+json")
+        except KubeApiError as patch_error:
+            logger.warning("could not report the error on %s: %s", body["metadata"]["name"], patch_error)
 
     def _finalize(self, body: Manifest) -> None:
         metadata = body["metadata"]

@@ -21,7 +21,7 @@ from . import health as health_stage
 from . import status as status_stage
 from .cache import LiveCache
 from .diff import DiffResult, Differ, ObjectDiff, prepare, unserved_message
-from .kube import KubeApiError, KubeClient, UnservedApiError
+from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
 from .model import (
     ARGOCD_FINALIZER,
     FINALIZER,
@@ -168,11 +168,22 @@ class Reconciler:
         elif wants_sync and spec.sync_options.create_namespace:
             self._ensure_namespace(spec.destination_namespace)
 
+        # Custom resources whose CRD this render brings but the cluster does not serve yet (an app
+        # not synced yet): they are missing, not broken.
+        defined = _crd_kinds(prerequisites)
+        awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined and not self._served(o)]
+        rest = [o for o in rest if not any(o is a for a in awaiting)]
         if unserved := self._unserved(rest):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
         rest_targets = prepare(rest, self.client.resource_of, destination_namespace=spec.destination_namespace,
                                app_key=spec.key)
         diff = self.differ.diff(rest_targets, self.live.get, spec.ignore_differences, respect_ignores=respect)
+        if awaiting:
+            pending = prepare(awaiting, lambda o: defined[(ObjectRef.of(o).group, o["kind"])],
+                              destination_namespace=spec.destination_namespace, app_key=spec.key)
+            diff = DiffResult(diff.diffs + tuple(ObjectDiff(ObjectRef.of(t), t, None, None, False) for t in pending),
+                              diff.failures)
+            rest_targets = [*rest_targets, *pending]
         if failures := [*pre_diff.failures, *diff.failures]:
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
 
@@ -273,6 +284,13 @@ class Reconciler:
         if spec.retry.limit >= 0 and attempt >= spec.retry.limit:
             return None
         return spec.retry.delay(attempt + 1)
+
+    def _served(self, obj: Manifest) -> bool:
+        try:
+            self.client.resource_of(obj)
+            return True
+        except UnservedApiError:
+            return False
 
     def _unserved(self, objects: Sequence[Manifest]) -> list[ApplyFailure]:
         failures = []
@@ -417,6 +435,21 @@ class Reconciler:
             return health_stage.HealthContext.from_ingress_classes(self.client.list(resource)["items"])
         except (KubeApiError, UnservedApiError):
             return None
+
+
+def _crd_kinds(objects: Sequence[Manifest]) -> dict[tuple[str, str], Resource]:
+    """(group, kind) → Resource for every custom resource type the given CRDs define."""
+    kinds = {}
+    for crd in objects:
+        if crd.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        for version in spec.get("versions") or []:
+            kinds[(spec.get("group", ""), names.get("kind", ""))] = Resource(
+                f"{spec.get('group')}/{version.get('name')}", names.get("kind", ""), names.get("plural", ""),
+                spec.get("scope") == "Namespaced")
+    return kinds
 
 
 def _sync_result_entry(result: ResourceResult) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -108,11 +109,25 @@ class Syncer:
                 batch = [by_target[id(m)] for m in group]
                 outcome = list(pool.map(lambda d: self._apply_one(d, replace), batch))
                 results.extend(outcome)
-                if any(r.kind == "CustomResourceDefinition" for r in (d.ref for d in batch)):
+                crds = [r.live for r in outcome if r.ref.kind == "CustomResourceDefinition" and r.live]
+                if crds:
+                    self._wait_established(crds)
                     self.client.invalidate_discovery()
                 if any(r.failed for r in outcome):
                     break
         return results
+
+    def _wait_established(self, crds: Sequence[Manifest], timeout: float = 30.0) -> None:
+        """Custom resources can be applied only once their CRD is Established (Flux waits too)."""
+        resource = self.client.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        deadline = time.monotonic() + timeout
+        for crd in crds:
+            while time.monotonic() < deadline:
+                live = self.client.get(resource, crd["metadata"]["name"]) or {}
+                conditions = (live.get("status") or {}).get("conditions") or []
+                if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                    break
+                time.sleep(0.2)
 
     def _apply_one(self, diff: ObjectDiff, replace: bool) -> ResourceResult:
         target = diff.target

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 import yaml
@@ -269,3 +270,39 @@ def test_ignored_differences_are_not_drift_and_respected_on_sync(make_app):
     live = deployment(app)
     assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.28"
     assert live["spec"]["replicas"] == 3
+
+
+def crd_app_files(group: str) -> dict[str, str]:
+    """A CRD and a custom resource of it in one kustomization, as operators' apps ship them."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                         "size": {"type": "integer"}}}}}}}]},
+    }
+    widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "gear"}, "spec": {"size": 3}}
+    return {
+        "k8s/kustomization.yaml": yaml.safe_dump({"resources": ["crd.yaml", "widget.yaml"]}),
+        "k8s/crd.yaml": yaml.safe_dump(crd),
+        "k8s/widget.yaml": yaml.safe_dump(widget),
+    }
+
+
+def test_crd_and_its_custom_resource_sync_in_one_pass(make_app, cluster):
+    group = f"g{uuid.uuid4().hex[:8]}.example.test"
+    app = make_app(crd_app_files(group))
+    try:
+        app.apply(automated=False)
+        status = app.wait_sync_status("OutOfSync")
+        assert {r["kind"]: r["status"] for r in status["resources"]} == {
+            "CustomResourceDefinition": "OutOfSync", "Widget": "OutOfSync"}
+        app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type=merge",
+                            "-p", '{"operation": {"sync": {}}}')
+        app.wait_synced(app.repo.head)
+        widget = app.object(f"widgets.{group}", "gear")
+        assert widget is not None and widget["spec"]["size"] == 3
+    finally:
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
