@@ -38,12 +38,14 @@ def _newer(candidate: Manifest, current: Manifest | None) -> bool:
 
 class LiveCache:
     def __init__(self, client: KubeClient, on_change: Callable[[str, Manifest], None] | None = None,
-                 *, watch_timeout: int = 300) -> None:
+                 *, watch_timeout: int = 300, namespaces: tuple[str, ...] | None = None) -> None:
+        """namespaces: watch only these (namespaced mode, where cluster-wide watches are forbidden)."""
         self.client = client
+        self.namespaces = namespaces
         self.on_change = on_change
         self.watch_timeout = watch_timeout
         self._objects: dict[ObjectRef, Manifest] = {}
-        self._watched: dict[tuple[str, str], threading.Event] = {}  # (apiVersion, kind) -> synced
+        self._watched: dict[tuple[str, str, str | None], threading.Event] = {}  # (apiVersion, kind, ns) -> synced
         self._lock = threading.Lock()
         self._stopped = threading.Event()
 
@@ -93,29 +95,38 @@ class LiveCache:
     # ------------------------------------------------------------------ watches
 
     def ensure_watched(self, resource: Resource, wait: float = 30.0) -> bool:
-        """Start a watch on resource's type if none runs; True once its initial list is in."""
-        key = (resource.api_version, resource.kind)
+        """Start watches on resource's type if none run; True once their initial lists are in."""
+        if self.namespaces is None:
+            scopes: tuple[str | None, ...] = (None,)
+        elif resource.namespaced:
+            scopes = self.namespaces
+        else:
+            return False  # namespaced mode: cluster-scoped objects are not ours to watch
+        events = []
         with self._lock:
-            synced = self._watched.get(key)
-            if synced is None:
-                synced = self._watched[key] = threading.Event()
-                thread = threading.Thread(target=self._run, args=(resource, synced), daemon=True,
-                                          name=f"watch-{resource.plural}.{resource.group or 'core'}")
-                thread.start()
-        return synced.wait(wait)
+            for namespace in scopes:
+                key = (resource.api_version, resource.kind, namespace)
+                synced = self._watched.get(key)
+                if synced is None:
+                    synced = self._watched[key] = threading.Event()
+                    thread = threading.Thread(target=self._run, args=(resource, namespace, synced), daemon=True,
+                                              name=f"watch-{resource.plural}.{resource.group or 'core'}")
+                    thread.start()
+                events.append(synced)
+        return all(event.wait(wait) for event in events)
 
-    def _run(self, resource: Resource, synced: threading.Event) -> None:
+    def _run(self, resource: Resource, namespace: str | None, synced: threading.Event) -> None:
         backoff = 1.0
         while not self._stopped.is_set():
             try:
-                listing = self.client.list(resource, label_selector=_SELECTOR)
+                listing = self.client.list(resource, namespace, label_selector=_SELECTOR)
                 seen = set()
                 for item in listing["items"]:
                     item.setdefault("apiVersion", resource.api_version)
                     item.setdefault("kind", resource.kind)
                     seen.add(ObjectRef.of(item))
                     self._store("ADDED", item, notify=synced.is_set())
-                self._drop_missing(resource, seen)
+                self._drop_missing(resource, namespace, seen)
                 synced.set()
                 version = listing["metadata"].get("resourceVersion")
                 backoff = 1.0
@@ -124,7 +135,8 @@ class LiveCache:
                              "allowWatchBookmarks": "true"}
                     if version:
                         query["resourceVersion"] = version
-                    for event in self.client.stream(resource.collection_path(), query, timeout=self.watch_timeout):
+                    for event in self.client.stream(resource.collection_path(namespace), query,
+                                                    timeout=self.watch_timeout):
                         kind, obj = event.get("type"), event.get("object") or {}
                         if kind == "ERROR":
                             raise KubeApiError(obj.get("code", 0), obj.get("reason", ""), obj.get("message", ""))
@@ -157,12 +169,13 @@ class LiveCache:
         if notify and owner and self.on_change:
             self.on_change(owner, obj)
 
-    def _drop_missing(self, resource: Resource, seen: set[ObjectRef]) -> None:
+    def _drop_missing(self, resource: Resource, namespace: str | None, seen: set[ObjectRef]) -> None:
         """After a relist, objects deleted while no watch ran must go too (and count as changes)."""
         with self._lock:
             gone = [
                 (ref, obj) for ref, obj in self._objects.items()
                 if obj.get("apiVersion") == resource.api_version and ref.kind == resource.kind and ref not in seen
+                and (namespace is None or ref.namespace == namespace)
             ]
             for ref, _ in gone:
                 del self._objects[ref]

@@ -21,6 +21,7 @@ from pathlib import Path
 import kopf
 
 from .cache import LiveCache
+from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from .metrics import HttpServer, Metrics
 from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_ANNOTATION, Manifest
@@ -35,6 +36,7 @@ PLURAL = "applications"
 class Options:
     namespace: str = "gantry"
     app_namespaces: tuple[str, ...] = ()  # extra namespaces whose Applications are served
+    destination_namespaces: tuple[str, ...] = ()  # namespaced mode: the only namespaces apps deploy to
     all_namespaces: bool = False
     poll_interval: float = 180.0
     workers: int = 8
@@ -246,10 +248,13 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     # Without a refresh request, a repo's refs are reused for one poll interval; the scheduler asks
     # for a refresh when the interval is up (apps sharing a repo then share that one fetch).
     git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval,
+                   credentials=CredentialStore(client, _options.namespace),
                    observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
-    live = LiveCache(client)
+    namespaced = _options.destination_namespaces or None
+    live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
-    reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count)
+    reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
+                            allowed_namespaces=frozenset(namespaced) if namespaced else None)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
@@ -313,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated further namespaces whose Applications are served")
     parser.add_argument("--all-namespaces", action="store_true",
                         help="serve Applications in every namespace (they can deploy anywhere the controller can)")
+    parser.add_argument("--namespaces", default="",
+                        help="namespaced mode: comma-separated namespaces Applications may deploy to; cluster-scoped "
+                             "objects and other namespaces are refused (default: cluster mode, anywhere)")
     parser.add_argument("--poll-interval", type=float, default=180.0, help="seconds between git polls (default 180)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     parser.add_argument("--kustomize", default=os.environ.get("GANTRY_KUSTOMIZE") or shutil.which("kustomize") or "kustomize",
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         namespace=args.namespace,
         app_namespaces=tuple(n.strip() for n in args.app_namespaces.split(",") if n.strip()),
         all_namespaces=args.all_namespaces,
+        destination_namespaces=tuple(n.strip() for n in args.namespaces.split(",") if n.strip()),
         poll_interval=args.poll_interval,
         workers=args.workers,
         kubeconfig=args.kubeconfig,

@@ -96,9 +96,13 @@ class Reconciler:
     """Holds what reconciles share: the API client, git cache, diff cache, live cache."""
 
     def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
-                 workers: int = 8, count: Callable[[str], None] | None = None) -> None:
-        """count(command) is called for every apply, dry-run and delete request (metrics)."""
+                 workers: int = 8, count: Callable[[str], None] | None = None,
+                 allowed_namespaces: frozenset[str] | None = None) -> None:
+        """count(command) is called for every apply, dry-run and delete request (metrics).
+        allowed_namespaces: namespaced mode (--namespaces): the only namespaces apps may deploy to;
+        cluster-scoped objects are refused. None: cluster mode."""
         self.client = client
+        self.allowed_namespaces = allowed_namespaces
         self.git = git
         self.live = live
         self.kustomize = kustomize
@@ -129,6 +133,13 @@ class Reconciler:
             # Stalled: retrying cannot help until someone edits the Application.
             return self._failed(outcome, previous, "InvalidSpecError", str(error), health=HealthStatus.UNKNOWN)
 
+        if self.allowed_namespaces is not None and spec.destination_namespace not in self.allowed_namespaces:
+            return self._failed(outcome, previous, "InvalidSpecError",
+                                f"destination namespace {spec.destination_namespace!r} is not allowed: this controller "
+                                f"runs in namespaced mode and manages only {', '.join(sorted(self.allowed_namespaces))} "
+                                f"(its --namespaces); use one of them or add the namespace there",
+                                health=HealthStatus.UNKNOWN)
+
         revision_wanted = request.sync_revision or spec.target_revision
         try:
             commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=poll or request.refresh is not None
@@ -148,6 +159,9 @@ class Reconciler:
             return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
 
         # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
+        # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
+        if forbidden := self._not_permitted(objects, spec):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, forbidden)
         prerequisites = [o for o in objects if stage(o) == 0]
         rest = [o for o in objects if stage(o) != 0]
         if unserved := self._unserved(prerequisites):
@@ -161,11 +175,11 @@ class Reconciler:
         pre_diff = self.differ.diff(targets, self.live.get, spec.ignore_differences, respect_ignores=respect)
         applied: list[ResourceResult] = []
         if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
-            if spec.sync_options.create_namespace:
+            if spec.sync_options.create_namespace and self.allowed_namespaces is None:
                 self._ensure_namespace(spec.destination_namespace)
             applied += self.syncer.apply(pre_diff.diffs, replace=spec.sync_options.replace)
             self._remember(applied)
-        elif wants_sync and spec.sync_options.create_namespace:
+        elif wants_sync and spec.sync_options.create_namespace and self.allowed_namespaces is None:
             self._ensure_namespace(spec.destination_namespace)
 
         # Custom resources whose CRD this render brings but the cluster does not serve yet (an app
@@ -284,6 +298,27 @@ class Reconciler:
         if spec.retry.limit >= 0 and attempt >= spec.retry.limit:
             return None
         return spec.retry.delay(attempt + 1)
+
+    def _not_permitted(self, objects: Sequence[Manifest], spec: AppSpec) -> list[ApplyFailure]:
+        if self.allowed_namespaces is None:
+            return []
+        allowed = ", ".join(sorted(self.allowed_namespaces))
+        failures = []
+        for obj in objects:
+            ref = ObjectRef.of(obj)
+            try:
+                namespaced = self.client.resource_of(obj).namespaced
+            except UnservedApiError:
+                namespaced = obj.get("kind") not in ("Namespace", "CustomResourceDefinition") and bool(ref.namespace)
+                if not namespaced and obj.get("kind") not in ("Namespace", "CustomResourceDefinition"):
+                    continue  # reported as not served, with its hint, further on
+            if not namespaced:
+                failures.append(ApplyFailure(ref, f"cluster-scoped {ref.kind} is not allowed: the controller runs "
+                                                  f"in namespaced mode (--namespaces {allowed})"))
+            elif (ref.namespace or spec.destination_namespace) not in self.allowed_namespaces:
+                failures.append(ApplyFailure(ref, f"namespace {ref.namespace!r} is not allowed: the controller "
+                                                  f"runs in namespaced mode and manages only {allowed}"))
+        return failures
 
     def _served(self, obj: Manifest) -> bool:
         try:

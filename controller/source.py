@@ -28,7 +28,19 @@ __all__ = ["Credentials", "GitCache", "redact_url"]
 log = logging.getLogger(__name__)
 
 # (username, password) for a repository URL, or None to fetch anonymously.
-Credentials = Callable[[str], tuple[str, str] | None]
+@dataclass(frozen=True)
+class RepoCredentials:
+    """What a repository Secret gives: basic auth for http(s), a private key for ssh."""
+
+    username: str | None = None
+    password: str | None = None
+    ssh_private_key: str | None = None
+
+    def __repr__(self) -> str:  # never show secrets, not even in a traceback
+        return f"RepoCredentials(username={'set' if self.username else None}, password=***, ssh_private_key=***)"
+
+
+Credentials = Callable[[str], "tuple[str, str] | RepoCredentials | None"]
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
 _HEX = re.compile(r"[0-9a-f]{4,40}")
@@ -241,11 +253,16 @@ class GitCache:
     def _run_fetch(self, repo: _Repo, repo_url: str, refspecs: list[str], *, missing_ok: bool) -> None:
         url, username, password = _split_credentials(repo_url.strip())
         shown = redact_url(repo_url.strip())
+        ssh_key = None
         if self.credentials is not None:
             given = self.credentials(shown)
-            if given is not None:
+            if isinstance(given, RepoCredentials):
+                username, password = given.username or username, given.password or password
+                ssh_key = given.ssh_private_key
+            elif given is not None:
                 username, password = given
         config = [("credential.helper", "")]  # no helper of the host's may answer for us
+        env = self._ssh_env(ssh_key) if ssh_key and not url.lower().startswith(("http://", "https://")) else None
         if username is not None and url.lower().startswith(("http://", "https://")):
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             # Through the environment, so it is on no command line and in no config file.
@@ -254,7 +271,7 @@ class GitCache:
         began = time.monotonic()
         status, _, stderr = self._git(
             repo, "fetch", "--prune", "--force", "--no-tags", "--no-write-fetch-head", "--quiet",
-            "--end-of-options", url, *refspecs, config=config,
+            "--end-of-options", url, *refspecs, config=config, env=env,
         )
         # With no password, the user name is the secret (a token given as `https://<token>@host/`).
         secrets = [secret for secret in (password or username,) if secret]
@@ -308,6 +325,21 @@ class GitCache:
         return SourceError(
             f"revision {revision!r} not found in {redact_url(repo_url.strip())}: no branch, tag or commit of that name"
         )
+
+    def _ssh_env(self, private_key: str) -> dict[str, str]:
+        """ssh with this key only, from a 0600 file named by the key's hash (written once)."""
+        keys = self.root / "ssh"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        path = keys / hashlib.sha256(private_key.encode()).hexdigest()[:16]
+        if not path.exists():
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
+            os.replace(path.with_suffix(".tmp"), path)
+        known_hosts = keys / "known_hosts"
+        # First use of a host records its key; a changed key afterwards is refused (as ssh does).
+        return {"GIT_SSH_COMMAND": f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {path} "
+                                   f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts}"}
 
     def _git(
         self, repo: _Repo, *args: str, config: list[tuple[str, str]] = (), env: dict[str, str] | None = None

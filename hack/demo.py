@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import localcluster  # noqa: I001  (hack/ is on the path when run as a script)
 from gitserver import WorkRepo, init_bare

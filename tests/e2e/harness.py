@@ -1,8 +1,17 @@
-"""Test apps for the end-to-end tests: what a team keeps under k8s/ in its repo."""
+"""Test apps for the end-to-end tests: what a team keeps under k8s/ in its repo, and an App
+handle to apply an Application for it, change its repo and wait for its status."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import yaml
+from gitserver import WorkRepo
+
+APP_NAMESPACE = "gantry"  # where the controller under test serves Applications
 
 
 def web_app_files(*, replicas: int = 1, image: str = "nginx:1.27", host: str = "shop.example.test") -> dict[str, str]:
@@ -35,3 +44,85 @@ def web_app_files(*, replicas: int = 1, image: str = "nginx:1.27", host: str = "
     }
 
 
+@dataclass
+class App:
+    """One Application under test, with its repo and destination namespace."""
+
+    cluster: object
+    name: str
+    destination: str
+    repo: WorkRepo
+    repo_url: str
+    created: list[str] = field(default_factory=list)
+
+    def get(self) -> dict:
+        return json.loads(self.cluster.kubectl("get", "applications.gantry.dev", self.name, "-n", APP_NAMESPACE,
+                                               "-o", "json").stdout)
+
+    def status(self) -> dict:
+        return self.get().get("status") or {}
+
+    def apply(self, *, automated: bool = True, self_heal: bool = True, prune: bool = True,
+              finalizer: bool = False, revision: str = "HEAD", repo_url: str | None = None, **extra_spec) -> None:
+        spec = {
+            "project": "default",
+            "source": {"repoURL": repo_url or self.repo_url, "targetRevision": revision, "path": "k8s"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": self.destination},
+            "syncPolicy": {"syncOptions": ["CreateNamespace=true"]},
+        }
+        if automated:
+            spec["syncPolicy"]["automated"] = {"prune": prune, "selfHeal": self_heal}
+        spec.update(extra_spec)
+        metadata = {"name": self.name, "namespace": APP_NAMESPACE}
+        if finalizer:
+            metadata["finalizers"] = ["gantry.dev/resources-finalizer"]
+        manifest = {"apiVersion": "gantry.dev/v1alpha1", "kind": "Application", "metadata": metadata, "spec": spec}
+        self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+    def push(self, files: dict[str, str] | None = None, *, delete: tuple[str, ...] = (), message: str = "change") -> str:
+        if files:
+            self.repo.write(files)
+        if delete:
+            self.repo.delete(*delete)
+        sha = self.repo.commit(message)
+        self.repo.push()
+        return sha
+
+    def refresh(self, mode: str = "normal") -> None:
+        self.cluster.kubectl("annotate", "--overwrite", "applications.gantry.dev", self.name, "-n", APP_NAMESPACE,
+                             f"gantry.dev/refresh={mode}")
+
+    def wait(self, predicate: Callable[[dict], bool], what: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        status: dict = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.3)
+        raise AssertionError(f"{self.name}: timed out after {timeout:.0f}s waiting for {what}; status:\n"
+                             + yaml.safe_dump(status))
+
+    def wait_synced(self, revision: str | None = None, *, healthy: bool = True, timeout: float = 90.0) -> dict:
+        def done(status: dict) -> bool:
+            sync = status.get("sync") or {}
+            return (sync.get("status") == "Synced" and (revision is None or sync.get("revision") == revision)
+                    and (not healthy or (status.get("health") or {}).get("status") == "Healthy"))
+
+        return self.wait(done, f"Synced{' at ' + revision[:7] if revision else ''}{' and Healthy' if healthy else ''}",
+                         timeout)
+
+    def wait_sync_status(self, value: str, timeout: float = 60.0) -> dict:
+        return self.wait(lambda s: (s.get("sync") or {}).get("status") == value, value, timeout)
+
+    def kubectl(self, *args: str, check: bool = True):
+        return self.cluster.kubectl("-n", self.destination, *args, check=check)
+
+    def object(self, kind: str, name: str) -> dict | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def events(self) -> list[dict]:
+        listing = self.cluster.kubectl("get", "events", "-n", APP_NAMESPACE, "--field-selector",
+                                       f"involvedObject.name={self.name}", "-o", "json")
+        return json.loads(listing.stdout)["items"]
