@@ -115,7 +115,10 @@ class HttpServer:
                 except ValueError:
                     length = -1
                 if length < 0 or length > outer.max_body:
-                    self._send(400 if length < 0 else 413, "text/plain; charset=utf-8", b"bad or oversized body\n")
+                    # Refused before reading a byte of it; 400 for both, as the webhook contract says.
+                    self._send(400, "text/plain; charset=utf-8",
+                               f"body missing, malformed or over {outer.max_body} bytes\n".encode())
+                    self.close_connection = True
                     return
                 body = self.rfile.read(length)
                 status, content_type, payload = route(self, body)

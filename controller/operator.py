@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -23,9 +24,11 @@ import kopf
 from .cache import LiveCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
+from . import webhook
 from .metrics import HttpServer, Metrics
 from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_ANNOTATION, Manifest
 from .reconcile import Event, Outcome, Reconciler, now
+from .webhook import PushEvent
 from .source import GitCache, redact_url
 
 logger = logging.getLogger("gantry")
@@ -53,6 +56,7 @@ class AppWorker:
     task: asyncio.Task | None = None
     seen_generation: int | None = None
     attempt: int = 0
+    refresh: bool = False  # read git on the next pass (a webhook said the repo changed)
 
 
 class Scheduler:
@@ -95,6 +99,44 @@ class Scheduler:
                 or body.get("operation") or metadata.get("deletionTimestamp")):
             worker.wake.set()
 
+    def refresh_matching(self, event: PushEvent) -> list[str]:
+        """Wake, with a git refresh, every app whose repo and revision the push concerns. Runs in
+        the event loop; returns their keys."""
+        keys = []
+        for key, worker in self.workers.items():
+            source = (worker.body.get("spec") or {}).get("source") or {}
+            if webhook.matches(event, str(source.get("repoURL", "")), str(source.get("targetRevision") or "HEAD")):
+                worker.refresh = True
+                worker.wake.set()
+                keys.append(key)
+        return keys
+
+    def webhook_route(self, handler, body: bytes) -> tuple[int, str, bytes]:
+        """POST /api/webhook, called in an HTTP thread: verify, parse, refresh the matching apps."""
+        try:
+            event = webhook.parse(handler.headers, body, self._webhook_secrets())
+        except webhook.WebhookError as error:
+            if error.status >= 400:
+                logger.warning("webhook refused (%d): %s", error.status, error)
+            return error.status, "text/plain; charset=utf-8", f"{error}\n".encode()
+
+        async def refresh() -> list[str]:
+            return self.refresh_matching(event)
+
+        keys = asyncio.run_coroutine_threadsafe(refresh(), self.loop).result(timeout=10)
+        logger.info("webhook: %s; refreshing %s", event, ", ".join(keys) or "no application")
+        return 200, "application/json", json.dumps({"refreshed": keys}).encode()
+
+    def _webhook_secrets(self) -> webhook.WebhookSecrets:
+        try:
+            secret = self.client.request("GET", f"/api/v1/namespaces/{self.options.namespace}/secrets/"
+                                                f"{webhook.SECRET_NAME}")
+        except KubeApiError as error:
+            if error.status != 404:
+                logger.warning("cannot read Secret %s: %s", webhook.SECRET_NAME, error.reason or error.status)
+            return webhook.WebhookSecrets()  # refuses every delivery with 401
+        return webhook.WebhookSecrets.from_secret_data(secret.get("data"))
+
     def wake_threadsafe(self, app_key: str, _obj: Manifest | None = None) -> None:
         """Called from watch threads when a managed object changed."""
         self.loop.call_soon_threadsafe(self._wake, app_key)
@@ -109,6 +151,7 @@ class Scheduler:
         while True:
             body = worker.body
             worker.wake.clear()
+            poll, worker.refresh = poll or worker.refresh, False
             worker.seen_generation = body["metadata"].get("generation")
             delay: float | None = None
             try:
@@ -259,7 +302,9 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
     if _options.metrics_address:
-        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None).start()
+        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None)
+        _http.post_routes["/api/webhook"] = _scheduler.webhook_route
+        _http.start()
         logger.info("serving /metrics and /healthz on %s", _options.metrics_address)
     logger.info("gantry controller started: apps in %s, poll every %.0fs, %d workers",
                 "all namespaces" if _options.all_namespaces else ", ".join(_served_namespaces(_options)),

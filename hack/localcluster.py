@@ -402,6 +402,9 @@ def _bring_up(binaries: Binaries) -> None:
         str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok.parent / 'stages.yaml'}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-ip=127.0.0.1", f"--node-port={kwok_port}", "--cidr=10.244.0.0/16",
+        # Without leases the node lifecycle controller sees no heartbeat, marks the nodes Unknown
+        # every grace period and flips every pod to NotReady until kwok patches the node back.
+        "--node-lease-duration-seconds=40",
     ])
     for index, name in enumerate(FAKE_NODES):
         _kubectl(binaries, "apply", "-f", "-", stdin=json.dumps(_node_manifest(name, index)))
