@@ -238,21 +238,27 @@ class Differ:
         self.dry_runs = 0  # read by tests and benchmarks
 
     def diff(self, targets: Sequence[Manifest], live_of: Callable[[Manifest], Manifest | None],
-             ignores: Sequence[IgnoreDifference] = (), *, respect_ignores: bool = False) -> DiffResult:
+             ignores: Sequence[IgnoreDifference] = (), *, respect_ignores: bool = False,
+             dry_run_missing: bool = True) -> DiffResult:
         """respect_ignores (Argo CD's RespectIgnoreDifferences=true): ignored fields keep their live
-        values in what is applied, so a sync does not undo, say, an autoscaler's replicas."""
+        values in what is applied, so a sync does not undo, say, an autoscaler's replicas.
+        dry_run_missing=False: objects that do not exist are reported missing without asking the
+        server (their errors then surface when they are applied)."""
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            outcomes = list(pool.map(lambda target: self._diff_one(target, live_of, ignores, respect_ignores),
-                                     targets))
+            outcomes = list(pool.map(
+                lambda target: self._diff_one(target, live_of, ignores, respect_ignores, dry_run_missing), targets))
         return DiffResult(
             diffs=tuple(o for o in outcomes if isinstance(o, ObjectDiff)),
             failures=tuple(o for o in outcomes if isinstance(o, ApplyFailure)),
         )
 
-    def _diff_one(self, target: Manifest, live_of, ignores, respect_ignores: bool) -> ObjectDiff | ApplyFailure:
+    def _diff_one(self, target: Manifest, live_of, ignores, respect_ignores: bool,
+                  dry_run_missing: bool) -> ObjectDiff | ApplyFailure:
         ref = ObjectRef.of(target)
         try:
             live = live_of(target)
+            if live is None and not dry_run_missing:
+                return ObjectDiff(ref, target, None, None, False)
             if respect_ignores and live is not None:
                 target = keep_live_values(target, live, [i for i in ignores if i.matches(ref)])
             target_hash = content_hash(target)
