@@ -2,7 +2,8 @@
 # Builds the local control plane's binaries from Go modules, once, into a cache keyed by version:
 #   $GANTRY_CACHE/kubernetes-<v>/bin  kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   $GANTRY_CACHE/etcd-<v>/bin        etcd
-#   $GANTRY_CACHE/kwok-<v>/bin        kwok (and kwok-<v>/stages.yaml, its stage configuration)
+#   $GANTRY_CACHE/kwok-<v>/bin        kwok (and kwok-<v>/stages.yaml, its stage configuration: the
+#                                     release's node stages and our pod stages, hack/kwok/stages/)
 #   $GANTRY_CACHE/kustomize-<v>/bin   kustomize
 # Each hack/<name>/go.mod pins one release (the Kubernetes one replaces every staging module with
 # its matching v0.N.P, which is why `go install k8s.io/kubernetes/cmd/...@v` cannot be used).
@@ -29,9 +30,17 @@ etcd_dir=$cache/etcd-$etcd_version
 kwok_dir=$cache/kwok-$kwok_version
 kustomize_dir=$cache/kustomize-$kustomize_version
 
+# kwok's stages: the release's node stage sets, then our pod stages (hack/kwok/stages/README.md says
+# why ours replace the release's pod/fast). The file is named by a hash of what goes into it, so
+# editing a stage file gives a new one instead of a stale cached one.
+kwok_node_stage_sets="node/fast node/heartbeat-with-lease"
+kwok_stage_files=("$here"/kwok/stages/*.yaml)
+kwok_stages_hash=$({ echo "$kwok_node_stage_sets"; cat "${kwok_stage_files[@]}"; } | sha256sum | cut -c1-16)
+kwok_stages=$kwok_dir/stages-$kwok_stages_hash.yaml
+
 if [[ ${1:-} == --print-dirs ]]; then
-  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nKUBE_VERSION=%s\n' \
-    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$kube_version"
+  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nKUBE_VERSION=%s\nKWOK_STAGES=%s\n' \
+    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$kube_version" "$kwok_stages"
   exit 0
 fi
 
@@ -70,16 +79,29 @@ build kustomize "$kustomize_dir" kustomize "" sigs.k8s.io/kustomize/kustomize/v5
 [[ ${1:-} == kustomize ]] && exit 0
 build etcd "$etcd_dir" etcd "" go.etcd.io/etcd/server/v3
 build kwok "$kwok_dir" "" "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" sigs.k8s.io/kwok/cmd/kwok
-# kwok only acts through stages; out of cluster it has none unless given. Take the release's own
-# stage sets (nodes become Ready and keep their leases; pods become Running and Ready, deleted pods
-# go away) from the module at the pinned version, rendered with the pinned kustomize.
-if [[ ! -s $kwok_dir/stages.yaml ]]; then
+# kwok only acts through stages; out of cluster it has none unless given. Nodes: the release's own
+# stage sets (nodes become Ready and keep their leases) from the module at the pinned version,
+# rendered with the pinned kustomize. Pods: ours (Running and Ready, or the test faults; deleted
+# pods go away).
+if [[ ! -s $kwok_stages ]]; then
   stage_root=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
-  for set in node/fast node/heartbeat-with-lease pod/fast; do
-    "$kustomize_dir/bin/kustomize" build "$stage_root/$set"
-    echo "---"
-  done > "$kwok_dir/stages.yaml.tmp"
-  mv "$kwok_dir/stages.yaml.tmp" "$kwok_dir/stages.yaml"
+  {
+    for set in $kwok_node_stage_sets; do
+      "$kustomize_dir/bin/kustomize" build "$stage_root/$set"
+      echo "---"
+    done
+    for file in "${kwok_stage_files[@]}"; do
+      cat "$file"
+      echo "---"
+    done
+  } > "$kwok_stages.tmp"
+  mv "$kwok_stages.tmp" "$kwok_stages"
+fi
+# hack/localcluster.py starts kwok with kwok-<v>/stages.yaml: point it at the current set (a
+# symlink swapped atomically; a running kwok read its stages at start and keeps them).
+if [[ $(readlink "$kwok_dir/stages.yaml" 2>/dev/null) != "$(basename "$kwok_stages")" ]]; then
+  ln -sfn "$(basename "$kwok_stages")" "$kwok_dir/.stages.yaml.tmp"
+  mv -Tf "$kwok_dir/.stages.yaml.tmp" "$kwok_dir/stages.yaml"
 fi
 build kube "$kube_dir" "" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
