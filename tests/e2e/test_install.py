@@ -1,0 +1,234 @@
+"""deploy/ installs Gantry with `kubectl apply -k`: both install modes render alike with kubectl's
+kustomize and ours, the API server creates every object, the pod is locked down, and the
+ServiceAccount gets the rights of its mode and no more.
+
+The pod does not run the real image here: on the local control plane's fake nodes KWOK marks it
+Running. The Namespace `gantry` and the Application CRD are shared with the controller fixture of
+the same run, so these tests apply them but delete only what nothing else uses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_MODE = ROOT / "deploy"
+NAMESPACED_MODE = ROOT / "deploy" / "namespaced"
+SERVICE_ACCOUNT = "system:serviceaccount:gantry:gantry-controller"
+SELECTOR = "app.kubernetes.io/name=gantry,app.kubernetes.io/component=controller"
+SHARED = {("Namespace", "gantry"), ("CustomResourceDefinition", "applications.gantry.dev")}
+
+
+def render(cluster, path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(cluster.kubectl("kustomize", str(path)).stdout) if doc]
+
+
+def type_of(obj: dict) -> str:
+    """kind.group as kubectl takes it, so that no other API group's kind of that name is meant."""
+    group = obj["apiVersion"].rpartition("/")[0]
+    return f"{obj['kind'].lower()}.{group}" if group else obj["kind"].lower()
+
+
+def key(obj: dict) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def where(obj: dict) -> list[str]:
+    namespace = obj["metadata"].get("namespace")
+    return ["-n", namespace] if namespace else []
+
+
+def live(cluster, obj: dict) -> dict | None:
+    result = cluster.kubectl("get", type_of(obj), obj["metadata"]["name"], *where(obj), "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def can(cluster, verb: str, resource: str, namespace: str | None = None, subresource: str | None = None) -> bool:
+    """What the API server's authorizer says the controller's ServiceAccount may do."""
+    args = ["auth", "can-i", verb, resource, f"--as={SERVICE_ACCOUNT}"]
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    args += [f"--subresource={subresource}"] if subresource else []
+    answer = cluster.kubectl(*args, check=False).stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl {' '.join(args)}: {answer!r}"
+    return answer == "yes"
+
+
+@contextmanager
+def installed(cluster, path: Path) -> Iterator[list[dict]]:
+    """`kubectl apply -k path`; afterwards delete what it created, except the shared objects and
+    namespaces that existed before."""
+    objects = render(cluster, path)
+    existing = {key(o) for o in objects if o["kind"] == "Namespace" and live(cluster, o) is not None}
+    try:
+        cluster.kubectl("apply", "-k", str(path))
+        yield objects
+    finally:
+        ours = [o for o in objects if key(o) not in SHARED and key(o) not in existing]
+        # The objects, then the namespaces (without waiting: a namespace takes a while to empty).
+        others = [o for o in ours if o["kind"] != "Namespace"]
+        namespaces = [o for o in ours if o["kind"] == "Namespace"]
+        if others:
+            cluster.kubectl("delete", "--ignore-not-found", "-f", "-", stdin=yaml.safe_dump_all(others))
+        if namespaces:
+            cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
+                            stdin=yaml.safe_dump_all(namespaces))
+
+
+def check_renders_alike(cluster, kustomize: Path, path: Path) -> None:
+    ours = subprocess.run([str(kustomize), "build", str(path)], capture_output=True, text=True, timeout=60)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == cluster.kubectl("kustomize", str(path)).stdout
+
+
+def check_created(cluster, objects: list[dict]) -> None:
+    for obj in objects:
+        found = live(cluster, obj)
+        assert found is not None, f"{type_of(obj)} {obj['metadata']['name']} was not created"
+        assert found["metadata"]["labels"]["app.kubernetes.io/part-of"] == "gantry", key(obj)
+
+
+def check_server_dry_run(cluster, path: Path) -> None:
+    result = cluster.kubectl("apply", "-k", str(path), "--dry-run=server")
+    assert "(server dry run)" in result.stdout
+
+
+def check_controller_pod(cluster, deployment: dict) -> list[str]:
+    """The pod template's hardening, probes, ports and writable volumes; returns its args."""
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "gantry-controller"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    assert container["image"] == "gantry:latest"
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["runAsNonRoot"] is True
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz", probe
+        assert container[probe]["httpGet"]["port"] == "http", probe
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert container["resources"]["limits"] == {"memory": "512Mi"}
+    # The root filesystem is read-only: the git cache and /tmp are emptyDirs.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts) == {"/var/cache/gantry", "/tmp"}
+    assert all("emptyDir" in volumes[name] for name in mounts.values())
+    assert "--cache-dir=/var/cache/gantry" in container["args"]
+    assert "--metrics-address=:8080" in container["args"]
+    return container["args"]
+
+
+def check_service(service: dict) -> None:
+    annotations = service["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    [port] = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (8080, "http")
+    assert service["spec"]["selector"] == dict(pair.split("=") for pair in SELECTOR.split(","))
+
+
+def check_pod_admitted(cluster) -> None:
+    """The gantry namespace enforces the restricted Pod Security Standard: a pod exists only if
+    its securityContext passes. (Whether it then runs is not checked: no real container runs on
+    the fake nodes, and on a real cluster the image may not be loaded.)"""
+    deadline = time.monotonic() + 60
+    while not json.loads(cluster.kubectl("get", "pods", "-n", "gantry", "-l", SELECTOR, "-o", "json").stdout)["items"]:
+        events = cluster.kubectl("get", "events", "-n", "gantry", "--field-selector", "type=Warning").stdout
+        assert time.monotonic() < deadline, f"no controller pod was admitted in 60s; warnings:\n{events}"
+        time.sleep(0.5)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_cluster_mode_installs_with_apply_k(cluster, kustomize):
+    check_renders_alike(cluster, kustomize, CLUSTER_MODE)
+    with installed(cluster, CLUSTER_MODE) as objects:
+        assert sorted(key(o) for o in objects) == sorted([
+            ("Namespace", "gantry"), ("CustomResourceDefinition", "applications.gantry.dev"),
+            ("ServiceAccount", "gantry-controller"), ("ClusterRole", "gantry-controller"),
+            ("ClusterRoleBinding", "gantry-controller"), ("Service", "gantry-controller"),
+            ("Deployment", "gantry-controller"),
+        ])
+        check_created(cluster, objects)
+        check_server_dry_run(cluster, CLUSTER_MODE)
+        [deployment] = by_kind(objects, "Deployment")
+        args = check_controller_pod(cluster, live(cluster, deployment))
+        assert not any(arg.startswith("--namespaces") for arg in args)
+        [service] = by_kind(objects, "Service")
+        check_service(live(cluster, service))
+        check_pod_admitted(cluster)
+
+        # Everything, everywhere: Applications can hold any kind, for any namespace.
+        assert can(cluster, "*", "*")
+        assert can(cluster, "create", "clusterroles.rbac.authorization.k8s.io")
+        assert can(cluster, "create", "deployments.apps", "default")
+
+    for obj in objects:
+        assert (live(cluster, obj) is not None) == (key(obj) in SHARED), f"{key(obj)} after clean-up"
+
+
+def test_namespaced_mode_grants_only_the_destination_namespaces(cluster, kustomize):
+    check_renders_alike(cluster, kustomize, NAMESPACED_MODE)
+    leftover = cluster.kubectl("get", "clusterrolebinding", "gantry-controller", "--ignore-not-found", "-o", "name")
+    assert not leftover.stdout.strip(), "a cluster-mode install is present: its rights would hide this mode's limits"
+    with installed(cluster, NAMESPACED_MODE) as objects:
+        kinds = {key(o) for o in objects}
+        assert ("Namespace", "team-a") in kinds  # the example destination, created by the overlay
+        assert all(b["roleRef"]["name"] == "gantry-controller-read" for b in by_kind(objects, "ClusterRoleBinding"))
+        for role in by_kind(objects, "ClusterRole"):
+            for rule in role["rules"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, f"cluster-wide write in {rule}"
+        check_created(cluster, objects)
+        check_server_dry_run(cluster, NAMESPACED_MODE)
+        [deployment] = by_kind(objects, "Deployment")
+        assert "--namespaces=team-a" in check_controller_pod(cluster, live(cluster, deployment))
+        check_pod_admitted(cluster)
+
+        # The destination namespace: anything.
+        assert can(cluster, "create", "deployments.apps", "team-a")
+        assert can(cluster, "delete", "secrets", "team-a")
+        assert can(cluster, "create", "roles.rbac.authorization.k8s.io", "team-a")
+        # Its own namespace: its Applications, events, and reading Secrets.
+        assert can(cluster, "watch", "applications.gantry.dev", "gantry")
+        assert can(cluster, "patch", "applications.gantry.dev", "gantry", subresource="status")
+        assert can(cluster, "update", "applications.gantry.dev", "gantry", subresource="finalizers")
+        assert can(cluster, "create", "events", "gantry")
+        assert can(cluster, "list", "secrets", "gantry")
+        assert not can(cluster, "create", "secrets", "gantry")
+        assert not can(cluster, "delete", "applications.gantry.dev", "gantry")
+        assert not can(cluster, "create", "deployments.apps", "gantry")
+        # Cluster-wide: reading IngressClasses and CRDs, nothing else.
+        assert can(cluster, "list", "ingressclasses.networking.k8s.io")
+        assert can(cluster, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+        assert not can(cluster, "create", "customresourcedefinitions.apiextensions.k8s.io")
+        assert not can(cluster, "create", "namespaces")
+        assert not can(cluster, "create", "clusterroles.rbac.authorization.k8s.io")
+        # Any other namespace: nothing.
+        assert not can(cluster, "create", "deployments.apps", "default")
+        assert not can(cluster, "get", "secrets", "default")
+        assert not can(cluster, "list", "pods", "kube-system")
+
+    for obj in objects:
+        if key(obj) in SHARED:
+            assert live(cluster, obj) is not None, f"{key(obj)} is shared and must stay"
+        elif obj["kind"] != "Namespace":  # team-a may still be terminating
+            assert live(cluster, obj) is None, f"{key(obj)} after clean-up"
