@@ -57,5 +57,20 @@ run: $(STAMP) binaries
 bench: cluster-up
 	$(PY) -m bench
 
+# The controller's image and an install into a kind cluster, for users with a Docker engine (our CI
+# machines have none). kind-deploy installs cluster mode; DEPLOY=deploy/namespaced for the other.
+.PHONY: image kind-deploy
+KIND_CLUSTER ?= gantry
+DEPLOY ?= deploy/
+
+image:
+	docker build -t gantry:latest .
+
+kind-deploy:
+	kind load docker-image gantry:latest --name $(KIND_CLUSTER)
+	kubeconfig=$$(mktemp) && trap 'rm -f "$$kubeconfig"' EXIT && \
+	  kind get kubeconfig --name $(KIND_CLUSTER) > "$$kubeconfig" && \
+	  kubectl --kubeconfig "$$kubeconfig" apply -k $(DEPLOY)
+
 clean: cluster-down
 	rm -rf $(VENV) build *.egg-info
