@@ -286,6 +286,9 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     global _scheduler, _http
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # We always name the namespaces to serve; kopf's scan of all namespaces would only be refused
+    # (and retried for a minute) under namespaced-mode RBAC.
+    settings.scanning.disabled = not _options.all_namespaces
     client = KubeClient.from_kubeconfig(_options.kubeconfig)
     metrics = Metrics()
     # Without a refresh request, a repo's refs are reused for one poll interval; the scheduler asks

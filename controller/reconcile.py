@@ -37,6 +37,7 @@ from .model import (
     RetryPolicy,
     SourceError,
     SpecError,
+    SyncOptions,
     SyncStatus,
 )
 from .render import render
@@ -257,7 +258,18 @@ class Reconciler:
         metadata = body["metadata"]
         key = f"{metadata['namespace']}/{metadata['name']}"
         inventory = [InventoryEntry.parse(e) for e in (body.get("status") or {}).get("inventory") or []]
-        return self.syncer.prune(inventory, key)
+        spec = body.get("spec") or {}
+        try:
+            options = SyncOptions.parse(list((spec.get("syncPolicy") or {}).get("syncOptions") or ()))
+        except SpecError:
+            options = SyncOptions()
+        results = self.syncer.prune(inventory, key, propagation=options.prune_propagation_policy)
+        # The Application goes only once its resources have: foreground deletion keeps a Deployment
+        # until its Pods are gone, and users expect `kubectl delete app` to mean the app is gone.
+        deleted = [r.ref for r in results if r.action is Action.DELETED]
+        entries = {e.ref: e for e in inventory}
+        self.syncer.wait_deleted([entries[ref] for ref in deleted if ref in entries])
+        return results
 
     # ------------------------------------------------------------------ pieces
 

@@ -153,6 +153,24 @@ class Syncer:
         action = Action.CREATED if diff.missing else Action.CONFIGURED
         return ResourceResult(diff.ref, action, "", live)
 
+    def wait_deleted(self, entries: Iterable[InventoryEntry], timeout: float = 60.0) -> list[InventoryEntry]:
+        """Wait until the entries' objects are gone; returns those still there at the timeout."""
+        remaining = list(entries)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            still = []
+            for entry in remaining:
+                try:
+                    resource = self.client.resource(entry.api_version, entry.kind)
+                    if self.client.get(resource, entry.name, entry.namespace or None) is not None:
+                        still.append(entry)
+                except (UnservedApiError, KubeApiError):
+                    pass
+            remaining = still
+            if remaining:
+                time.sleep(0.5)
+        return remaining
+
     def prune(self, stale: Iterable[InventoryEntry], app_key: str, *,
               propagation: str = "foreground") -> list[ResourceResult]:
         """Delete stale inventory entries that still carry this app's tracking id, in reverse order.

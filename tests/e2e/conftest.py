@@ -3,20 +3,14 @@ itself running as a separate process against the cluster, as users run it with `
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import localcluster
 import pytest
 from gitserver import GitServer, WorkRepo
-from harness import APP_NAMESPACE, App, web_app_files
+from harness import APP_NAMESPACE, App, Controller, web_app_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,57 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     with GitServer(tmp_path_factory.mktemp("git-server")) as server:
         yield server
-
-
-@dataclass
-class Controller:
-    """The controller process; restart() stops and starts it, as a pod restart would."""
-
-    cluster: object
-    log_path: Path
-    args: list[str]
-    metrics_url: str  # http://127.0.0.1:PORT, serving /metrics and /healthz
-    process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "controller.operator", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "PATH": f"{self.cluster.bin_dir}:{os.environ['PATH']}"},
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until /healthz answers: kopf has started and the scheduler exists."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the controller exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the controller did not become ready in {timeout:.0f}s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-        self.wait_ready()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")

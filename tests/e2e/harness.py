@@ -4,14 +4,20 @@ handle to apply an Application for it, change its repo and wait for its status."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 from gitserver import WorkRepo
 
 APP_NAMESPACE = "gantry"  # where the controller under test serves Applications
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def web_app_files(*, replicas: int = 1, image: str = "nginx:1.27", host: str = "shop.example.test") -> dict[str, str]:
@@ -126,3 +132,69 @@ class App:
         listing = self.cluster.kubectl("get", "events", "-n", APP_NAMESPACE, "--field-selector",
                                        f"involvedObject.name={self.name}", "-o", "json")
         return json.loads(listing.stdout)["items"]
+
+
+def token_kubeconfig(cluster, namespace: str, service_account: str, path):
+    """A kubeconfig for the cluster that authenticates with a ServiceAccount's token, as a pod's would."""
+    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=2h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": service_account,
+                      "context": {"cluster": admin["clusters"][0]["name"], "user": service_account}}],
+        "current-context": service_account,
+    }))
+    return path
+
+
+@dataclass
+class Controller:
+    """The controller process; restart() stops and starts it, as a pod restart would."""
+
+    cluster: object
+    log_path: Path
+    args: list[str]
+    metrics_url: str  # http://127.0.0.1:PORT, serving /metrics and /healthz
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "controller.operator", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "PATH": f"{self.cluster.bin_dir}:{os.environ['PATH']}"},
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /healthz answers: kopf has started and the scheduler exists."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the controller exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the controller did not become ready in {timeout:.0f}s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+        self.wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness import APP_NAMESPACE, Controller, token_kubeconfig
+from localcluster import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +234,91 @@ def test_namespaced_mode_grants_only_the_destination_namespaces(cluster, kustomi
             assert live(cluster, obj) is not None, f"{key(obj)} is shared and must stay"
         elif obj["kind"] != "Namespace":  # team-a may still be terminating
             assert live(cluster, obj) is None, f"{key(obj)} after clean-up"
+
+
+# ------------------------------------------------------------------------------------------------
+# The controller itself, run out of cluster with the ServiceAccount's token (not as admin): what
+# each mode's Roles allow is enough for it to work, and namespaced mode refuses what it must.
+
+
+@contextmanager
+def controller_as_service_account(cluster, controller, tmp_path: Path, *args: str) -> Iterator[Controller]:
+    """The session's controller paused (two controllers on one namespace would fight) and one
+    running as gantry:gantry-controller instead; the session's is back afterwards."""
+    kubeconfig = token_kubeconfig(cluster, "gantry", "gantry-controller", tmp_path / "sa.kubeconfig")
+    as_sa = Controller(cluster, tmp_path / "controller-sa.log", [
+        "--kubeconfig", str(kubeconfig), "--namespace", APP_NAMESPACE, "--cache-dir", str(tmp_path / "cache"),
+        "--kustomize", str(cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{free_port()}", *args,
+    ], metrics_url="")
+    as_sa.metrics_url = "http://" + as_sa.args[as_sa.args.index("--metrics-address") + 1]
+    controller.stop()
+    try:
+        as_sa.start()
+        as_sa.wait_ready()
+        yield as_sa
+    finally:
+        as_sa.stop()
+        controller.start()
+        controller.wait_ready()
+        print(f"controller (as the ServiceAccount) log: {as_sa.log_path}")
+
+
+def example_files() -> dict[str, str]:
+    """examples/krampoline as its team keeps it in git."""
+    example = ROOT / "examples" / "krampoline"
+    return {str(path.relative_to(example)): path.read_text() for path in example.rglob("*")
+            if path.is_file() and path.name not in ("application.yaml", "README.md")}
+
+
+def test_cluster_mode_service_account_syncs_the_example_app(cluster, controller, make_app, tmp_path):
+    with installed(cluster, CLUSTER_MODE), controller_as_service_account(cluster, controller, tmp_path) as as_sa:
+        app = make_app(example_files())
+        app.destination = "krampoline"  # the example's kustomization sets its namespace
+        try:
+            app.apply(finalizer=True)
+            status = app.wait_synced(app.repo.head, timeout=120)
+            assert status["summary"]["externalURLs"] == ["http://krampoline.local"]
+            assert app.object("statefulset", "mariadb")["status"]["readyReplicas"] == 1
+            assert "forbidden" not in as_sa.log().lower()
+            cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--timeout=60s")
+            assert app.object("deployment", "backend") is None  # cascade, with the SA's rights
+        finally:
+            cluster.kubectl("delete", "namespace", "krampoline", "--wait=false", check=False)
+
+
+def test_namespaced_mode_service_account_syncs_its_namespace_and_refuses_others(cluster, controller, make_app,
+                                                                                tmp_path):
+    leftover = cluster.kubectl("get", "clusterrolebinding", "gantry-controller", "--ignore-not-found", "-o", "name")
+    assert not leftover.stdout.strip(), "a cluster-mode install is present: its rights would hide this mode's limits"
+    allowed, foreign, cluster_scoped = make_app(), make_app(), make_app()
+    allowed.destination = cluster_scoped.destination = "team-a"
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": f"reader-{cluster_scoped.name}"[:63]},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}
+    cluster_scoped.push({"k8s/role.yaml": yaml.safe_dump(role), "k8s/kustomization.yaml": yaml.safe_dump(
+        {"resources": ["deployment.yaml", "service.yaml", "config.yaml", "ingress.yaml", "role.yaml"]})})
+    with installed(cluster, NAMESPACED_MODE), \
+            controller_as_service_account(cluster, controller, tmp_path, "--namespaces", "team-a") as as_sa:
+        assert "--namespaces" in as_sa.args
+        try:
+            for app in (allowed, foreign, cluster_scoped):
+                app.apply()
+            allowed.wait_synced(allowed.repo.head)
+            assert allowed.object("deployment", "web") is not None
+
+            status = foreign.wait_sync_status("Failed")
+            assert "not allowed" in status["conditions"][0]["message"] and foreign.destination in status["message"]
+            assert foreign.object("deployment", "web") is None
+
+            status = cluster_scoped.wait_sync_status("Failed")
+            message = status["conditions"][0]["message"]
+            assert "k8s/role.yaml" in message and "cluster-scoped ClusterRole is not allowed" in message
+            assert cluster.kubectl("get", "clusterrole", role["metadata"]["name"], check=False).returncode != 0
+            # Both apps name their Deployment `web` in team-a: it must be the allowed app's alone.
+            owner = allowed.object("deployment", "web")["metadata"]["annotations"]["gantry.dev/tracking-id"]
+            assert owner.startswith(f"{APP_NAMESPACE}/{allowed.name}:"), "a refused commit applied something"
+        finally:
+            # Before the session's cluster-mode controller is back: it would sync them.
+            for app in (allowed, foreign, cluster_scoped):
+                cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, check=False)
+            cluster.kubectl("delete", "all", "--all", "-n", "team-a", "--wait=false", check=False)
