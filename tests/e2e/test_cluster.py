@@ -9,6 +9,7 @@ from pathlib import Path
 import localcluster
 import pytest
 import yaml
+from harness import token_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -107,16 +108,7 @@ def test_service_gets_cluster_ip_and_only_served_ingress_api_is_accepted(cluster
 
 def test_rbac_forbids_an_unprivileged_service_account(cluster, namespace, tmp_path: Path):
     cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
-    token = cluster.kubectl("create", "token", "nobody", "-n", namespace).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    kubeconfig = tmp_path / "nobody.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "nobody", "user": {"token": token}}],
-        "contexts": [{"name": "nobody", "context": {"cluster": admin["clusters"][0]["name"], "user": "nobody"}}],
-        "current-context": "nobody",
-    }))
+    kubeconfig = token_kubeconfig(cluster, namespace, "nobody", tmp_path / "nobody.kubeconfig")
     who = cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json", check=False)
     assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:nobody"
