@@ -44,7 +44,7 @@ from .model import (
     SpecError,
     parse_duration,
 )
-from .reconcile import _crd_kinds as crd_kinds  # (group, kind) → Resource of the CRDs in a render
+from .diff import crd_kinds  # (group, kind) → Resource of the CRDs in a render
 from .render import render
 from .source import GitCache, redact_url
 from .status import short_revision, timestamp

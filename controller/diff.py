@@ -61,6 +61,21 @@ def unserved_message(error: UnservedApiError) -> str:
     return f"{message}; {hint}" if hint else f"{message}; check apiVersion and kind, or install the CRD first"
 
 
+def crd_kinds(objects: Sequence[Manifest]) -> dict[tuple[str, str], Resource]:
+    """(group, kind) → Resource for every custom resource type the given CRDs define."""
+    kinds = {}
+    for crd in objects:
+        if crd.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        for version in spec.get("versions") or []:
+            kinds[(spec.get("group", ""), names.get("kind", ""))] = Resource(
+                f"{spec.get('group')}/{version.get('name')}", names.get("kind", ""), names.get("plural", ""),
+                spec.get("scope") == "Namespaced")
+    return kinds
+
+
 def prepare(objects: Iterable[Manifest], resource_of: Callable[[Manifest], Resource], *,
             destination_namespace: str, app_key: str) -> list[Manifest]:
     """What sync applies: namespaced objects defaulted to the destination namespace, cluster-scoped

@@ -20,7 +20,7 @@ import yaml
 from . import health as health_stage
 from . import status as status_stage
 from .cache import LiveCache
-from .diff import DiffResult, Differ, ObjectDiff, prepare, unserved_message
+from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, prepare, unserved_message
 from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
 from .model import (
     ARGOCD_FINALIZER,
@@ -117,6 +117,24 @@ class Reconciler:
     def reconcile(self, body: Manifest, *, attempt: int = 0, poll: bool = False) -> Outcome:
         """attempt: consecutive failed passes before this one (for retry backoff); poll: the poll
         interval has passed, so git is read again even without a refresh request."""
+        started = now()
+        outcome = self._reconcile(body, attempt=attempt, poll=poll)
+        request = Request.of(body)
+        if request.sync_requested and not outcome.consumed_operation and not outcome.retrying:
+            # A requested sync that failed before applying anything (bad revision, broken commit)
+            # is finished, Failed, as Argo CD finishes it; left pending it would be retried for ever.
+            message = outcome.status.get("message") or "sync failed"
+            outcome.status["operationState"] = {
+                "phase": "Failed", "message": message, "startedAt": started, "finishedAt": now(),
+                "operation": {"sync": {k: v for k, v in (("revision", request.sync_revision),
+                                                         ("prune", request.sync_prune)) if v}},
+            }
+            outcome.consumed_operation = True
+            outcome.sync_phase = "Failed"
+            outcome.events.append(Event("Warning", "SyncFailed", f"sync failed: {message}"))
+        return outcome
+
+    def _reconcile(self, body: Manifest, *, attempt: int, poll: bool) -> Outcome:
         metadata = body["metadata"]
         previous = body.get("status") or {}
         request = Request.of(body)
@@ -190,7 +208,7 @@ class Reconciler:
 
         # Custom resources whose CRD this render brings but the cluster does not serve yet (an app
         # not synced yet): they are missing, not broken.
-        defined = _crd_kinds(prerequisites)
+        defined = crd_kinds(prerequisites)
         awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined and not self._served(o)]
         rest = [o for o in rest if not any(o is a for a in awaiting)]
         if unserved := self._unserved(rest):
@@ -212,7 +230,11 @@ class Reconciler:
         all_targets = [*targets, *rest_targets]
         target_entries = {InventoryEntry.of(t) for t in all_targets}
         previous_entries = {InventoryEntry.parse(e) for e in previous.get("inventory") or []}
-        stale = sorted(previous_entries - target_entries, key=lambda e: (e.kind, e.namespace, e.name))
+        # By identity, not apiVersion: an object whose manifest moved to another version of its API
+        # (autoscaling/v1 → v2) is the same object, and must not be pruned right after its apply.
+        target_refs = {e.ref for e in target_entries}
+        stale = sorted((e for e in previous_entries if e.ref not in target_refs),
+                       key=lambda e: (e.kind, e.namespace, e.name))
         out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
 
         # A failed sync does not count as done: the retry (or the next pass) syncs that revision again.
@@ -465,7 +487,10 @@ class Reconciler:
                 names = ", ".join(f"{r['kind']}/{r['name']}" for r in out_of_sync[:5])
                 more = f" and {len(out_of_sync) - 5} more" if len(out_of_sync) > 5 else ""
                 why = "requires pruning" if all(r.get("requiresPruning") for r in out_of_sync) else "differs from git"
-                message = f"{len(out_of_sync)} resource(s) {why}: {names}{more}"
+                count = f"{len(out_of_sync)} resource{'s' if len(out_of_sync) > 1 else ''}"
+                if why == "differs from git" and len(out_of_sync) > 1:
+                    why = "differ from git"
+                message = f"{count} {why}: {names}{more}"
             else:
                 message = f"synced to {status_stage.short_revision(commit)}"
                 if app_health is not HealthStatus.HEALTHY and worst_message:
@@ -481,29 +506,23 @@ class Reconciler:
             outcome.requeue_after = 5.0  # watches also wake us; this covers objects we do not watch
         return outcome
 
-    def _health_context(self) -> health_stage.HealthContext | None:
-        """The cluster's IngressClasses; None when they cannot be read (Ingresses then wait for an
-        address rather than being called Healthy on a guess)."""
+    def _health_context(self) -> health_stage.HealthContext:
+        """The cluster's IngressClasses (None when they cannot be read: Ingresses then wait for an
+        address rather than being called Healthy on a guess), and a lister of pods, asked only for
+        workloads that are not ready, so that their health can name the failing pod and probe."""
+        pods: dict[str, list[Manifest]] = {}
+
+        def pods_in(namespace: str) -> list[Manifest]:
+            if namespace not in pods:
+                pods[namespace] = self.client.list(self.client.resource("v1", "Pod"), namespace)["items"]
+            return pods[namespace]
+
         try:
             resource = self.client.resource("networking.k8s.io/v1", "IngressClass")
-            return health_stage.HealthContext.from_ingress_classes(self.client.list(resource)["items"])
+            return health_stage.HealthContext.from_ingress_classes(self.client.list(resource)["items"],
+                                                                   pods_in=pods_in)
         except (KubeApiError, UnservedApiError):
-            return None
-
-
-def _crd_kinds(objects: Sequence[Manifest]) -> dict[tuple[str, str], Resource]:
-    """(group, kind) → Resource for every custom resource type the given CRDs define."""
-    kinds = {}
-    for crd in objects:
-        if crd.get("kind") != "CustomResourceDefinition":
-            continue
-        spec = crd.get("spec") or {}
-        names = spec.get("names") or {}
-        for version in spec.get("versions") or []:
-            kinds[(spec.get("group", ""), names.get("kind", ""))] = Resource(
-                f"{spec.get('group')}/{version.get('name')}", names.get("kind", ""), names.get("plural", ""),
-                spec.get("scope") == "Namespaced")
-    return kinds
+            return health_stage.HealthContext(ingress_classes=None, pods_in=pods_in)
 
 
 def _sync_result_entry(result: ResourceResult) -> dict:

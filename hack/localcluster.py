@@ -56,6 +56,7 @@ class Binaries:
     kwok: Path
     kustomize: Path
     kube_version: str
+    kwok_stages: Path  # the stage set of this checkout (hack/kwok/stages), by content hash
 
     @classmethod
     def build(cls) -> "Binaries":
@@ -74,6 +75,7 @@ class Binaries:
             kwok=Path(dirs["KWOK_BIN"]),
             kustomize=Path(dirs["KUSTOMIZE_BIN"]),
             kube_version=dirs["KUBE_VERSION"],
+            kwok_stages=Path(dirs["KWOK_STAGES"]),
         )
 
     @staticmethod
@@ -399,7 +401,7 @@ def _bring_up(binaries: Binaries) -> None:
     start("kube-scheduler", [str(binaries.kube / "kube-scheduler"), *common, f"--secure-port={scheduler_port}", "--v=1"])
 
     start("kwok", [
-        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok.parent / 'stages.yaml'}",
+        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok_stages}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         "--node-ip=127.0.0.1", f"--node-port={kwok_port}", "--cidr=10.244.0.0/16",
         # Without leases the node lifecycle controller sees no heartbeat, marks the nodes Unknown

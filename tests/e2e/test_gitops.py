@@ -306,3 +306,37 @@ def test_crd_and_its_custom_resource_sync_in_one_pass(make_app, cluster):
         assert widget is not None and widget["spec"]["size"] == 3
     finally:
         cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
+
+
+def test_requested_sync_that_cannot_start_is_finished_as_failed(make_app):
+    app = make_app()
+    app.apply(automated=False)
+    app.wait_sync_status("OutOfSync")
+    app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type=merge",
+                        "-p", '{"operation": {"sync": {"revision": "no-such-tag"}}}')
+    status = app.wait(lambda s: (s.get("operationState") or {}).get("phase") == "Failed", "a Failed operation")
+    assert "no-such-tag" in status["operationState"]["message"]
+    assert "operation" not in app.get(), "a failed operation was left pending (it would be retried for ever)"
+    assert app.object("deployment", "web") is None
+
+
+def test_manifest_moving_to_another_api_version_is_not_pruned(make_app):
+    hpa = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "minReplicas": 1, "maxReplicas": 3}}
+    files = web_app_files()
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": [
+        "deployment.yaml", "service.yaml", "config.yaml", "ingress.yaml", "hpa.yaml"]})
+    files["k8s/hpa.yaml"] = yaml.safe_dump({"apiVersion": "autoscaling/v1", **hpa,
+                                            "spec": {**hpa["spec"], "targetCPUUtilizationPercentage": 80}})
+    app = make_app(files)
+    app.apply()
+    app.wait_synced(app.repo.head, healthy=False)
+    uid = app.object("hpa", "web")["metadata"]["uid"]
+    sha = app.push({"k8s/hpa.yaml": yaml.safe_dump({"apiVersion": "autoscaling/v2", **hpa, "spec": {
+        **hpa["spec"], "metrics": [{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}})})
+    app.refresh()
+    app.wait_synced(sha, healthy=False)
+    live = app.object("hpa", "web")
+    assert live is not None and live["metadata"]["uid"] == uid, "the HPA was pruned after its own apply"
