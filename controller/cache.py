@@ -57,11 +57,7 @@ class LiveCache:
     def get(self, target: Manifest) -> Manifest | None:
         """The live object for a target: from the cache when its type is watched and synced and
         the object is there; otherwise one GET (objects not yet labelled, or just deleted)."""
-        ref = ObjectRef.of(target)
-        resource = self.client.resource_of(target)
-        self.ensure_watched(resource)
-        with self._lock:
-            cached = self._objects.get(ref)
+        _, resource, cached = self._cached(target)
         if cached is not None:
             return cached
         metadata = target.get("metadata") or {}
@@ -77,11 +73,7 @@ class LiveCache:
         found: dict[ObjectRef, Manifest | None] = {}
         misses: dict[tuple[Resource, str | None], list[Manifest]] = {}
         for target in targets:
-            ref = ObjectRef.of(target)
-            resource = self.client.resource_of(target)
-            self.ensure_watched(resource)
-            with self._lock:
-                cached = self._objects.get(ref)
+            ref, resource, cached = self._cached(target)
             if cached is not None:
                 found[ref] = cached
             else:
@@ -102,6 +94,14 @@ class LiveCache:
                 for target in group:
                     found[ObjectRef.of(target)] = self.get(target)
         return found
+
+    def _cached(self, target: Manifest) -> tuple[ObjectRef, Resource, Manifest | None]:
+        """The target's identity, its REST resource (now watched) and the cached live object."""
+        ref = ObjectRef.of(target)
+        resource = self.client.resource_of(target)
+        self.ensure_watched(resource)
+        with self._lock:
+            return ref, resource, self._objects.get(ref)
 
     def record(self, live: Manifest) -> None:
         """Remember an object the caller just got from the server (an apply's answer)."""

@@ -5,7 +5,7 @@ Nothing here does I/O: these are the nouns every stage shares, and the one error
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -113,25 +113,10 @@ class RenderError(GantryError):
 
 @dataclass(frozen=True)
 class ApplyFailure:
+    """One object the API server refused (in a dry run or an apply), with the server's reason."""
+
     ref: ObjectRef
     message: str
-
-
-class ApplyError(GantryError):
-    """The API server refused one or more objects; each failure names the object and the reason."""
-
-    def __init__(self, failures: list[ApplyFailure], *, transient: bool = False) -> None:
-        self.failures = failures
-        self.transient = transient
-        super().__init__("; ".join(f"{f.ref}: {f.message}" for f in failures))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What git says the cluster should hold: the rendered objects at one commit."""
-
-    revision: str
-    objects: tuple[Manifest, ...] = field(default_factory=tuple)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from . import health as health_stage
 from . import status as status_stage
 from .cache import LiveCache
 from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, prepare, unserved_message
-from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
+from .kube import KubeApiError, KubeClient, UnservedApiError
 from .model import (
     ARGOCD_FINALIZER,
     FINALIZER,

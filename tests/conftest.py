@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# hack/ (the local cluster launcher) and tests/ (gitserver) are plain folders, not packages.
+# hack/ (the local cluster launcher, the git server) and the tests' helper modules are plain
+# folders, not packages; pytest's importlib mode puts nothing on the path by itself.
 sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 import localcluster  # noqa: E402  (hack/ is not a package; it is put on the path just above)
 
