@@ -591,14 +591,16 @@ def sync_outcome(app: Manifest, *, requested_at: str, previous_state: dict | Non
 
     The controller removes `operation` only after running the sync and writing operationState, so
     its absence is the signal. A sync that cannot start (the revision does not resolve, the
-    manifests do not render, the dry run is refused) leaves `operation` in place and the app
-    Failed; that counts as the answer once a reconcile that began after our request says so.
+    manifests do not render, the dry run is refused) ends Failed with an operationState that has
+    no syncResult; a controller that leaves `operation` in place and the app Failed counts too,
+    once a reconcile that began after our request says so.
     """
     status = _status(app)
     state = status.get("operationState") or None
     if not app.get("operation"):
         if state and (state != previous_state or (state.get("finishedAt") or "") >= requested_at):
-            return SyncOutcome(state.get("phase") or "Unknown", state.get("message") or "", state)
+            return SyncOutcome(state.get("phase") or "Unknown", state.get("message") or "", state,
+                               ran=bool(state.get("syncResult")))
         return SyncOutcome("Unknown", "the sync request was removed before the controller ran it", state, ran=False)
     reconciled = status.get("reconciledAt") or ""
     if sync_status(app) == "Failed" and reconciled and (

@@ -66,11 +66,14 @@ class CredentialStore:
         self._lock = threading.Lock()
 
     def __call__(self, repo_url: str) -> RepoCredentials | None:
-        return select(self._list(), repo_url)
+        found = select(self._list(), repo_url)
+        if found is None:  # perhaps a Secret added since the last list: look once more, now
+            found = select(self._list(max_age=0.5), repo_url)
+        return found
 
-    def _list(self) -> list[dict]:
+    def _list(self, max_age: float | None = None) -> list[dict]:
         with self._lock:
-            if time.monotonic() - self._listed_at < self.ttl:
+            if time.monotonic() - self._listed_at < (self.ttl if max_age is None else max_age):
                 return self._secrets
             try:
                 resource = self.client.resource("v1", "Secret")

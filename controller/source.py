@@ -284,9 +284,12 @@ class GitCache:
         lowered = stderr.lower()
         if any(marker in lowered for marker in _AUTH_FAILURES):
             log.warning("fetch of %s failed: authentication failed", shown)
+            # Transient: credentials change without the Application changing (a Secret added or
+            # rotated), so the reconcile retries with backoff instead of waiting for the next poll.
             raise SourceError(
                 f"authentication failed for {shown}: "
-                f"check the username and password (or token) given for this repository"
+                f"check the username and password (or token) given for this repository",
+                transient=True,
             )
         if missing_ok and any(marker in lowered for marker in _MISSING_REF):
             return

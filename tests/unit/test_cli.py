@@ -354,9 +354,14 @@ def test_sync_outcome_waits_while_the_operation_is_pending():
 
 def test_sync_outcome_is_the_new_operation_state_once_the_operation_is_gone():
     previous = {"phase": "Succeeded", "finishedAt": "2025-01-01T00:00:00Z"}
-    new = {"phase": "Failed", "message": "Deployment shop/web: refused", "finishedAt": REQUESTED}
+    new = {"phase": "Failed", "message": "Deployment shop/web: refused", "finishedAt": REQUESTED,
+           "syncResult": {"revision": "abc", "resources": []}}
     outcome = sync_outcome(application(operationState=new), requested_at=REQUESTED, previous_state=previous, waited=2)
     assert (outcome.phase, outcome.message, outcome.ran) == ("Failed", "Deployment shop/web: refused", True)
+    # A sync that could not start: the controller finished it without a syncResult.
+    early = {"phase": "Failed", "message": "revision 'x' not found", "finishedAt": REQUESTED}
+    outcome = sync_outcome(application(operationState=early), requested_at=REQUESTED, previous_state=previous, waited=2)
+    assert (outcome.phase, outcome.ran) == ("Failed", False)
     # Same content as before but finished after the request (a sync of an app already in sync).
     same = sync_outcome(application(operationState=new), requested_at=REQUESTED, previous_state=new, waited=2)
     assert same.ran and same.phase == "Failed"
