@@ -248,6 +248,10 @@ class Differ:
         self.count = count or (lambda command: None)  # metrics: one call per request, by command
         self.workers = workers
         self._cache: dict[tuple[ObjectRef, str, str], tuple[bool, Manifest]] = {}
+        # Content hashes, computed once per target object (kept alive here, so ids stay unique)
+        # and once per live resourceVersion: a steady app's pass then hashes nothing.
+        self._target_hashes: dict[int, tuple[Manifest, str]] = {}
+        self._live_hashes: dict[tuple[ObjectRef, str], str] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.dry_runs = 0  # read by tests and benchmarks
@@ -259,13 +263,61 @@ class Differ:
         values in what is applied, so a sync does not undo, say, an autoscaler's replicas.
         dry_run_missing=False: objects that do not exist are reported missing without asking the
         server (their errors then surface when they are applied)."""
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            outcomes = list(pool.map(
-                lambda target: self._diff_one(target, live_of, ignores, respect_ignores, dry_run_missing), targets))
+        outcomes: list[ObjectDiff | ApplyFailure | None] = [
+            self._cached_diff(target, live_of, respect_ignores) for target in targets]
+        misses = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if misses:  # only these need the server (dry runs), in parallel
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                answers = pool.map(lambda i: self._diff_one(targets[i], live_of, ignores, respect_ignores,
+                                                            dry_run_missing), misses)
+                for i, answer in zip(misses, answers):
+                    outcomes[i] = answer
         return DiffResult(
             diffs=tuple(o for o in outcomes if isinstance(o, ObjectDiff)),
             failures=tuple(o for o in outcomes if isinstance(o, ApplyFailure)),
         )
+
+    def _target_hash(self, target: Manifest) -> str:
+        with self._lock:
+            known = self._target_hashes.get(id(target))
+        if known is not None and known[0] is target:
+            return known[1]
+        digest = content_hash(target)
+        with self._lock:
+            if len(self._target_hashes) >= self._cache_size:
+                self._target_hashes.clear()
+            self._target_hashes[id(target)] = (target, digest)
+        return digest
+
+    def _live_hash(self, ref: ObjectRef, live: Manifest | None) -> str:
+        if live is None:
+            return ""
+        version = (live.get("metadata") or {}).get("resourceVersion")
+        if not version:
+            return content_hash(normalise(live))
+        with self._lock:
+            known = self._live_hashes.get((ref, version))
+        if known is None:
+            known = content_hash(normalise(live))
+            with self._lock:
+                if len(self._live_hashes) >= self._cache_size:
+                    self._live_hashes.clear()
+                self._live_hashes[(ref, version)] = known
+        return known
+
+    def _cached_diff(self, target: Manifest, live_of, respect_ignores: bool) -> ObjectDiff | None:
+        """The remembered answer for an unchanged (target, live) pair, without a request; None
+        when the server must be asked."""
+        if respect_ignores:
+            return None  # the target depends on live values: go the full way
+        ref = ObjectRef.of(target)
+        live = live_of(target)
+        if live is None:
+            return None
+        key = (ref, self._target_hash(target), self._live_hash(ref, live))
+        with self._lock:
+            cached = self._cache.get(key)
+        return ObjectDiff(ref, target, live, cached[1], cached[0]) if cached is not None else None
 
     def _diff_one(self, target: Manifest, live_of, ignores, respect_ignores: bool,
                   dry_run_missing: bool) -> ObjectDiff | ApplyFailure:
@@ -276,8 +328,8 @@ class Differ:
                 return ObjectDiff(ref, target, None, None, False)
             if respect_ignores and live is not None:
                 target = keep_live_values(target, live, [i for i in ignores if i.matches(ref)])
-            target_hash = content_hash(target)
-            live_hash = content_hash(normalise(live)) if live is not None else ""
+            target_hash = self._target_hash(target) if not respect_ignores else content_hash(target)
+            live_hash = self._live_hash(ref, live)
             key = (ref, target_hash, live_hash)
             with self._lock:
                 cached = self._cache.get(key)

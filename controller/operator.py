@@ -30,6 +30,7 @@ from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_
 from .reconcile import Event, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
+from .status import merge_patch
 
 logger = logging.getLogger("gantry")
 PLURAL = "applications"
@@ -57,6 +58,9 @@ class AppWorker:
     seen_generation: int | None = None
     attempt: int = 0
     refresh: bool = False  # read git on the next pass (a webhook said the repo changed)
+    # The status this controller last wrote: we are its only writer, and the watch event carrying
+    # it may not have arrived when the next pass starts, so this, not the event, is the truth.
+    status: dict | None = None
 
 
 class Scheduler:
@@ -149,7 +153,7 @@ class Scheduler:
     async def _run(self, key: str, worker: AppWorker) -> None:
         poll = False  # the first pass reads git because the generation is new to the reconciler
         while True:
-            body = worker.body
+            body = worker.body if worker.status is None else {**worker.body, "status": worker.status}
             worker.wake.clear()
             poll, worker.refresh = poll or worker.refresh, False
             worker.seen_generation = body["metadata"].get("generation")
@@ -161,6 +165,7 @@ class Scheduler:
                 else:
                     started = time.monotonic()
                     outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll)
+                    worker.status = outcome.status
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
                     elapsed = time.monotonic() - started
@@ -173,6 +178,7 @@ class Scheduler:
                 logger.exception("reconcile of %s failed unexpectedly", key)
                 worker.attempt += 1
                 delay = min(5.0 * 2 ** min(worker.attempt, 10), 300.0)
+                worker.status = None  # unknown now: start again from what the cluster says
                 await self.loop.run_in_executor(self.pool, self._report_error, body, error)
             # Woken by a change (spec, refresh, a managed object) or, on time-out, due to poll git.
             try:
@@ -200,8 +206,10 @@ class Scheduler:
     def _reconcile(self, body: Manifest, attempt: int, poll: bool) -> Outcome:
         outcome = self.reconciler.reconcile(body, attempt=attempt, poll=poll)
         metadata = body["metadata"]
-        self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": outcome.status},
-                            content_type="application/merge-patch+json")
+        changes = merge_patch(body.get("status") or {}, outcome.status)
+        if changes:
+            self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": changes},
+                                content_type="application/merge-patch+json")
         consumed: dict = {}
         if outcome.consumed_refresh:
             consumed.setdefault("metadata", {})["annotations"] = {REFRESH_ANNOTATION: None}
@@ -379,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="host:port of /metrics, /healthz (and the webhook); empty to disable (default :8080)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    # Absolute, and checked now: kustomize runs inside each checkout, where a relative path or a
+    # missing binary would only show as a failure of every reconcile.
+    kustomize = shutil.which(args.kustomize)
+    if kustomize is None:
+        parser.error(f"kustomize binary {args.kustomize!r} not found (install it or pass --kustomize PATH)")
 
     global _options
     _options = Options(
@@ -389,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval=args.poll_interval,
         workers=args.workers,
         kubeconfig=args.kubeconfig,
-        kustomize=args.kustomize,
+        kustomize=os.path.abspath(kustomize),
         metrics_address=args.metrics_address,
         cache_dir=Path(args.cache_dir),
     )

@@ -110,6 +110,7 @@ class Reconciler:
         self.differ = Differ(client, workers=workers, count=count)
         self.syncer = Syncer(client, workers=workers, count=count)
         self._renders: OrderedDict[tuple[str, str, str], list[Manifest] | RenderError] = OrderedDict()
+        self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
         self._render_lock = threading.Lock()
 
     # ------------------------------------------------------------------ the reconcile
@@ -185,8 +186,7 @@ class Reconciler:
         rest = [o for o in objects if stage(o) != 0]
         if unserved := self._unserved(prerequisites):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
-        targets = prepare(prerequisites, self.client.resource_of, destination_namespace=spec.destination_namespace,
-                          app_key=spec.key)
+        targets = self._prepare(prerequisites, spec, (checkout, commit, "prerequisites"))
 
         auto_sync = spec.automated and request.sync_requested is False
         wants_sync = request.sync_requested or spec.automated
@@ -213,8 +213,7 @@ class Reconciler:
         rest = [o for o in rest if not any(o is a for a in awaiting)]
         if unserved := self._unserved(rest):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
-        rest_targets = prepare(rest, self.client.resource_of, destination_namespace=spec.destination_namespace,
-                               app_key=spec.key)
+        rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
         lives = self.live.lookup(rest_targets)
         diff = self.differ.diff(rest_targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
                                 respect_ignores=respect, dry_run_missing=not first_sync)
@@ -312,6 +311,21 @@ class Reconciler:
                     self._renders.popitem(last=False)
         if isinstance(cached, RenderError):
             raise cached
+        return cached
+
+    def _prepare(self, objects: list[Manifest], spec: AppSpec, key: tuple) -> list[Manifest]:
+        """diff.prepare, remembered per commit, destination and app: a steady app then hands the
+        differ the very same target objects every pass, whose content hashes it keeps."""
+        full_key = (*key, spec.path, spec.destination_namespace, spec.key)
+        with self._render_lock:
+            cached = self._prepared.get(full_key)
+        if cached is None:
+            cached = prepare(objects, self.client.resource_of, destination_namespace=spec.destination_namespace,
+                             app_key=spec.key)
+            with self._render_lock:
+                self._prepared[full_key] = cached
+                while len(self._prepared) > 256:
+                    self._prepared.popitem(last=False)
         return cached
 
     def _ensure_namespace(self, name: str) -> None:

@@ -199,3 +199,21 @@ def resource_entry(
     if requires_pruning:
         entry["requiresPruning"] = True
     return entry
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns old into new: only what changed, with null for
+    keys that went away. A steady app's status update is then a few bytes, not its whole status,
+    and a key dropped from a nested value (a health message that no longer applies) is removed."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict = {}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) else value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

@@ -12,6 +12,7 @@ from controller.status import (
     external_urls,
     images,
     merge_conditions,
+    merge_patch,
     one_line,
     resource_entry,
     short_revision,
@@ -193,3 +194,14 @@ def test_resource_entry() -> None:
         "group": "", "version": "v1", "kind": "Namespace", "name": "krampoline", "status": "OutOfSync",
         "requiresPruning": True,
     }
+
+
+def test_merge_patch_carries_only_changes_and_nulls_for_removed_keys():
+    old = {"sync": {"status": "Synced", "revision": "a"}, "health": {"status": "Degraded", "message": "pod x"},
+           "resources": [1, 2], "reconciledAt": "t1", "operationState": {"phase": "Succeeded"}}
+    new = {"sync": {"status": "Synced", "revision": "a"}, "health": {"status": "Healthy"},
+           "resources": [1, 2, 3], "reconciledAt": "t2", "operationState": None}
+    patch = merge_patch(old, new)
+    assert patch == {"health": {"status": "Healthy", "message": None}, "resources": [1, 2, 3],
+                     "reconciledAt": "t2", "operationState": None}
+    assert merge_patch(new, new) == {}
