@@ -54,8 +54,13 @@ run: $(STAMP) binaries
 	KUBECONFIG=$(KUBECONFIG) kubectl create namespace gantry --dry-run=client -o yaml | KUBECONFIG=$(KUBECONFIG) kubectl apply -f -
 	$(VENV)/bin/gantry-controller --kubeconfig $(KUBECONFIG) --namespace gantry --kustomize $(CURDIR)/.cluster/bin/kustomize
 
-bench: cluster-up
-	$(PY) -m bench
+# Benchmarks (bench/README.md): Gantry against plain `kubectl apply --server-side` and Flux, on the
+# local control plane (used when running, else started and stopped again). Not part of `make test`.
+# BENCH_ARGS=--quick for a few minutes' run. Flux is built once by hack/build-flux.sh (~15 min); if
+# that fails, the benchmarks still run against the floor and print the build's error.
+bench: $(STAMP) binaries
+	bash hack/build-flux.sh || true
+	$(PY) -m bench $(BENCH_ARGS)
 
 # The controller's image and an install into a kind cluster, for users with a Docker engine (our CI
 # machines have none). kind-deploy installs cluster mode; DEPLOY=deploy/namespaced for the other.

@@ -1,0 +1,341 @@
+"""The systems under test, each as processes of its own on this machine: the loopback git server,
+the Gantry controller and Flux's source-controller + kustomize-controller.
+
+Each knows how to start and stop itself, what its app objects look like, how to ask for a refresh
+and how to tell that an app is synced at a commit; the benchmarks do the rest the same way for all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cluster import ROOT, BenchError, KubeApiError, Cluster, Manifest, Process, Usage, free_port, scrape, wait_http
+
+GANTRY_NAMESPACE = "gantry-bench"  # the Applications; not `gantry`, so a demo's controller stays out
+FLUX_NAMESPACE = "flux-bench"
+REFRESH_ANNOTATION = "gantry.dev/refresh"
+FLUX_REQUEST_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
+
+
+# ------------------------------------------------------------------------------------------------
+# git
+
+
+class GitServer:
+    """hack/gitserver.py in a process of its own (not a thread of ours, so our timing loops and the
+    server never share a GIL)."""
+
+    def __init__(self, root: Path, logs: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.process = Process("git-server", [sys.executable, str(ROOT / "hack" / "gitserver.py"), "serve",
+                                              str(root), str(self.port)], logs / "git-server.log")
+
+    def start(self) -> "GitServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.process.check_alive()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"the git server did not listen on {self.port}")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.git"
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.git"
+
+
+# ------------------------------------------------------------------------------------------------
+# Gantry
+
+
+class Gantry:
+    name = "gantry"
+
+    def __init__(self, cluster: Cluster, work: Path, *, workers: int | None = None,
+                 poll_interval: float | None = None) -> None:
+        self.cluster = cluster
+        self.work = work
+        self.namespace = GANTRY_NAMESPACE
+        self.options = {"--workers": workers, "--poll-interval": poll_interval}
+        self.process: Process | None = None
+        self.metrics_url = ""
+        self.starts = 0
+
+    def install(self) -> None:
+        self.cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+        self.cluster.kubectl("wait", "--for=condition=Established", "crd/applications.gantry.dev", "--timeout=60s")
+        self.cluster.ensure_namespace(self.namespace)
+
+    def start(self) -> float:
+        """Start the controller with an empty git cache (a cold start); returns when it began."""
+        self.starts += 1
+        port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "bench.probe", "--kubeconfig", str(self.cluster.kubeconfig),
+                "--namespace", self.namespace, "--cache-dir", str(self.work / f"gantry-cache-{self.starts}"),
+                "--kustomize", str(self.cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{port}"]
+        for flag, value in self.options.items():
+            if value is not None:
+                argv += [flag, str(value)]
+        self.process = Process("gantry", argv, self.work / "logs" / f"gantry-{self.starts}.log", cwd=ROOT,
+                               env={"PATH": f"{self.cluster.bin_dir}:{__import__('os').environ.get('PATH', '')}"})
+        self.process.start()
+        started = self.process.started_at
+        wait_http(self.metrics_url + "/healthz", self.process)
+        return started
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    @property
+    def flags(self) -> list[str]:
+        return self.process.argv[3:] if self.process else []
+
+    def usage(self) -> Usage:
+        assert self.process is not None
+        self.process.check_alive()
+        return self.process.usage()
+
+    def metrics(self) -> dict:
+        assert self.process is not None
+        self.process.check_alive()
+        return scrape(self.metrics_url + "/metrics")
+
+    # -- apps ---------------------------------------------------------------------------------
+
+    def app(self, name: str, repo_url: str, destination: str) -> Manifest:
+        return {
+            "apiVersion": "gantry.dev/v1alpha1", "kind": "Application",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "project": "default",
+                "source": {"repoURL": repo_url, "targetRevision": "HEAD", "path": "k8s"},
+                "destination": {"server": "https://kubernetes.default.svc", "namespace": destination},
+                "syncPolicy": {"automated": {"prune": True, "selfHeal": True},
+                               "syncOptions": ["CreateNamespace=true"]},
+            },
+        }
+
+    @property
+    def collection(self) -> str:
+        return f"/apis/gantry.dev/v1alpha1/namespaces/{self.namespace}/applications"
+
+    @staticmethod
+    def synced(app: Manifest | None, commit: str) -> bool:
+        sync = ((app or {}).get("status") or {}).get("sync") or {}
+        return sync.get("status") == "Synced" and sync.get("revision") == commit
+
+    @staticmethod
+    def failure(app: Manifest | None) -> str | None:
+        status = (app or {}).get("status") or {}
+        if (status.get("sync") or {}).get("status") == "Failed":
+            return status.get("message") or "Failed"
+        return None
+
+    def refresh(self, name: str) -> Manifest:
+        """Ask for a refresh as `kubectl annotate app NAME gantry.dev/refresh=normal` does."""
+        return self.cluster.patch(f"{self.collection}/{name}",
+                                  {"metadata": {"annotations": {REFRESH_ANNOTATION: "normal"}}})
+
+    @staticmethod
+    def refreshed(app: Manifest | None, after_rv: int) -> bool:
+        from .cluster import rv
+
+        annotations = ((app or {}).get("metadata") or {}).get("annotations") or {}
+        return rv(app) > after_rv and REFRESH_ANNOTATION not in annotations
+
+    def delete_apps(self) -> None:
+        self.cluster.kubectl("delete", "applications.gantry.dev", "--all", "-n", self.namespace, "--wait=true",
+                             "--timeout=120s")
+
+
+# ------------------------------------------------------------------------------------------------
+# Flux
+
+
+@dataclass(frozen=True)
+class FluxBuild:
+    directory: Path  # ~/.cache/gantry/flux-…: bin/, crds/, VERSIONS
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(line.split() for line in (self.directory / "VERSIONS").read_text().splitlines() if line.strip())
+
+    @classmethod
+    def find(cls) -> "FluxBuild":
+        """The build of hack/build-flux.sh (run by `make bench`); BenchError with the reason when absent."""
+        import subprocess
+
+        script = ROOT / "hack" / "build-flux.sh"
+        directory = Path(subprocess.run(["bash", str(script), "--print-dir"], check=True, capture_output=True,
+                                        text=True).stdout.strip())
+        if not (directory / "VERSIONS").exists():
+            error = Path(f"{directory}.error")
+            if error.exists():
+                raise BenchError(f"Flux could not be built; the command and its error:\n{error.read_text().strip()}")
+            raise BenchError(f"Flux is not built in {directory}: run `bash hack/build-flux.sh` (make bench does)")
+        return cls(directory)
+
+
+class Flux:
+    name = "flux"
+
+    def __init__(self, cluster: Cluster, build: FluxBuild, work: Path) -> None:
+        self.cluster = cluster
+        self.build = build
+        self.work = work
+        self.namespace = FLUX_NAMESPACE
+        self.processes: list[Process] = []
+        self.starts = 0
+
+    def install(self) -> None:
+        crds = sorted((self.build.directory / "crds").glob("*.yaml"))
+        # Server-side: some of Flux's CRDs are too big for client-side apply's last-applied annotation.
+        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=gantry-bench",
+                             *[arg for crd in crds for arg in ("-f", str(crd))])
+        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                             *[arg for crd in crds for arg in ("-f", str(crd))])
+        self.cluster.ensure_namespace(self.namespace)
+
+    def start(self) -> float:
+        """Start source-controller and kustomize-controller (fresh artifact storage); returns when
+        the first began."""
+        self.starts += 1
+        storage = self.work / f"flux-storage-{self.starts}"
+        storage.mkdir(parents=True, exist_ok=True)
+        storage_port = free_port()
+        env = {"KUBECONFIG": str(self.cluster.kubeconfig), "RUNTIME_NAMESPACE": self.namespace}
+        health: list[tuple[Process, str]] = []
+        started = time.monotonic()
+        for name, extra in (
+            ("source-controller", [f"--storage-path={storage}", f"--storage-addr=127.0.0.1:{storage_port}",
+                                   f"--storage-adv-addr=127.0.0.1:{storage_port}"]),
+            ("kustomize-controller", []),
+        ):
+            metrics_port, health_port = free_port(), free_port()
+            process = Process(name, [str(self.build.directory / "bin" / name), "--watch-all-namespaces=true",
+                                     f"--metrics-addr=127.0.0.1:{metrics_port}",
+                                     f"--health-addr=127.0.0.1:{health_port}", "--enable-leader-election=false",
+                                     "--log-level=info", "--log-encoding=json", *extra],
+                              self.work / "logs" / f"{name}-{self.starts}.log", env=env)
+            process.start()
+            self.processes.append(process)
+            health.append((process, f"http://127.0.0.1:{health_port}/readyz"))
+        for process, url in health:
+            wait_http(url, process)
+        return started
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.processes = []
+
+    @property
+    def flags(self) -> dict[str, list[str]]:
+        return {p.name: p.argv[1:] for p in self.processes}
+
+    def usage(self) -> Usage:
+        total = Usage(0, 0.0, 0.0)
+        for process in self.processes:
+            process.check_alive()
+            one = process.usage()
+            total = Usage(total.rss_bytes + one.rss_bytes, total.cpu_seconds + one.cpu_seconds,
+                          total.children_cpu_seconds + one.children_cpu_seconds)
+        return total
+
+    # -- apps ---------------------------------------------------------------------------------
+
+    def app(self, name: str, repo_url: str, *, interval: str = "1h", source_interval: str = "1h",
+            target_namespace: str | None = None) -> list[Manifest]:
+        """A GitRepository and a Kustomization of ./k8s, as `flux create source git` /
+        `flux create kustomization --prune=true` would write them (no health checks: wait=false)."""
+        kustomization: dict = {
+            "interval": interval, "path": "./k8s", "prune": True, "wait": False, "timeout": "10m",
+            "sourceRef": {"kind": "GitRepository", "name": name},
+        }
+        if target_namespace:
+            kustomization["targetNamespace"] = target_namespace
+        return [
+            {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+             "metadata": {"name": name, "namespace": self.namespace},
+             "spec": {"interval": source_interval, "url": repo_url, "ref": {"branch": "main"}, "timeout": "60s"}},
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+             "metadata": {"name": name, "namespace": self.namespace}, "spec": kustomization},
+        ]
+
+    @property
+    def collection(self) -> str:
+        return f"/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/kustomizations"
+
+    @property
+    def sources(self) -> str:
+        return f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{self.namespace}/gitrepositories"
+
+    @staticmethod
+    def synced(kustomization: Manifest | None, commit: str) -> bool:
+        status = (kustomization or {}).get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return ready and str(status.get("lastAppliedRevision", "")).endswith(commit)
+
+    @staticmethod
+    def failure(kustomization: Manifest | None) -> str | None:
+        status = (kustomization or {}).get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "Ready" and condition.get("status") == "False" and \
+                    condition.get("reason") not in ("Progressing", "DependencyNotReady", "ArtifactFailed"):
+                return f"{condition.get('reason')}: {condition.get('message')}"
+        return None
+
+    def request_reconcile(self, path: str, token: str) -> Manifest:
+        """What `flux reconcile` does: annotate with reconcile.fluxcd.io/requestedAt."""
+        return self.cluster.patch(path, {"metadata": {"annotations": {FLUX_REQUEST_ANNOTATION: token}}})
+
+    @staticmethod
+    def handled(kustomization: Manifest | None, token: str) -> bool:
+        status = (kustomization or {}).get("status") or {}
+        return status.get("lastHandledReconcileAt") == token
+
+    def delete_apps(self, timeout: float = 300) -> None:
+        """Delete every Kustomization and GitRepository of ours. Their finalizers need the
+        controllers: when those are not running (or too slow), the finalizers are removed."""
+        # prune off first: the finalizer would otherwise delete every applied object one by one,
+        # which the namespace deletion that follows does anyway (and much faster).
+        for item in self.cluster.client.request("GET", self.collection)["items"]:
+            with contextlib.suppress(KubeApiError):
+                self.cluster.patch(f"{self.collection}/{item['metadata']['name']}", {"spec": {"prune": False}})
+        for collection in (self.collection, self.sources):
+            for item in self.cluster.client.request("GET", collection)["items"]:
+                with contextlib.suppress(KubeApiError):
+                    self.cluster.client.request("DELETE", f"{collection}/{item['metadata']['name']}")
+            deadline = time.monotonic() + (timeout if any(p.alive() for p in self.processes) else 0)
+            while True:
+                left = self.cluster.client.request("GET", collection)["items"]
+                if not left:
+                    break
+                if time.monotonic() > deadline:
+                    for item in left:
+                        with contextlib.suppress(KubeApiError):
+                            self.cluster.patch(f"{collection}/{item['metadata']['name']}",
+                                               {"metadata": {"finalizers": None}})
+                time.sleep(0.5)
+
+
+def dump(objects: list[Manifest]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
