@@ -37,7 +37,9 @@ class Plan:
     flux_drift_interval: int = 20  # seconds: Flux corrects drift only on its interval
     apps: int = 200
     app_objects: int = 20
-    idle_seconds: int = 150
+    # One poll interval (both systems poll git every 180 s here) and a little: every app's poll falls
+    # in the window exactly once, wherever the window starts.
+    idle_seconds: int = 190
     timeout: float = 900.0  # for any one wait
 
     @classmethod
@@ -146,20 +148,27 @@ def wait_all_quiet(ctx: Context, *, quiet: float = 10.0, timeout: float = 180.0)
     return time.monotonic() - started
 
 
-def sample_idle(process_usage: Callable[[], object], seconds: int, every: float = 5.0) -> tuple[list[float], float, float]:
-    """RSS samples (MiB) over `seconds`, and CPU seconds per minute of the process and of it with
-    its waited-for children (kustomize and git runs)."""
-    first = process_usage()
+def sample_idle(process_usage: Callable[[], object], seconds: int, every: float = 5.0,
+                window: float = 30.0) -> tuple[list[float], list[float], list[float]]:
+    """RSS samples (MiB) every `every` seconds over `seconds`, and CPU seconds per minute over each
+    `window` seconds: of the process, and of it with its waited-for children (kustomize, git)."""
     started = time.monotonic()
-    rss = [first.rss_bytes / 2**20]
+    samples = [(started, process_usage())]
     while time.monotonic() - started < seconds:
         time.sleep(min(every, max(0.0, seconds - (time.monotonic() - started))))
-        rss.append(process_usage().rss_bytes / 2**20)
-    last = process_usage()
-    minutes = (time.monotonic() - started) / 60
-    own = (last.cpu_seconds - first.cpu_seconds) / minutes
-    children = (last.children_cpu_seconds - first.children_cpu_seconds) / minutes
-    return rss, own, own + children
+        samples.append((time.monotonic(), process_usage()))
+    rss = [usage.rss_bytes / 2**20 for _, usage in samples]
+    own: list[float] = []
+    with_children: list[float] = []
+    begin = 0
+    for index in range(1, len(samples)):
+        (t0, u0), (t1, u1) = samples[begin], samples[index]
+        if t1 - t0 >= window - every / 2 or index == len(samples) - 1 and not own:
+            minutes = (t1 - t0) / 60
+            own.append((u1.cpu_seconds - u0.cpu_seconds) / minutes)
+            with_children.append(own[-1] + (u1.children_cpu_seconds - u0.children_cpu_seconds) / minutes)
+            begin = index
+    return rss, own, with_children
 
 
 def _fail_fast(check: Callable[[Manifest | None], str | None], key: str) -> Callable[[dict], bool]:
@@ -409,7 +418,7 @@ def commit_to_synced(ctx: Context) -> Outcome:
                               f"Synced at {commit[:7]}", ctx.plan.timeout)
             gantry.values.append(done - started)
             ctx.log(f"  gantry commit {len(gantry.values)}/{ctx.plan.commits}: {gantry.values[-1]:.2f}s")
-            time.sleep(1.0)
+            time.sleep(0.5)
     if ctx.flux:
         flux_app = ensure_large(ctx, "flux")
         flux = Figure("flux", "push → reconcile annotation on the GitRepository → Ready at the commit", "s",
@@ -425,7 +434,7 @@ def commit_to_synced(ctx: Context) -> Outcome:
                                   f"Ready at {commit[:7]}", ctx.plan.timeout)
                 flux.values.append(done - started)
                 ctx.log(f"  flux commit {len(flux.values)}/{ctx.plan.commits}: {flux.values[-1]:.2f}s")
-                time.sleep(1.0)
+                time.sleep(0.5)
     notes = [f"each commit changes one ConfigMap of the {len(gantry_app.objects)}-object app of benchmark 1 and is "
              "pushed before the clock starts; the refresh is the annotation (no webhook yet)"]
     if ctx.flux:
@@ -557,12 +566,13 @@ def _many_gantry(ctx: Context, names: list[str], commit: str) -> tuple[list[Figu
         samples, own, with_children = sample_idle(gantry.usage, plan.idle_seconds)
         after = gantry.metrics()
         rss.values += samples
-        cpu.values.append(own)
-        cpu_all.values.append(with_children)
+        cpu.values += own
+        cpu_all.values += with_children
         info["reconciles_while_idle"] = _delta(after, before, "gantry_app_reconcile_duration_seconds_count")
         info["api_requests_while_idle"] = {f"{m} {t}": v - _requests(before).get((m, t), 0)
                                            for (m, t), v in _requests(after).items()}
-        ctx.log(f"    idle: RSS {max(samples):.0f} MiB, {own:.2f} CPU s/min ({with_children:.2f} with children)")
+        ctx.log(f"    idle: RSS {max(samples):.0f} MiB, {sum(own) / len(own):.2f} CPU s/min "
+                f"({sum(with_children) / len(with_children):.2f} with children)")
         started = time.monotonic()
         annotated = dict(zip(keys, _parallel(lambda n: rv(gantry.refresh(n)), names)))
         done = watch.wait(lambda o: all(gantry.refreshed(o.get(k), annotated[k]) for k in keys),
@@ -603,8 +613,8 @@ def _many_flux(ctx: Context, names: list[str], commit: str) -> tuple[list[Figure
         time.sleep(10)  # as Gantry's settle: let stragglers finish
         samples, own, _ = sample_idle(flux.usage, plan.idle_seconds)
         rss.values += samples
-        cpu.values.append(own)
-        ctx.log(f"    idle: RSS {max(samples):.0f} MiB, {own:.2f} CPU s/min")
+        cpu.values += own
+        ctx.log(f"    idle: RSS {max(samples):.0f} MiB, {sum(own) / len(own):.2f} CPU s/min")
         token = str(time.time())
         started = time.monotonic()
         _parallel(lambda n: flux.request_reconcile(f"{flux.sources}/{n}", token), names)
