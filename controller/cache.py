@@ -27,6 +27,16 @@ def owner_of(obj: Manifest) -> str | None:
     return app_key if sep else None
 
 
+def _slim(obj: Manifest) -> Manifest:
+    """The object without managedFields and kubectl's last-applied copy: nothing here reads them
+    (diff drops them too), and they are often half an object's size, times every managed object."""
+    metadata = obj.get("metadata") or {}
+    metadata.pop("managedFields", None)
+    annotations = metadata.get("annotations") or {}
+    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return obj
+
+
 def _newer(candidate: Manifest, current: Manifest | None) -> bool:
     if current is None:
         return True
@@ -111,7 +121,7 @@ class LiveCache:
             return
         with self._lock:
             if _newer(live, self._objects.get(ref)):
-                self._objects[ref] = live
+                self._objects[ref] = _slim(live)
 
     def forget(self, ref: ObjectRef) -> None:
         with self._lock:
@@ -195,7 +205,7 @@ class LiveCache:
             if event_type == "DELETED":
                 self._objects.pop(ref, None)
             elif _newer(obj, self._objects.get(ref)):
-                self._objects[ref] = obj
+                self._objects[ref] = _slim(obj)
             else:
                 return
         owner = owner_of(obj)

@@ -243,8 +243,11 @@ class Differ:
     """Dry-runs targets against the cluster, remembering answers for unchanged (target, live) pairs."""
 
     def __init__(self, client: KubeClient, *, workers: int = 8, cache_size: int = 50_000,
-                 count: Callable[[str], None] | None = None) -> None:
+                 count: Callable[[str], None] | None = None, keep_predicted: bool = True) -> None:
+        """keep_predicted=False: remember only whether each pair was in sync, not the server's
+        dry-run answer (the controller never shows it; a diff for people does)."""
         self.client = client
+        self.keep_predicted = keep_predicted
         self.count = count or (lambda command: None)  # metrics: one call per request, by command
         self.workers = workers
         self._cache: dict[tuple[ObjectRef, str, str], tuple[bool, Manifest]] = {}
@@ -342,7 +345,7 @@ class Differ:
             with self._lock:
                 if len(self._cache) >= self._cache_size:
                     self._cache.clear()
-                self._cache[key] = (in_sync, predicted)
+                self._cache[key] = (in_sync, predicted if self.keep_predicted else None)
             return ObjectDiff(ref, target, live, predicted, in_sync)
         except UnservedApiError as error:
             return ApplyFailure(ref, unserved_message(error))

@@ -107,7 +107,7 @@ class Reconciler:
         self.git = git
         self.live = live
         self.kustomize = kustomize
-        self.differ = Differ(client, workers=workers, count=count)
+        self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
         self._renders: OrderedDict[tuple[str, str, str], list[Manifest] | RenderError] = OrderedDict()
         self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
