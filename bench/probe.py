@@ -43,20 +43,21 @@ def install() -> None:
     original_request = kube.KubeClient.request
     original_stream = kube.KubeClient.stream
 
-    def init(self, registry=None) -> None:  # type: ignore[no-untyped-def]
-        original_init(self, registry)
+    def init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
         counter = Counter("gantry_bench_api_requests_total", "API requests of the controller's own client.",
                           ["method", "target"], registry=self.registry)
         with _lock:
             _counters.append(counter)
 
-    def request(self, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    # *args/**kwargs: the wrappers pass through whatever the client's signatures grow.
+    def request(self, method: str, path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
         _count(method, _target(path, kwargs.get("query")))
-        return original_request(self, method, path, **kwargs)
+        return original_request(self, method, path, *args, **kwargs)
 
-    def stream(self, path: str, query, **kwargs):  # type: ignore[no-untyped-def]
-        _count("WATCH", _target(path, query))
-        return original_stream(self, path, query, **kwargs)
+    def stream(self, path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _count("WATCH", _target(path, args[0] if args else kwargs.get("query")))
+        return original_stream(self, path, *args, **kwargs)
 
     metrics.Metrics.__init__ = init
     kube.KubeClient.request = request
