@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import logging
 import os
 import shutil
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,14 @@ class AppWorker:
     seen_generation: int | None = None
     attempt: int = 0
     refresh: bool = False  # read git on the next pass (a webhook said the repo changed)
+    # Woken by the Application itself (spec, refresh, operation) or a webhook, not by a managed
+    # object: someone waits for this pass, so it starts without the coalescing pause.
+    urgent: bool = False
+    # resourceVersions of our own status writes that a second write (the refresh annotation's or
+    # the operation's removal) superseded at once: their watch events still carry the request we
+    # have just served, and must not start it again.
+    # Only the last few: kopf may batch an event away, and then its entry is never matched.
+    superseded: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     # The status this controller last wrote: we are its only writer, and the watch event carrying
     # it may not have arrived when the next pass starts, so this, not the event, is the truth.
     status: dict | None = None
@@ -97,10 +107,14 @@ class Scheduler:
             worker = self.workers[key] = AppWorker(body=dict(body))
             worker.task = self.loop.create_task(self._run(key, worker), name=f"app-{key}")
             return
+        if metadata.get("resourceVersion") in worker.superseded:
+            worker.superseded.remove(metadata["resourceVersion"])
+            return
         worker.body = dict(body)
         annotations = metadata.get("annotations") or {}
         if (metadata.get("generation") != worker.seen_generation or REFRESH_ANNOTATION in annotations
                 or body.get("operation") or metadata.get("deletionTimestamp")):
+            worker.urgent = True
             worker.wake.set()
 
     def refresh_matching(self, event: PushEvent) -> list[str]:
@@ -111,6 +125,7 @@ class Scheduler:
             source = (worker.body.get("spec") or {}).get("source") or {}
             if webhook.matches(event, str(source.get("repoURL", "")), str(source.get("targetRevision") or "HEAD")):
                 worker.refresh = True
+                worker.urgent = True
                 worker.wake.set()
                 keys.append(key)
         return keys
@@ -155,6 +170,7 @@ class Scheduler:
         while True:
             body = worker.body if worker.status is None else {**worker.body, "status": worker.status}
             worker.wake.clear()
+            worker.urgent = False
             poll, worker.refresh = poll or worker.refresh, False
             worker.seen_generation = body["metadata"].get("generation")
             delay: float | None = None
@@ -164,7 +180,8 @@ class Scheduler:
                     delay = 5.0  # until the DELETED event cancels this task
                 else:
                     started = time.monotonic()
-                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll)
+                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll,
+                                                              worker.superseded)
                     worker.status = outcome.status
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
@@ -186,7 +203,8 @@ class Scheduler:
                 poll = False
             except asyncio.TimeoutError:
                 poll = delay is None
-            await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
+            if not worker.urgent:
+                await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
 
     def _record_metrics(self, body: Manifest, outcome: Outcome, seconds: float) -> None:
         metadata, spec, status = body["metadata"], body.get("spec") or {}, outcome.status
@@ -203,18 +221,22 @@ class Scheduler:
 
     # ---------------------------------------------------------------- runs in the thread pool
 
-    def _reconcile(self, body: Manifest, attempt: int, poll: bool) -> Outcome:
+    def _reconcile(self, body: Manifest, attempt: int, poll: bool, superseded: deque[str]) -> Outcome:
         outcome = self.reconciler.reconcile(body, attempt=attempt, poll=poll)
         metadata = body["metadata"]
-        changes = merge_patch(body.get("status") or {}, outcome.status)
-        if changes:
-            self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": changes},
-                                content_type="application/merge-patch+json")
         consumed: dict = {}
         if outcome.consumed_refresh:
             consumed.setdefault("metadata", {})["annotations"] = {REFRESH_ANNOTATION: None}
         if outcome.consumed_operation:
             consumed["operation"] = None
+        # The status first, then the request's removal: a client that waits for the annotation to
+        # go (as `gantry app refresh` does) then reads the status of this pass.
+        changes = merge_patch(body.get("status") or {}, outcome.status)
+        if changes:
+            written = self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": changes},
+                                          content_type="application/merge-patch+json")
+            if consumed:
+                superseded.append(str((written.get("metadata") or {}).get("resourceVersion")))
         if consumed:
             self.client.request("PATCH", _app_path(metadata), body=consumed,
                                 content_type="application/merge-patch+json")
@@ -294,6 +316,10 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     global _scheduler, _http
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # kopf waits this long after an Application's event for a newer one; the default 0.1 s is
+    # added to every refresh's latency, and our handler is cheap enough to see every event.
+    settings.batching.batch_window = 0.02
+    settings.persistence.diffbase_storage = DiffBaseWithoutStatus()
     # We always name the namespaces to serve; kopf's scan of all namespaces would only be refused
     # (and retried for a minute) under namespaced-mode RBAC.
     settings.scanning.disabled = not _options.all_namespaces
@@ -354,10 +380,21 @@ async def application_event(type: str | None, body: kopf.Body, **_) -> None:
 
 
 def _plain(body: kopf.Body) -> Manifest:
-    """kopf's Body is a live view; the worker needs a snapshot it can keep."""
-    import copy
+    """kopf's Body is a live view; the worker needs a snapshot it can keep. The status (every
+    resource and the inventory: large for a large app) is only read, never changed, by the
+    reconcile, and each watch event parses a new one, so it is shared rather than copied."""
+    return {key: value if key == "status" else copy.deepcopy(value) for key, value in body.items()}
 
-    return copy.deepcopy(dict(body))
+
+class DiffBaseWithoutStatus(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds a diff base of every event's body, deep-copying all of it before dropping the
+    status. We register no change-detecting handlers, but kopf builds it anyway; dropping the status
+    first keeps a large app's status (thousands of entries) from being copied on every event."""
+
+    def build(self, *, body: kopf.Body, extra_fields=None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler asked for status fields: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        return super().build(body=kopf.Body({k: v for k, v in body.items() if k != "status"}))
 
 
 def _served_namespaces(options: Options) -> list[str]:
