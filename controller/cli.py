@@ -48,6 +48,7 @@ from .diff import crd_kinds  # (group, kind) → Resource of the CRDs in a rende
 from .render import render
 from .source import GitCache, redact_url
 from .status import short_revision, timestamp
+from .sync import inventory_of
 
 __all__ = ["CliError", "main"]
 
@@ -789,16 +790,15 @@ def compute_diff(client: KubeClient, app: Manifest, *, kustomize: str, cache_dir
 
 
 def _stale_entries(client: KubeClient, app: Manifest, spec: AppSpec, targets: Sequence[Manifest]) -> list[DiffEntry]:
-    """Objects this app applied before (status.inventory) that git no longer has: prune deletes them."""
+    """Objects this app applied before (its inventory) that git no longer has: prune deletes them."""
     wanted = {ObjectRef.of(t) for t in targets}
     entries = []
-    for item in _status(app).get("inventory") or []:
-        api_version = item.get("apiVersion", "")
-        ref = ObjectRef(api_version.rpartition("/")[0], item.get("kind", ""), item.get("namespace") or "", item.get("name", ""))
+    for item in inventory_of(_status(app)):
+        ref = item.ref
         if ref in wanted:
             continue
         try:
-            live = client.get(client.resource(api_version, ref.kind), ref.name, ref.namespace or None)
+            live = client.get(client.resource(item.api_version, ref.kind), ref.name, ref.namespace or None)
         except UnservedApiError:
             continue
         owner = (((live or {}).get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION, "")

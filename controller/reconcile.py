@@ -42,7 +42,7 @@ from .model import (
 )
 from .render import render
 from .source import GitCache
-from .sync import InventoryEntry, ResourceResult, Syncer, stage
+from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
 
 logger = logging.getLogger(__name__)
 DEFAULT_RETRY = RetryPolicy(limit=-1, backoff_seconds=10, factor=2, max_backoff_seconds=300)
@@ -142,7 +142,6 @@ class Reconciler:
         status: dict = {
             "observedGeneration": metadata.get("generation"),
             "reconciledAt": now(),
-            "inventory": previous.get("inventory") or [],
             "history": previous.get("history") or [],
         }
         outcome = Outcome(status, consumed_refresh=request.refresh is not None)
@@ -193,7 +192,8 @@ class Reconciler:
         respect = spec.sync_options.respect_ignore_differences
         # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
         # so objects that do not exist are applied without a dry run first (half the requests).
-        first_sync = not previous.get("inventory")
+        previous_entries = set(inventory_of(previous))
+        first_sync = not previous_entries
         pre_lives = self.live.lookup(targets)
         pre_diff = self.differ.diff(targets, lambda t: pre_lives[ObjectRef.of(t)], spec.ignore_differences,
                                     respect_ignores=respect, dry_run_missing=not first_sync)
@@ -227,11 +227,9 @@ class Reconciler:
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
 
         all_targets = [*targets, *rest_targets]
-        target_entries = {InventoryEntry.of(t) for t in all_targets}
-        previous_entries = {InventoryEntry.parse(e) for e in previous.get("inventory") or []}
         # By identity, not apiVersion: an object whose manifest moved to another version of its API
         # (autoscaling/v1 → v2) is the same object, and must not be pruned right after its apply.
-        target_refs = {e.ref for e in target_entries}
+        target_refs = {ObjectRef.of(t) for t in all_targets}
         stale = sorted((e for e in previous_entries if e.ref not in target_refs),
                        key=lambda e: (e.kind, e.namespace, e.name))
         out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
@@ -261,11 +259,9 @@ class Reconciler:
         else:
             status["operationState"] = previous.get("operationState")
 
-        # What is still stale after this pass stays in the inventory until it is pruned.
+        # What is still stale after this pass stays listed (requiresPruning) until it is pruned.
         deleted = {r.ref for r in pruned if r.action is Action.DELETED}
         remaining_stale = [e for e in stale if e.ref not in deleted]
-        status["inventory"] = [e.to_dict() for e in sorted(target_entries | set(remaining_stale),
-                                                             key=lambda e: (e.kind, e.namespace, e.name))]
         return self._summarise(outcome, previous, spec, commit, [*pre_diff.diffs, *diff.diffs], applied,
                                remaining_stale, attempt)
 
@@ -278,7 +274,7 @@ class Reconciler:
             return []
         metadata = body["metadata"]
         key = f"{metadata['namespace']}/{metadata['name']}"
-        inventory = [InventoryEntry.parse(e) for e in (body.get("status") or {}).get("inventory") or []]
+        inventory = inventory_of(body.get("status") or {})
         spec = body.get("spec") or {}
         try:
             options = SyncOptions.parse(list((spec.get("syncPolicy") or {}).get("syncOptions") or ()))

@@ -8,7 +8,7 @@ previous inventory, absent from the target, and carrying this Application's trac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
@@ -61,7 +61,10 @@ class ResourceResult:
 
 @dataclass(frozen=True)
 class InventoryEntry:
-    """One object Gantry applied for an Application, as kept in `status.inventory`."""
+    """One object Gantry applied for an Application. The inventory is `status.resources`: it lists
+    every object of the last render and every stale one not pruned yet, which is exactly what prune
+    needs, so a second list of the same objects would only double the Application's size (and the
+    cost of every watch event of it)."""
 
     api_version: str
     kind: str
@@ -74,19 +77,28 @@ class InventoryEntry:
         return cls(manifest["apiVersion"], manifest["kind"], metadata.get("namespace") or "", metadata["name"])
 
     @classmethod
-    def parse(cls, entry: dict) -> "InventoryEntry":
-        return cls(entry["apiVersion"], entry["kind"], entry.get("namespace") or "", entry["name"])
+    def of_resource(cls, entry: Mapping) -> "InventoryEntry":
+        """From an item of `status.resources` (Argo CD's shape: group, version, kind, namespace, name)."""
+        group, version = entry.get("group") or "", entry.get("version") or ""
+        return cls(f"{group}/{version}" if group else version, entry["kind"], entry.get("namespace") or "",
+                   entry["name"])
 
-    def to_dict(self) -> dict:
-        entry = {"apiVersion": self.api_version, "kind": self.kind, "name": self.name}
-        if self.namespace:
-            entry["namespace"] = self.namespace
-        return entry
+    @classmethod
+    def parse(cls, entry: Mapping) -> "InventoryEntry":
+        """From an item of `status.inventory`, which Gantry wrote before status.resources took its place."""
+        return cls(entry["apiVersion"], entry["kind"], entry.get("namespace") or "", entry["name"])
 
     @property
     def ref(self) -> ObjectRef:
         group = self.api_version.rpartition("/")[0] if "/" in self.api_version else ""
         return ObjectRef(group, self.kind, self.namespace, self.name)
+
+
+def inventory_of(status: Mapping) -> list[InventoryEntry]:
+    """The objects an Application's status says it applied (see InventoryEntry)."""
+    if legacy := status.get("inventory"):
+        return [InventoryEntry.parse(e) for e in legacy]
+    return [InventoryEntry.of_resource(e) for e in status.get("resources") or ()]
 
 
 class Syncer:
