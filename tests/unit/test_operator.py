@@ -1,7 +1,11 @@
 """The kopf wiring's pieces that need no cluster."""
 
+import asyncio
+
 import kopf
 
+from controller import operator
+from controller.metrics import Metrics
 from controller.operator import DiffBaseWithoutStatus, _plain
 
 
@@ -38,3 +42,28 @@ def test_a_snapshot_keeps_its_spec_when_the_event_body_changes():
     assert snapshot["spec"]["source"]["path"] == "k8s"
     assert snapshot["metadata"]["labels"] == {"team": "a"}
     assert snapshot["status"] == raw["status"]
+
+
+def test_free_memory_is_released_once_no_pass_runs(monkeypatch):
+    released: list[bool] = []
+    monkeypatch.setattr(operator, "release_free_memory", lambda: released.append(True))
+
+    async def scenario() -> None:
+        scheduler = operator.Scheduler(reconciler=None, client=None, options=operator.Options(), metrics=Metrics())
+        scheduler.release_after = 0.05
+        scheduler._pass_started()
+        scheduler._pass_started()
+        scheduler._pass_ended()
+        await asyncio.sleep(0.2)
+        assert released == []  # one pass still runs
+        scheduler._pass_ended()
+        scheduler._pass_started()  # a new pass before the release: it waits for that one
+        await asyncio.sleep(0.2)
+        assert released == []
+        scheduler._pass_ended()
+        await asyncio.sleep(0.2)
+        assert released == [True]
+        scheduler.pool.shutdown()
+
+    asyncio.run(scenario())
+
