@@ -82,8 +82,16 @@ class LiveCache:
         them, so a first sync of a thousand objects costs a few requests, not a thousand GETs."""
         found: dict[ObjectRef, Manifest | None] = {}
         misses: dict[tuple[Resource, str | None], list[Manifest]] = {}
+        resources: dict[tuple[str, str], Resource] = {}  # each type looked up and watched once a call
         for target in targets:
-            ref, resource, cached = self._cached(target)
+            type_key = (target.get("apiVersion", ""), target.get("kind", ""))
+            resource = resources.get(type_key)
+            if resource is None:
+                resource = resources[type_key] = self.client.resource_of(target)
+                self.ensure_watched(resource)
+            ref = ObjectRef.of(target)
+            with self._lock:
+                cached = self._objects.get(ref)
             if cached is not None:
                 found[ref] = cached
             else:

@@ -79,6 +79,7 @@ class Scheduler:
     occupies one worker, never the loop or the other apps."""
 
     release_after = 2.0  # seconds without any pass before free memory goes back to the system
+    release_every = 60.0  # and at most this often: git polls spread passes over the interval
 
     def __init__(self, reconciler: Reconciler, client: KubeClient, options: Options, metrics: Metrics) -> None:
         self.reconciler = reconciler
@@ -90,6 +91,7 @@ class Scheduler:
         self.workers: dict[str, AppWorker] = {}
         self._passes_running = 0
         self._release: asyncio.TimerHandle | None = None
+        self._released_at = float("-inf")
 
     def stop(self) -> None:
         for worker in self.workers.values():
@@ -225,7 +227,13 @@ class Scheduler:
         # (a cold start of many apps leaves tens of MiB free but held by the allocator).
         self._passes_running -= 1
         if self._passes_running == 0:
-            self._release = self.loop.call_later(self.release_after, release_free_memory)
+            due = max(self.release_after, self._released_at + self.release_every - self.loop.time())
+            self._release = self.loop.call_later(due, self._release_memory)
+
+    def _release_memory(self) -> None:
+        self._release = None
+        self._released_at = self.loop.time()
+        release_free_memory()
 
     def _record_metrics(self, body: Manifest, outcome: Outcome, seconds: float) -> None:
         metadata, spec, status = body["metadata"], body.get("spec") or {}, outcome.status

@@ -209,8 +209,10 @@ class Reconciler:
         # Custom resources whose CRD this render brings but the cluster does not serve yet (an app
         # not synced yet): they are missing, not broken.
         defined = crd_kinds(prerequisites)
-        awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined and not self._served(o)]
-        rest = [o for o in rest if not any(o is a for a in awaiting)]
+        awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined
+                    and not self._served(o)] if defined else []
+        if awaiting:
+            rest = [o for o in rest if not any(o is a for a in awaiting)]
         if unserved := self._unserved(rest):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
         rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))

@@ -50,7 +50,7 @@ def test_free_memory_is_released_once_no_pass_runs(monkeypatch):
 
     async def scenario() -> None:
         scheduler = operator.Scheduler(reconciler=None, client=None, options=operator.Options(), metrics=Metrics())
-        scheduler.release_after = 0.05
+        scheduler.release_after, scheduler.release_every = 0.05, 0.0
         scheduler._pass_started()
         scheduler._pass_started()
         scheduler._pass_ended()
@@ -63,6 +63,13 @@ def test_free_memory_is_released_once_no_pass_runs(monkeypatch):
         scheduler._pass_ended()
         await asyncio.sleep(0.2)
         assert released == [True]
+        scheduler.release_every = 0.5  # then not again before this
+        scheduler._pass_started()
+        scheduler._pass_ended()
+        await asyncio.sleep(0.2)
+        assert released == [True]
+        await asyncio.sleep(0.5)
+        assert released == [True, True]
         scheduler.pool.shutdown()
 
     asyncio.run(scenario())
