@@ -292,8 +292,8 @@ def _node_manifest(name: str, index: int) -> dict:
         },
         "spec": {"podCIDR": f"10.244.{index}.0/24"},
         "status": {
-            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
-            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"},
             "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
                          "kubeletVersion": "fake", "kubeProxyVersion": "fake"},
         },
