@@ -60,6 +60,7 @@ class AppWorker:
     task: asyncio.Task | None = None
     seen_generation: int | None = None
     attempt: int = 0
+    progress_checks: int = 0  # passes in a row that only came back to look at a progressing app
     refresh: bool = False  # read git on the next pass (a webhook said the repo changed)
     # Woken by the Application itself (spec, refresh, operation) or a webhook, not by a managed
     # object: someone waits for this pass, so it starts without the coalescing pause.
@@ -193,6 +194,15 @@ class Scheduler:
                     worker.status = outcome.status
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
+                    if delay is not None and not outcome.retrying:
+                        # Progressing: watches report changes of managed objects, the requeue only
+                        # looks at what we do not watch (pods: a readiness probe failing past its
+                        # grace period). After a minute of that, an app stuck there (pods that cannot
+                        # be scheduled) is looked at less and less often, not every 5 s for ever.
+                        delay = progress_check_delay(delay, worker.progress_checks)
+                        worker.progress_checks += 1
+                    else:
+                        worker.progress_checks = 0
                     elapsed = time.monotonic() - started
                     self._record_metrics(body, outcome, elapsed)
                     logger.info("reconciled %s: %s, %s in %.2fs", key, outcome.status.get("sync", {}).get("status"),
@@ -211,6 +221,7 @@ class Scheduler:
             try:
                 await asyncio.wait_for(worker.wake.wait(), timeout=delay or self.options.poll_interval)
                 poll = False
+                worker.progress_checks = 0  # something changed: look closely again
             except asyncio.TimeoutError:
                 poll = delay is None
             if not worker.urgent:
@@ -424,6 +435,12 @@ class DiffBaseWithoutStatus(kopf.AnnotationsDiffBaseStorage):
         if extra_fields:  # a handler asked for status fields: kopf's own way
             return super().build(body=body, extra_fields=extra_fields)
         return super().build(body=kopf.Body({k: v for k, v in body.items() if k != "status"}))
+
+
+def progress_check_delay(requeue_after: float, checks: int, *, steady: int = 12, longest: float = 60.0) -> float:
+    """Seconds until the next look at an app that is still progressing after `checks` looks in a
+    row: `requeue_after` for the first `steady` ones, then doubling up to `longest`."""
+    return min(requeue_after * 2 ** min(max(0, checks - steady), 8), longest)
 
 
 def _libc() -> ctypes.CDLL | None:

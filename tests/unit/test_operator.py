@@ -74,3 +74,10 @@ def test_free_memory_is_released_once_no_pass_runs(monkeypatch):
 
     asyncio.run(scenario())
 
+
+
+def test_a_progressing_app_is_looked_at_every_5s_for_a_minute_then_less_often():
+    delays = [operator.progress_check_delay(5.0, checks) for checks in range(20)]
+    assert delays[:13] == [5.0] * 13
+    assert delays[13:17] == [10.0, 20.0, 40.0, 60.0]
+    assert set(delays[17:]) == {60.0}
