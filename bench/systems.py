@@ -8,10 +8,14 @@ and how to tell that an app is synced at a commit; the benchmarks do the rest th
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
+import secrets
 import socket
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from .cluster import ROOT, BenchError, KubeApiError, Cluster, Manifest, Process,
 GANTRY_NAMESPACE = "gantry-bench"  # the Applications; not `gantry`, so a demo's controller stays out
 FLUX_NAMESPACE = "flux-bench"
 REFRESH_ANNOTATION = "gantry.dev/refresh"
+WEBHOOK_SECRET_NAME = "gantry-webhook"
 FLUX_REQUEST_ANNOTATION = "reconcile.fluxcd.io/requestedAt"
 
 
@@ -76,11 +81,15 @@ class Gantry:
         self.process: Process | None = None
         self.metrics_url = ""
         self.starts = 0
+        self.webhook_secret = secrets.token_hex(16)
 
     def install(self) -> None:
         self.cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         self.cluster.kubectl("wait", "--for=condition=Established", "crd/applications.gantry.dev", "--timeout=60s")
         self.cluster.ensure_namespace(self.namespace)
+        self.cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": WEBHOOK_SECRET_NAME,
+                                                                               "namespace": self.namespace},
+                             "stringData": {"github": self.webhook_secret}}])
 
     def start(self) -> float:
         """Start the controller with an empty git cache (a cold start); returns when it began."""
@@ -153,6 +162,22 @@ class Gantry:
         """Ask for a refresh as `kubectl annotate app NAME gantry.dev/refresh=normal` does."""
         return self.cluster.patch(f"{self.collection}/{name}",
                                   {"metadata": {"annotations": {REFRESH_ANNOTATION: "normal"}}})
+
+    def push_webhook(self, repo_url: str, commit: str, branch: str = "main") -> None:
+        """Deliver the push event GitHub would send for `commit` on `branch`, signed with the secret."""
+        body = json.dumps({
+            "ref": f"refs/heads/{branch}", "before": "0" * 40, "after": commit,
+            "repository": {"clone_url": repo_url, "html_url": repo_url.removesuffix(".git")},
+            "head_commit": {"id": commit},
+        }).encode()
+        signature = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(self.metrics_url + "/api/webhook", data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": f"sha256={signature}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            refreshed = json.loads(response.read()).get("refreshed") or []
+        if not refreshed:
+            raise BenchError(f"the webhook for {repo_url} refreshed no application")
 
     @staticmethod
     def refreshed(app: Manifest | None, after_rv: int) -> bool:
