@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import ctypes
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import kopf
 
+from .allocator import limit_malloc_arenas, release_free_memory
 from .cache import LiveCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
@@ -67,8 +67,8 @@ class AppWorker:
     urgent: bool = False
     # resourceVersions of our own status writes that a second write (the refresh annotation's or
     # the operation's removal) superseded at once: their watch events still carry the request we
-    # have just served, and must not start it again.
-    # Only the last few: kopf may batch an event away, and then its entry is never matched.
+    # have just served, and must not start it again. Only the last few: kopf may batch an event
+    # away, and then its entry is never matched.
     superseded: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     # The status this controller last wrote: we are its only writer, and the watch event carrying
     # it may not have arrived when the next pass starts, so this, not the event, is the truth.
@@ -420,9 +420,9 @@ async def application_event(type: str | None, body: kopf.Body, **_) -> None:
 
 
 def _plain(body: kopf.Body) -> Manifest:
-    """kopf's Body is a live view; the worker needs a snapshot it can keep. The status (every
-    resource and the inventory: large for a large app) is only read, never changed, by the
-    reconcile, and each watch event parses a new one, so it is shared rather than copied."""
+    """kopf's Body is a live view; the worker needs a snapshot it can keep. The status (an entry
+    per resource: large for a large app) is only read, never changed, by the reconcile, and each
+    watch event parses a new one, so it is shared rather than copied."""
     return {key: value if key == "status" else copy.deepcopy(value) for key, value in body.items()}
 
 
@@ -441,34 +441,6 @@ def progress_check_delay(requeue_after: float, checks: int, *, steady: int = 12,
     """Seconds until the next look at an app that is still progressing after `checks` looks in a
     row: `requeue_after` for the first `steady` ones, then doubling up to `longest`."""
     return min(requeue_after * 2 ** min(max(0, checks - steady), 8), longest)
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # glibc only (not musl)
-        libc.mallopt
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc()
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def limit_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own arena, up to 8 per core, and memory freed in
-    one cannot serve another: with a reconcile pool and a watch thread per type, that is memory
-    held idle. Two arenas cost no measurable speed here. Must run before the threads start."""
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, 2)
-
-
-def release_free_memory() -> None:
-    """Give free heap pages back to the system (glibc's malloc_trim)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 def _served_namespaces(options: Options) -> list[str]:
