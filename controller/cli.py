@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import yaml
 from kubernetes.config import ConfigException
@@ -96,9 +96,10 @@ STATE_COLOURS = {
 
 
 def use_colour(stream: TextIO, environ: dict[str, str] | os._Environ = os.environ) -> bool:
-    """ANSI colours only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    """ANSI colours only on a terminal that can show them: never when NO_COLOR is set
+    (https://no-color.org) or TERM=dumb (Emacs shells, some CI logs print the codes as text)."""
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and not environ.get("NO_COLOR")
+    return bool(isatty and isatty()) and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
 
 
 def paint(text: str, colour: str | None, enabled: bool) -> str:
@@ -120,9 +121,9 @@ def parse_timeout(text: str) -> float:
     try:
         seconds = parse_duration(text)
     except SpecError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 5m or 1h") from None
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use one like 30s, 5m or 1h") from None
     if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be more than zero")
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; the timeout must be more than zero")
     return seconds
 
 
@@ -303,14 +304,77 @@ def history_entry(app: Manifest, entry_id: int) -> dict:
                    f"see `gantry app history {_name(app)}`)")
 
 
-def sync_request(revision: str | None = None, prune: bool = False) -> dict:
-    """The merge patch that asks the controller for a sync (Argo CD's `operation.sync`)."""
+def sync_request(revision: str | None = None, prune: bool = False, source: dict | None = None) -> dict:
+    """The merge patch that asks the controller for a sync (Argo CD's `operation.sync`).
+
+    `source` ({repoURL, path, targetRevision}, as a history entry records it) makes the controller
+    render that source at `revision` instead of the app's current spec.source: a rollback goes back
+    to what was deployed then, even if the path or repository has changed since, as in Argo CD.
+    """
     sync: dict[str, Any] = {}
     if revision:
         sync["revision"] = revision
+    if source:
+        sync["source"] = dict(source)
     if prune:
         sync["prune"] = True
     return {"operation": {"sync": sync}}
+
+
+def rollback_request(entry: dict, prune: bool = False) -> dict:
+    """The sync request that re-applies a status.history entry: its revision, and its source when
+    it recorded one (entries written before sources were recorded have only the revision)."""
+    return sync_request(entry["revision"], prune, entry.get("source") or None)
+
+
+# ---------------------------------------------------------------------------------- delete
+
+# The finalizers on which the controller deletes an app's resources before the app (operator._finalize).
+CASCADE_FINALIZERS = (FINALIZER, ARGOCD_FINALIZER)
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """What `app delete` writes before its DELETE, and what then becomes of the app's resources."""
+
+    finalizers: list[str] | None  # the finalizers to write first; None: leave them as they are
+    conditional: bool  # that patch carries the resourceVersion read, so it fails if the app changed
+    resources: str  # "deleted" | "kept" | "maybe" (the controller had begun deleting them)
+
+
+def delete_plan(app: Manifest, *, cascade: bool) -> DeletePlan:
+    """How to delete `app` with or without its resources; a CliError when the cascade asked for cannot happen."""
+    metadata = app.get("metadata") or {}
+    finalizers = list(metadata.get("finalizers") or [])
+    ours = [f for f in finalizers if f in CASCADE_FINALIZERS]
+    terminating = bool(metadata.get("deletionTimestamp"))
+    if cascade:
+        if ours:
+            return DeletePlan(None, False, "deleted")
+        if terminating:
+            # The API server refuses new finalizers on an object being deleted.
+            name = _name(app)
+            raise CliError(f'application "{name}" is already being deleted without a resources finalizer (none can '
+                           f"be added now), so its resources will stay; list them with `gantry app get {name}`, "
+                           "or run with --no-cascade", EXIT_FAILED)
+        return DeletePlan([*finalizers, FINALIZER], True, "deleted")
+    if not ours:
+        return DeletePlan(None, False, "kept")
+    remaining = [f for f in finalizers if f not in ours]
+    if terminating:
+        # Not conditional: the controller may be gone, or busy finalizing and writing the app.
+        return DeletePlan(remaining, False, "maybe")
+    return DeletePlan(remaining, True, "kept")
+
+
+def delete_message(name: str, plan: DeletePlan, *, waited: bool) -> str:
+    """The line `app delete` ends with, claiming no more about the resources than the plan knows."""
+    if not waited:
+        what = {"deleted": "; the controller deletes its resources first", "kept": "; its resources stay"}
+        return f'application "{name}" deletion requested{what.get(plan.resources, "")}\n'
+    what = {"deleted": " with its resources", "kept": "; its resources stay",
+            "maybe": "; it was already being deleted with its resources, so some of them may be gone"}
+    return f'application "{name}" deleted{what[plan.resources]}\n'
 
 
 # ---------------------------------------------------------------------------------- the resource tree
@@ -933,7 +997,8 @@ def cmd_diff(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _request_sync(ctx: Context, name: str, *, revision: str | None, prune: bool, wait: bool,
-                  timeout: float) -> int:
+                  timeout: float, request: dict | None = None) -> int:
+    """Ask for a sync (`request`, else one to `revision`) and, with `wait`, report its result."""
     apps = ctx.apps
     app = apps.get(name)
     if app.get("operation"):
@@ -941,7 +1006,7 @@ def _request_sync(ctx: Context, name: str, *, revision: str | None, prune: bool,
                        f"kubectl -n {apps.namespace} patch app {name} --type merge -p '{{\"operation\":null}}'",
                        EXIT_FAILED)
     previous_state = _status(app).get("operationState") or None
-    request = sync_request(revision, prune)
+    request = request or sync_request(revision, prune)
     # resourceVersion makes the patch conditional: it fails rather than overwrite an operation
     # someone requested since we looked.
     body = {**request, "metadata": {"resourceVersion": app["metadata"]["resourceVersion"]}}
@@ -999,7 +1064,7 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
             "-p '{\"spec\":{\"syncPolicy\":{\"automated\":{\"enabled\":false}}}}'", EXIT_FAILED)
     entry = history_entry(app, args.id)
     return _request_sync(ctx, args.name, revision=entry["revision"], prune=args.prune, wait=not args.async_,
-                         timeout=args.timeout)
+                         timeout=args.timeout, request=rollback_request(entry, args.prune))
 
 
 def cmd_refresh(ctx: Context, args: argparse.Namespace) -> int:
@@ -1046,37 +1111,52 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
     apps = ctx.apps
     app = apps.get(args.name)
-    metadata = app["metadata"]
+    plan = delete_plan(app, cascade=args.cascade)
     if not args.yes and sys.stdin.isatty():
-        what = "and every resource it deployed " if args.cascade else "(its resources stay) "
+        what = {"deleted": "and every resource it deployed ", "kept": "(its resources stay) ",
+                "maybe": "(it is being deleted with its resources; what is left stays) "}[plan.resources]
         answer = input(f'Delete application "{args.name}" {what}? [y/N] ')
         if answer.strip().lower() not in ("y", "yes"):
             print("not deleted", file=sys.stderr)
             return EXIT_FAILED
-    finalizers = list(metadata.get("finalizers") or [])
-    if args.cascade:
-        wanted = finalizers if (FINALIZER in finalizers or ARGOCD_FINALIZER in finalizers) else [*finalizers, FINALIZER]
-    else:
-        wanted = [f for f in finalizers if f not in (FINALIZER, ARGOCD_FINALIZER)]
-    if wanted != finalizers and not metadata.get("deletionTimestamp"):
-        apps.patch(args.name, {"metadata": {"finalizers": wanted, "resourceVersion": metadata["resourceVersion"]}})
-    elif wanted != finalizers and not args.cascade:
-        # Already being deleted (the controller may be gone): dropping the finalizers lets it go.
-        apps.patch(args.name, {"metadata": {"finalizers": wanted}})
+    if plan.finalizers is not None:
+        metadata = {"finalizers": plan.finalizers}
+        if plan.conditional:
+            metadata["resourceVersion"] = app["metadata"]["resourceVersion"]
+        try:
+            apps.patch(args.name, {"metadata": metadata})
+        except KubeApiError as error:
+            if error.status == 409:
+                raise CliError(f'"{args.name}" changed while its deletion was being prepared; run the command again') from None
+            raise
     apps.delete(args.name)
     if not args.wait:
-        ctx.write(f'application "{args.name}" deletion requested\n')
+        ctx.write(delete_message(args.name, plan, waited=False))
         return EXIT_OK
     hint = ("the controller deletes the app's resources first, then the app; is it running?" if args.cascade
             else "something else holds a finalizer on it")
     apps.wait(args.name, lambda current, _w: True if current is None else None, timeout=args.timeout,
               describe=lambda _app: f'application "{args.name}" is still there: {hint}')
-    ctx.write(f'application "{args.name}" deleted' + (" with its resources" if args.cascade else "") + "\n")
+    ctx.write(delete_message(args.name, plan, waited=True))
     return EXIT_OK
 
 
 # =============================================================================================
 # argparse: thin.
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, as every other error of the command is: the usage
+    block argparse prints first buries the reason, and `--help` shows it to whoever wants it.
+    Subparsers are made of the same class (add_subparsers uses the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {' '.join(message.split())} (try '{self.prog} --help')\n")
+
+    def commands(self) -> list[str]:
+        """The names its subcommands can be given by."""
+        return [name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1090,17 +1170,19 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("-n", "--namespace", default=default(os.environ.get("GANTRY_NAMESPACE") or DEFAULT_NAMESPACE),
                             help="namespace of the Applications (default: gantry)")
 
-    parser = argparse.ArgumentParser(prog="gantry", description="Look at and drive Gantry Applications, as `argocd app` does.")
+    parser = _Parser(prog="gantry", description="Look at and drive Gantry Applications, as `argocd app` does.")
     connection(parser, True)
+    # `parser`: the (sub)parser the words given ended in, which speaks for the errors found after parsing.
+    parser.set_defaults(handler=None, parser=parser, missing="a command")
     commands = parser.add_subparsers(dest="group", metavar="COMMAND")
     app = commands.add_parser("app", help="manage Applications", description="Manage Gantry Applications.")
     verbs = app.add_subparsers(dest="verb", metavar="VERB")
-    app.set_defaults(handler=None, help_parser=app)
+    app.set_defaults(handler=None, parser=app, missing="a verb")
 
     def verb(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_, description=description)
         connection(sub, False)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, parser=sub)
         return sub
 
     def output(sub: argparse.ArgumentParser) -> None:
@@ -1157,8 +1239,8 @@ def build_parser() -> argparse.ArgumentParser:
     output(sub)
 
     sub = verb("rollback", cmd_rollback, "sync back to a revision of the history",
-               "Sync to the revision of a history entry. Refused while automated sync is enabled (it would "
-               "undo the rollback).")
+               "Sync back to a history entry: the source it recorded (repository, path) at its revision, as "
+               "Argo CD rolls back. Refused while automated sync is enabled (it would undo the rollback).")
     sub.add_argument("name")
     sub.add_argument("id", type=int, help="history ID (see `gantry app history`)")
     sub.add_argument("--prune", action="store_true", help="delete resources the old revision does not have")
@@ -1187,12 +1269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
+    # Each error exits 2 with one line, from the parser of the words it is about:
+    # `gantry app list --bogus` is an error of `gantry app list`, not of `gantry`.
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    handler = args.handler
     if handler is None:
-        (getattr(args, "help_parser", None) or parser).print_help(sys.stderr)
-        return EXIT_ERROR
+        args.parser.error(f"{args.missing} is required: one of {', '.join(args.parser.commands())}")
     ctx = Context(args)
     try:
         return handler(ctx, args)

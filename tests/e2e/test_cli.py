@@ -203,6 +203,71 @@ def test_sync_to_a_revision_that_does_not_exist_fails_and_withdraws_the_request(
     assert app.object("deployment", "web") is not None
 
 
+def test_sync_to_an_older_commit_and_to_a_branch_then_back_to_the_target(make_app, gantry):
+    app = make_app()
+    first = app.repo.head
+    app.apply(automated=False)
+    app.wait_sync_status("OutOfSync")
+    second = app.push(web_app_files(image="nginx:1.28"), message="new image")
+
+    out = ok(gantry("app", "sync", app.name, "--revision", first))
+    assert first in out and "Succeeded" in out
+    assert image_of(app) == "nginx:1.27", "the older commit was not the one applied"
+    status = app.status()
+    assert status["operationState"]["syncResult"]["revision"] == first
+    assert status["history"][-1]["revision"] == first
+    # Compared with the targetRevision (HEAD), the app deployed from an older commit is OutOfSync.
+    assert app.wait_sync_status("OutOfSync")["sync"]["revision"] == second
+
+    app.repo.branch("release", start=first)
+    hotfix = app.push(web_app_files(image="nginx:1.26"), message="hotfix on the release branch")
+    app.repo.switch("main")
+    out = ok(gantry("app", "sync", app.name, "--revision", "release"))
+    assert hotfix in out and "Succeeded" in out
+    assert image_of(app) == "nginx:1.26"
+    assert app.status()["operationState"]["syncResult"]["revision"] == hotfix
+
+    ok(gantry("app", "sync", app.name))
+    assert image_of(app) == "nginx:1.28"
+    app.wait_synced(second)
+    assert [entry["revision"] for entry in app.status()["history"]] == [first, hotfix, second]
+    assert "operation" not in app.get()
+
+
+def test_sync_prunes_what_git_no_longer_has_only_with_prune(make_app, gantry):
+    app = make_app()
+    app.apply(automated=False)
+    app.wait_sync_status("OutOfSync")
+    ok(gantry("app", "sync", app.name))
+    app.wait_synced(app.repo.head)
+    assert app.object("configmap", "web-config") is not None
+
+    files = web_app_files(replicas=2)
+    resources = yaml.safe_load(files.pop("k8s/kustomization.yaml"))["resources"]
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": [r for r in resources if r != "config.yaml"]})
+    del files["k8s/config.yaml"]
+    removed = app.push(files, delete=("k8s/config.yaml",), message="drop the ConfigMap")
+
+    out = ok(gantry("app", "sync", app.name))
+    assert removed in out and "Succeeded" in out
+    assert app.object("deployment", "web")["spec"]["replicas"] == 2, "the new commit was not applied"
+    kept = app.object("configmap", "web-config")
+    assert kept is not None and "deletionTimestamp" not in kept["metadata"], "pruned without --prune"
+    status = app.wait_sync_status("OutOfSync")
+    entry = next(r for r in status["resources"] if r["kind"] == "ConfigMap" and r["name"] == "web-config")
+    assert entry.get("requiresPruning") is True
+    dry = ok(gantry("app", "sync", app.name, "--dry-run", "--prune"), 1)
+    assert f"===== /ConfigMap {app.destination}/web-config ===== (would be pruned)" in dry
+
+    out = ok(gantry("app", "sync", app.name, "--prune"))
+    assert "Succeeded" in out
+    assert any("ConfigMap" in line and "web-config" in line and "Pruned" in line for line in out.splitlines()), out
+    gone = app.object("configmap", "web-config")
+    assert gone is None or "deletionTimestamp" in gone["metadata"], "--prune did not delete it"
+    assert app.object("deployment", "web") is not None
+    app.wait_synced(removed)
+
+
 def test_refresh_and_wait_pick_up_a_new_commit(make_app, gantry):
     app = make_app()
     app.apply()
@@ -262,6 +327,36 @@ def test_delete_with_and_without_cascade(make_app, gantry):
     assert "with its resources" in ok(gantry("app", "delete", cascaded.name, "--timeout", "90s"))
     assert cascaded.object("deployment", "web") is None
     assert cascaded.object("configmap", "web-config") is None
+
+
+def test_cascade_is_refused_for_an_app_already_being_deleted_without_the_finalizer(make_app, gantry):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    hold = "e2e.gantry.dev/hold"  # stands for any other finalizer that keeps the app terminating
+    app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type", "merge",
+                        "-p", json.dumps({"metadata": {"finalizers": [hold]}}))
+    app.cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", "gantry", "--wait=false")
+    try:
+        refused = gantry("app", "delete", app.name, "--cascade", "--timeout", "10s")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stdout == ""
+        assert refused.stderr.startswith(f'gantry: application "{app.name}" is already being deleted without a '
+                                         "resources finalizer") and "its resources will stay" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert app.object("deployment", "web") is not None
+    finally:
+        app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type", "merge",
+                            "-p", json.dumps({"metadata": {"finalizers": None}}), check=False)
+
+
+def test_usage_errors_are_one_line(gantry):
+    for args in (("app", "wait", "web", "--timeout", "abc"), ("app", "get"), ("app", "list", "-o", "table"),
+                 ("app", "sync", "web", "--bogus"), ("app",)):
+        result = gantry(*args)
+        assert result.returncode == 2 and result.stdout == "", args
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("gantry"), result.stderr
+        assert result.stderr.endswith(" --help')\n"), result.stderr
 
 
 def test_errors_are_one_line_with_a_non_zero_exit(make_app, gantry, cluster, tmp_path):

@@ -17,11 +17,14 @@ from controller.cli import (
     EXIT_OK,
     MASKED_ONLY,
     CliError,
+    DeletePlan,
     DiffEntry,
     app_row,
     automated_enabled,
     build_tree,
     degraded_resources,
+    delete_message,
+    delete_plan,
     describe_kube_error,
     diff_exit_code,
     diff_header,
@@ -38,6 +41,7 @@ from controller.cli import (
     object_diff_text,
     parse_timeout,
     pod_info,
+    rollback_request,
     sync_outcome,
     sync_request,
     use_colour,
@@ -93,9 +97,11 @@ class Tty(io.StringIO):
         return True
 
 
-def test_colour_only_on_a_terminal_without_no_color():
+def test_colour_only_on_a_terminal_that_shows_it():
     assert use_colour(Tty(), {}) is True
+    assert use_colour(Tty(), {"TERM": "xterm-256color"}) is True
     assert use_colour(Tty(), {"NO_COLOR": "1"}) is False
+    assert use_colour(Tty(), {"TERM": "dumb"}) is False
     assert use_colour(io.StringIO(), {}) is False
 
 
@@ -276,6 +282,72 @@ def test_sync_request_sets_only_what_was_asked():
     assert sync_request(SHA_A, prune=True) == {"operation": {"sync": {"revision": SHA_A, "prune": True}}}
 
 
+def test_rollback_re_applies_the_source_of_the_history_entry_at_its_revision():
+    source = {"repoURL": "https://git.example.com/team/old.git", "path": "deploy", "targetRevision": "release"}
+    entry = {"id": 3, "revision": SHA_B, "deployedAt": "2025-01-02T00:00:00Z", "source": source}
+    assert rollback_request(entry, prune=True) == {
+        "operation": {"sync": {"revision": SHA_B, "source": source, "prune": True}}}
+    request = rollback_request(entry)
+    assert request == {"operation": {"sync": {"revision": SHA_B, "source": source}}}
+    assert request["operation"]["sync"]["source"] is not source, "the request must not alias the app's status"
+    # Entries written before sources were recorded: the revision alone.
+    assert rollback_request({"id": 0, "revision": SHA_A}) == {"operation": {"sync": {"revision": SHA_A}}}
+
+
+# -- delete -------------------------------------------------------------------------------------------
+
+
+def deletable(finalizers: list[str] | None = None, terminating: bool = False) -> dict:
+    app = application()
+    if finalizers is not None:
+        app["metadata"]["finalizers"] = finalizers
+    if terminating:
+        app["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return app
+
+
+@pytest.mark.parametrize("finalizers, terminating, plan", [
+    # --cascade: the controller's finalizer makes it delete the resources before the app.
+    (None, False, DeletePlan(["gantry.dev/resources-finalizer"], True, "deleted")),
+    (["other.example/keep"], False, DeletePlan(["other.example/keep", "gantry.dev/resources-finalizer"], True, "deleted")),
+    (["gantry.dev/resources-finalizer"], False, DeletePlan(None, False, "deleted")),
+    (["resources-finalizer.argocd.argoproj.io"], True, DeletePlan(None, False, "deleted")),
+])
+def test_delete_with_cascade_has_the_controller_delete_the_resources(finalizers, terminating, plan):
+    assert delete_plan(deletable(finalizers, terminating), cascade=True) == plan
+    assert delete_message("web", plan, waited=True) == 'application "web" deleted with its resources\n'
+
+
+@pytest.mark.parametrize("finalizers", [None, ["other.example/keep"]])
+def test_delete_with_cascade_refuses_when_it_cannot_cascade(finalizers):
+    # Already terminating without the finalizer: none can be added, so the resources would stay.
+    with pytest.raises(CliError) as raised:
+        delete_plan(deletable(finalizers, terminating=True), cascade=True)
+    assert raised.value.exit_code == EXIT_FAILED
+    assert str(raised.value).startswith('application "web" is already being deleted without a resources finalizer')
+    assert "its resources will stay" in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("finalizers, terminating, plan, message", [
+    (None, False, DeletePlan(None, False, "kept"), "deleted; its resources stay"),
+    (["gantry.dev/resources-finalizer", "other.example/keep"], False, DeletePlan(["other.example/keep"], True, "kept"),
+     "deleted; its resources stay"),
+    (["resources-finalizer.argocd.argoproj.io"], True, DeletePlan([], False, "maybe"),
+     "deleted; it was already being deleted with its resources, so some of them may be gone"),
+])
+def test_delete_without_cascade_drops_the_finalizer_and_says_what_stays(finalizers, terminating, plan, message):
+    assert delete_plan(deletable(finalizers, terminating), cascade=False) == plan
+    assert delete_message("web", plan, waited=True) == f'application "web" {message}\n'
+
+
+def test_delete_without_waiting_claims_only_what_was_requested():
+    assert delete_message("web", DeletePlan(None, False, "deleted"), waited=False) == (
+        'application "web" deletion requested; the controller deletes its resources first\n')
+    assert delete_message("web", DeletePlan(None, False, "kept"), waited=False) == (
+        'application "web" deletion requested; its resources stay\n')
+    assert delete_message("web", DeletePlan([], False, "maybe"), waited=False) == 'application "web" deletion requested\n'
+
+
 # -- diff -------------------------------------------------------------------------------------------
 
 
@@ -433,9 +505,31 @@ def test_global_options_work_before_and_after_the_command():
     assert parser.parse_args(["app", "delete", "web"]).cascade is True
 
 
-def test_without_a_verb_help_is_printed_and_the_exit_code_is_2(capsys):
-    assert cli.main(["app"]) == EXIT_ERROR
-    assert "list" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, line", [
+    (["app", "wait", "web", "--timeout", "abc"], "gantry app wait: error: argument --timeout: invalid duration 'abc'; "
+     "use one like 30s, 5m or 1h (try 'gantry app wait --help')"),
+    (["app", "wait", "web", "--timeout", "0s"], "gantry app wait: error: argument --timeout: invalid duration '0s'; "
+     "the timeout must be more than zero (try 'gantry app wait --help')"),
+    (["app", "get"], "gantry app get: error: the following arguments are required: name (try 'gantry app get --help')"),
+    (["app", "list", "-o", "table"], "gantry app list: error: argument -o/--output: invalid choice: 'table' "
+     "(choose from 'json', 'yaml') (try 'gantry app list --help')"),
+    (["app", "list", "--bogus"], "gantry app list: error: unrecognized arguments: --bogus (try 'gantry app list --help')"),
+    (["app", "sync", "web", "extra"], "gantry app sync: error: unrecognized arguments: extra (try 'gantry app sync --help')"),
+    (["app", "rollback", "web", "x"], "gantry app rollback: error: argument id: invalid int value: 'x' "
+     "(try 'gantry app rollback --help')"),
+    (["app", "bogus"], "gantry app: error: argument VERB: invalid choice: 'bogus' (choose from 'list', 'get', 'diff', "
+     "'sync', 'refresh', 'history', 'rollback', 'wait', 'delete') (try 'gantry app --help')"),
+    (["app"], "gantry app: error: a verb is required: one of list, get, diff, sync, refresh, history, rollback, wait, "
+     "delete (try 'gantry app --help')"),
+    ([], "gantry: error: a command is required: one of app (try 'gantry --help')"),
+    (["--bogus"], "gantry: error: unrecognized arguments: --bogus (try 'gantry --help')"),
+])
+def test_usage_errors_are_one_line_on_stderr_and_exit_2(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == EXIT_ERROR
+    out, err = capsys.readouterr()
+    assert out == "" and err == line + "\n"
 
 
 def test_a_bad_kubeconfig_is_one_line_and_exit_2(tmp_path, capsys):
