@@ -18,6 +18,9 @@ API_VERSION = "v1alpha1"
 FIELD_MANAGER = "gantry"
 FINALIZER = "gantry.dev/resources-finalizer"
 ARGOCD_FINALIZER = "resources-finalizer.argocd.argoproj.io"
+# Argo CD also writes its finalizer with the propagation policy of the cascade as a suffix; a
+# ported Application carrying either must still cascade and be deletable.
+RESOURCE_FINALIZERS = (FINALIZER, ARGOCD_FINALIZER, f"{ARGOCD_FINALIZER}/background", f"{ARGOCD_FINALIZER}/foreground")
 REFRESH_ANNOTATION = "gantry.dev/refresh"
 # Set on every object Gantry applies: the label lets watches select only managed objects, the
 # annotation says which Application owns it, so prune never touches what another app or a human made.
@@ -214,6 +217,9 @@ class AppSpec:
     ignore_differences: tuple[IgnoreDifference, ...]
     project: str = "default"
     history_limit: int = 10  # spec.revisionHistoryLimit: successful syncs kept in status.history
+    # syncPolicy.automated.allowEmpty: without it an automated sync refuses a render with no
+    # objects, which would prune the whole app (a kustomization emptied by mistake), as Argo CD does.
+    allow_empty: bool = False
 
     @classmethod
     def parse(cls, name: str, namespace: str, spec: dict[str, Any]) -> "AppSpec":
@@ -225,7 +231,8 @@ class AppSpec:
             raise SpecError("spec.source.repoURL is required")
         if not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) and not _is_scp_url(repo_url):
             raise SpecError(
-                f"spec.source.repoURL {repo_url!r}: use an https://, http://, ssh://, git:// or file:// URL"
+                f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
+                f"or file:// URL"
             )
         path = str(source.get("path") or "k8s").strip()
         if path.startswith("/") or ".." in path.split("/"):
@@ -248,9 +255,9 @@ class AppSpec:
         if retry_spec is not None:
             backoff = retry_spec.get("backoff") or {}
             retry = RetryPolicy(
-                limit=int(retry_spec.get("limit", 5)),
+                limit=_number(int, retry_spec.get("limit", 5), "syncPolicy.retry.limit"),
                 backoff_seconds=parse_duration(backoff.get("duration") or "5s"),
-                factor=float(backoff.get("factor") or 2),
+                factor=_number(float, backoff.get("factor") or 2, "syncPolicy.retry.backoff.factor"),
                 max_backoff_seconds=parse_duration(backoff.get("maxDuration") or "3m"),
             )
         ignores = tuple(
@@ -277,12 +284,32 @@ class AppSpec:
             retry=retry,
             ignore_differences=ignores,
             project=spec.get("project") or "default",
-            history_limit=int(spec["revisionHistoryLimit"]) if spec.get("revisionHistoryLimit") is not None else 10,
+            history_limit=(_number(int, spec["revisionHistoryLimit"], "spec.revisionHistoryLimit")
+                           if spec.get("revisionHistoryLimit") is not None else 10),
+            allow_empty=bool((automated or {}).get("allowEmpty", False)),
         )
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _number(kind: type, value: Any, field: str) -> Any:
+    """value as an int or float, or a SpecError naming the field (the CRD schema checks types, but
+    an Application written before a schema change, or through a lax client, may still hold text)."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{field} {value!r} is not a number") from None
+
+
+def _without_userinfo(url: str) -> str:
+    """url without `user:password@`, for messages about a URL Gantry could not even parse."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _is_scp_url(url: str) -> bool:

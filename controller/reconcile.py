@@ -24,8 +24,8 @@ from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, prepare, unserved_m
 from .kube import KubeApiError, KubeClient, UnservedApiError
 from .model import (
     ARGOCD_FINALIZER,
-    FINALIZER,
     REFRESH_ANNOTATION,
+    RESOURCE_FINALIZERS,
     Action,
     AppSpec,
     ApplyFailure,
@@ -41,7 +41,7 @@ from .model import (
     SyncStatus,
 )
 from .render import render
-from .source import GitCache
+from .source import GitCache, redact_url
 from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,21 @@ class Request:
     sync_revision: str | None = None  # operation.sync.revision
     sync_prune: bool = False  # operation.sync.prune
     sync_requested: bool = False  # operation.sync present
+    # operation.sync.source: sync this source instead of spec.source, as Argo CD's rollback does
+    # with the source a history entry recorded (its path may have changed since).
+    sync_source: dict | None = None
 
     @classmethod
     def of(cls, body: Manifest) -> "Request":
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         sync = ((body.get("operation") or {}).get("sync"))
+        source = (sync or {}).get("source")
         return cls(
             refresh=annotations.get(REFRESH_ANNOTATION),
             sync_revision=(sync or {}).get("revision") or None,
             sync_prune=bool((sync or {}).get("prune", False)),
             sync_requested=sync is not None,
+            sync_source=source if isinstance(source, dict) and source else None,
         )
 
 
@@ -115,11 +120,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the reconcile
 
-    def reconcile(self, body: Manifest, *, attempt: int = 0, poll: bool = False) -> Outcome:
-        """attempt: consecutive failed passes before this one (for retry backoff); poll: the poll
-        interval has passed, so git is read again even without a refresh request."""
+    def reconcile(self, body: Manifest, *, attempt: int = 0, fetch_git: bool = False) -> Outcome:
+        """attempt: consecutive failed passes before this one (for retry backoff); fetch_git: read
+        git now even without a refresh annotation (a webhook said the repo changed). Otherwise git
+        is fetched once the repo's last fetch is a poll interval (the cache's) old."""
         started = now()
-        outcome = self._reconcile(body, attempt=attempt, poll=poll)
+        outcome = self._reconcile(body, attempt=attempt, fetch_git=fetch_git)
         request = Request.of(body)
         if request.sync_requested and not outcome.consumed_operation and not outcome.retrying:
             # A requested sync that failed before applying anything (bad revision, broken commit)
@@ -135,7 +141,7 @@ class Reconciler:
             outcome.events.append(Event("Warning", "SyncFailed", f"sync failed: {message}"))
         return outcome
 
-    def _reconcile(self, body: Manifest, *, attempt: int, poll: bool) -> Outcome:
+    def _reconcile(self, body: Manifest, *, attempt: int, fetch_git: bool) -> Outcome:
         metadata = body["metadata"]
         previous = body.get("status") or {}
         request = Request.of(body)
@@ -148,6 +154,10 @@ class Reconciler:
 
         try:
             spec = AppSpec.parse(metadata["name"], metadata["namespace"], body.get("spec") or {})
+            if request.sync_source:
+                raw = body.get("spec") or {}
+                spec = AppSpec.parse(metadata["name"], metadata["namespace"],
+                                     {**raw, "source": {**(raw.get("source") or {}), **request.sync_source}})
         except SpecError as error:
             # Stalled: retrying cannot help until someone edits the Application.
             return self._failed(outcome, previous, "InvalidSpecError", str(error), health=HealthStatus.UNKNOWN)
@@ -161,7 +171,9 @@ class Reconciler:
 
         revision_wanted = request.sync_revision or spec.target_revision
         try:
-            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=poll or request.refresh is not None
+            # A poll is not a refresh: a fetch of the same repo younger than the poll interval (made
+            # for another app using it) is reused, so apps sharing a repo share its fetches.
+            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=fetch_git or request.refresh is not None
                                       or previous.get("observedGeneration") != metadata.get("generation"))
             checkout = self.git.checkout(spec.repo_url, commit)
         except SourceError as error:
@@ -177,6 +189,18 @@ class Reconciler:
         except RenderError as error:
             return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
 
+        previous_entries = set(inventory_of(previous))
+        auto_sync = spec.automated and request.sync_requested is False
+        if not objects and previous_entries and auto_sync and not spec.allow_empty:
+            # Most likely a mistake (a kustomization emptied, the wrong path): syncing it would
+            # prune the whole app. Argo CD refuses this too unless allowEmpty is set.
+            return self._failed(
+                outcome, previous, "SyncError",
+                f"{spec.path} renders no objects at {status_stage.short_revision(commit)}: an automated sync would "
+                f"delete all {len(previous_entries)} resources of this app, so it is not done; restore the manifests, "
+                f"sync by hand, or set syncPolicy.automated.allowEmpty: true to allow an empty app",
+                revision=commit)
+
         # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
         # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
         if forbidden := self._not_permitted(objects, spec):
@@ -186,19 +210,52 @@ class Reconciler:
         if unserved := self._unserved(prerequisites):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
         targets = self._prepare(prerequisites, spec, (checkout, commit, "prerequisites"))
+        # Custom resources whose CRD this render brings: until it is applied the cluster may not
+        # serve them (an app not synced yet), so they count as missing, not broken.
+        defined = crd_kinds(prerequisites)
+        awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined
+                    and not self._served(o)] if defined else []
+        if awaiting:
+            rest = [o for o in rest if not any(o is a for a in awaiting)]
+        # Checked before anything is applied, so that a broken commit does not get as far as
+        # changing its Namespaces and CRDs.
+        if unserved := self._unserved(rest):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
 
-        auto_sync = spec.automated and request.sync_requested is False
-        wants_sync = request.sync_requested or spec.automated
+        # Whether an automated sync may run this pass: always for a new commit or spec; for drift
+        # only with selfHeal. A revision whose sync failed is not tried again once its retries are
+        # spent (attempt back at 0), until a refresh, a new commit or an edit of the Application:
+        # it would fail the same way, as Argo CD reasons too.
+        operation_state = previous.get("operationState") or {}
+        last_synced = (operation_state.get("syncResult", {}).get("revision")
+                       if operation_state.get("phase") == "Succeeded" else None)
+        generation_changed = previous.get("observedGeneration") != metadata.get("generation")
+        failed_before = (operation_state.get("phase") == "Failed"
+                         and ((operation_state.get("operation") or {}).get("sync") or {}).get("revision") == commit
+                         and attempt == 0 and request.refresh is None and not generation_changed)
+        may_auto_sync = auto_sync and not failed_before and (spec.self_heal or commit != last_synced
+                                                              or generation_changed)
+        wants_sync = request.sync_requested or may_auto_sync
         respect = spec.sync_options.respect_ignore_differences
         # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
         # so objects that do not exist are applied without a dry run first (half the requests).
-        previous_entries = set(inventory_of(previous))
         first_sync = not previous_entries
         pre_lives = self.live.lookup(targets)
         pre_diff = self.differ.diff(targets, lambda t: pre_lives[ObjectRef.of(t)], spec.ignore_differences,
                                     respect_ignores=respect, dry_run_missing=not first_sync)
         applied: list[ResourceResult] = []
         if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
+            if not first_sync:
+                # Dry-run what already exists before changing Namespaces or CRDs: a commit the
+                # API server refuses must not change them either. Kinds this render defines are
+                # left to the dry run after the CRDs are applied, as their schema may be changing.
+                early = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) not in defined]
+                early_targets = self._prepare(early, spec, (checkout, commit, "early"))
+                early_lives = self.live.lookup(early_targets)
+                early_diff = self.differ.diff(early_targets, lambda t: early_lives[ObjectRef.of(t)],
+                                              spec.ignore_differences, respect_ignores=respect, dry_run_missing=False)
+                if early_diff.failures:
+                    return self._dry_run_failed(outcome, previous, checkout, spec, commit, early_diff.failures)
             if spec.sync_options.create_namespace and self.allowed_namespaces is None:
                 self._ensure_namespace(spec.destination_namespace)
             applied += self.syncer.apply(pre_diff.diffs, replace=spec.sync_options.replace)
@@ -206,15 +263,6 @@ class Reconciler:
         elif wants_sync and spec.sync_options.create_namespace and self.allowed_namespaces is None:
             self._ensure_namespace(spec.destination_namespace)
 
-        # Custom resources whose CRD this render brings but the cluster does not serve yet (an app
-        # not synced yet): they are missing, not broken.
-        defined = crd_kinds(prerequisites)
-        awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined
-                    and not self._served(o)] if defined else []
-        if awaiting:
-            rest = [o for o in rest if not any(o is a for a in awaiting)]
-        if unserved := self._unserved(rest):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
         rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
         lives = self.live.lookup(rest_targets)
         diff = self.differ.diff(rest_targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
@@ -235,15 +283,7 @@ class Reconciler:
         stale = sorted((e for e in previous_entries if e.ref not in target_refs),
                        key=lambda e: (e.kind, e.namespace, e.name))
         out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
-
-        # A failed sync does not count as done: the retry (or the next pass) syncs that revision again.
-        operation_state = previous.get("operationState") or {}
-        last_synced = (operation_state.get("syncResult", {}).get("revision")
-                       if operation_state.get("phase") == "Succeeded" else None)
-        do_sync = request.sync_requested or (
-            auto_sync and out_of_sync and (spec.self_heal or commit != last_synced
-                                           or previous.get("observedGeneration") != metadata.get("generation"))
-        )
+        do_sync = request.sync_requested or (may_auto_sync and out_of_sync)
         prune = request.sync_prune if request.sync_requested else spec.prune
         pruned: list[ResourceResult] = []
         if do_sync:
@@ -257,22 +297,33 @@ class Reconciler:
                     if result.action is Action.DELETED:
                         self.live.forget(result.ref)
             outcome.consumed_operation = request.sync_requested
-            self._record_operation(status, previous, spec, commit, applied, pruned, started, prune, outcome)
+            self._record_operation(status, previous, checkout, spec, commit, applied, pruned, started, prune, outcome)
         else:
             status["operationState"] = previous.get("operationState")
 
         # What is still stale after this pass stays listed (requiresPruning) until it is pruned.
         deleted = {r.ref for r in pruned if r.action is Action.DELETED}
         remaining_stale = [e for e in stale if e.ref not in deleted]
-        return self._summarise(outcome, previous, spec, commit, [*pre_diff.diffs, *diff.diffs], applied,
-                               remaining_stale, attempt)
+        outcome = self._summarise(outcome, previous, checkout, spec, commit, [*pre_diff.diffs, *diff.diffs],
+                                  applied, remaining_stale, attempt)
+        if failed_before and out_of_sync and auto_sync:
+            # Still the revision whose sync failed: say so, rather than a plain OutOfSync.
+            message = (f"sync to {status_stage.short_revision(commit)} failed and is not retried: "
+                       f"{operation_state.get('message') or 'see operationState'}; refresh the app, push a new "
+                       f"commit or edit the Application to try again")
+            status["sync"]["status"] = SyncStatus.FAILED.value
+            status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
+                                                           previous.get("conditions"))]
+            status["message"] = status_stage.one_line(message)
+            outcome.events = [e for e in outcome.events if e.reason != "OutOfSync"]
+        return outcome
 
     # ------------------------------------------------------------------ deletion
 
     def finalize(self, body: Manifest) -> list[ResourceResult]:
         """Cascade delete for an Application carrying Gantry's (or Argo CD's) resources finalizer."""
         finalizers = (body.get("metadata") or {}).get("finalizers") or []
-        if FINALIZER not in finalizers and ARGOCD_FINALIZER not in finalizers:
+        if not any(f in RESOURCE_FINALIZERS for f in finalizers):
             return []
         metadata = body["metadata"]
         key = f"{metadata['namespace']}/{metadata['name']}"
@@ -282,7 +333,11 @@ class Reconciler:
             options = SyncOptions.parse(list((spec.get("syncPolicy") or {}).get("syncOptions") or ()))
         except SpecError:
             options = SyncOptions()
-        results = self.syncer.prune(inventory, key, propagation=options.prune_propagation_policy)
+        propagation = options.prune_propagation_policy
+        for suffix in ("background", "foreground"):
+            if f"{ARGOCD_FINALIZER}/{suffix}" in finalizers:
+                propagation = suffix  # Argo CD's finalizer names the cascade's propagation policy
+        results = self.syncer.prune(inventory, key, propagation=propagation)
         # The Application goes only once its resources have: foreground deletion keeps a Deployment
         # until its Pods are gone, and users expect `kubectl delete app` to mean the app is gone.
         deleted = [r.ref for r in results if r.action is Action.DELETED]
@@ -392,16 +447,16 @@ class Reconciler:
     def _dry_run_failed(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                         failures: Sequence[ApplyFailure]) -> Outcome:
         """Failed before anything was applied; each cause named as `k8s/file.yaml: Kind ns/name: reason`."""
-        described = []
-        for failure in failures:
-            source = source_file(checkout, spec.path, failure.ref)
-            described.append(f"{source}: {failure.ref}: {failure.message}" if source else f"{failure.ref}: {failure.message}")
-        return self._failed(outcome, previous, "ComparisonError", "; ".join(described), revision=commit)
+        return self._failed(outcome, previous, "ComparisonError",
+                            describe_failures(checkout, spec.path, [(f.ref, f.message) for f in failures]),
+                            revision=commit)
 
     def _failed(self, outcome: Outcome, previous: dict, condition_type: str, message: str, *,
                 revision: str | None = None, health: HealthStatus | None = None) -> Outcome:
         status = outcome.status
         sync = {"status": SyncStatus.FAILED.value}
+        # Git could not be read: what runs is still the previous revision, so the column keeps it.
+        revision = revision or (previous.get("sync") or {}).get("revision")
         if revision:
             sync.update(revision=revision, shortRevision=status_stage.short_revision(revision))
         status["sync"] = sync
@@ -417,14 +472,14 @@ class Reconciler:
             outcome.events.append(Event("Warning", condition_type, message))
         return outcome
 
-    def _record_operation(self, status: dict, previous: dict, spec: AppSpec, commit: str,
+    def _record_operation(self, status: dict, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                           applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], started: str,
                           prune: bool, outcome: Outcome) -> None:
         failed = [r for r in [*applied, *pruned] if r.failed]
         changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
         phase = "Failed" if failed else "Succeeded"
         outcome.sync_phase = phase
-        message = ("; ".join(f"{r.ref}: {r.message}" for r in failed) if failed
+        message = (describe_failures(checkout, spec.path, [(r.ref, r.message) for r in failed]) if failed
                    else f"successfully synced (applied {len(changed)}, pruned "
                         f"{sum(r.action is Action.DELETED for r in pruned)})")
         status["operationState"] = {
@@ -448,15 +503,12 @@ class Reconciler:
         for result in pruned:
             if result.action is Action.DELETED:
                 outcome.events.append(Event("Normal", "Pruned", f"{result.ref} pruned: no longer in git"))
-        history = list(previous.get("history") or [])
-        if changed or not history or history[-1].get("revision") != commit:
-            next_id = (history[-1]["id"] + 1) if history else 0
-            history.append({"id": next_id, "revision": commit, "deployedAt": now(),
-                            "source": {"repoURL": spec.repo_url, "path": spec.path,
-                                       "targetRevision": spec.target_revision}})
-        status["history"] = history[-spec.history_limit:] if spec.history_limit > 0 else []
+        status["history"] = status_stage.history_after_sync(
+            previous.get("history") or [], commit,
+            {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
+            now(), changed=bool(changed), limit=spec.history_limit)
 
-    def _summarise(self, outcome: Outcome, previous: dict, spec: AppSpec, commit: str,
+    def _summarise(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                    diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
                    stale: Sequence[InventoryEntry], attempt: int) -> Outcome:
         status = outcome.status
@@ -489,7 +541,12 @@ class Reconciler:
         out_of_sync = [r for r in resources if r["status"] != SyncStatus.SYNCED.value]
         if failed:
             sync_status = SyncStatus.FAILED
-            message = "sync failed: " + "; ".join(f"{ref}: {m}" for ref, m in failed.items())
+            message = "sync failed: " + describe_failures(checkout, spec.path, list(failed.items()))
+            outcome.requeue_after = self._retry_delay(spec, attempt)
+            outcome.retrying = outcome.requeue_after is not None
+            if not outcome.retrying and spec.automated:
+                message += (f" (retried {attempt} time{'' if attempt == 1 else 's'}, the retry limit; not retried "
+                            f"again until a refresh, a new commit or an edit of the Application)")
             status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
                                                            previous.get("conditions"))]
         else:
@@ -511,10 +568,7 @@ class Reconciler:
         status["message"] = status_stage.one_line(message)
         if previous.get("sync", {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
             outcome.events.append(Event("Normal", "OutOfSync", message))
-        if failed:
-            outcome.requeue_after = self._retry_delay(spec, attempt)
-            outcome.retrying = outcome.requeue_after is not None
-        elif app_health is HealthStatus.PROGRESSING:
+        if not failed and app_health is HealthStatus.PROGRESSING:
             outcome.requeue_after = 5.0  # watches also wake us; this covers objects we do not watch
         return outcome
 
@@ -547,10 +601,22 @@ def _sync_result_entry(result: ResourceResult) -> dict:
     return entry
 
 
-def source_file(checkout: Path, path: str, ref: ObjectRef) -> str | None:
-    """The repo-relative file under the app's path that declares ref (by kind and name), if any."""
-    base = checkout / path
-    for file in sorted(base.rglob("*")):
+def describe_failures(checkout: Path, path: str, failures: Sequence[tuple[ObjectRef, str]]) -> str:
+    """`k8s/file.yaml: Kind ns/name: reason; …`: each refused object with the file that declares it,
+    so the message says where to fix it (without a file when none under the path declares it)."""
+    files = source_files(checkout, path, {ref for ref, _ in failures})
+    return "; ".join(f"{files[ref]}: {ref}: {message}" if ref in files else f"{ref}: {message}"
+                     for ref, message in failures)
+
+
+def source_files(checkout: Path, path: str, refs: set[ObjectRef]) -> dict[ObjectRef, str]:
+    """The repo-relative file under the app's path that declares each of refs (by kind and name),
+    for those some file declares; each file is read once, however many refs are asked for."""
+    wanted = {(ref.kind, ref.name): ref for ref in refs}
+    found: dict[ObjectRef, str] = {}
+    for file in sorted((checkout / path).rglob("*")):
+        if len(found) == len(wanted):
+            break
         if file.suffix not in (".yaml", ".yml", ".json") or not file.is_file():
             continue
         try:
@@ -558,7 +624,9 @@ def source_file(checkout: Path, path: str, ref: ObjectRef) -> str | None:
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
             continue
         for document in documents:
-            if (isinstance(document, dict) and document.get("kind") == ref.kind
-                    and (document.get("metadata") or {}).get("name") == ref.name):
-                return str(file.relative_to(checkout))
-    return None
+            if not isinstance(document, dict):
+                continue
+            ref = wanted.get((document.get("kind"), (document.get("metadata") or {}).get("name")))
+            if ref is not None and ref not in found:
+                found[ref] = str(file.relative_to(checkout))
+    return found

@@ -201,6 +201,18 @@ def resource_entry(
     return entry
 
 
+def history_after_sync(history: list[dict], revision: str, source: dict, deployed_at: str, *, changed: bool,
+                       limit: int) -> list[dict]:
+    """status.history after a successful sync of revision: a new entry (ids count up from the
+    last) when the sync changed something or deployed another revision than the last entry, and
+    only the newest `limit` entries kept (spec.revisionHistoryLimit; 0 keeps none)."""
+    history = list(history)
+    if changed or not history or history[-1].get("revision") != revision:
+        next_id = history[-1]["id"] + 1 if history else 0
+        history.append({"id": next_id, "revision": revision, "deployedAt": deployed_at, "source": source})
+    return history[-limit:] if limit > 0 else []
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """The JSON merge patch (RFC 7386) that turns old into new: only what changed, with null for
     keys that went away. A steady app's status update is then a few bytes, not its whole status,

@@ -110,7 +110,7 @@ def test_drift_without_self_heal_is_marked_out_of_sync_at_once(make_app):
 BROKEN_COMMITS = {
     "invalid yaml": (
         {"k8s/deployment.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: [1\n"},
-        ("k8s/deployment.yaml",),
+        ("k8s/deployment.yaml:7:", "line 6"),
     ),
     "missing file in kustomization": (
         {"k8s/kustomization.yaml": yaml.safe_dump({"resources": ["deployment.yaml", "service.yaml", "missing.yaml"]})},
@@ -340,3 +340,75 @@ def test_manifest_moving_to_another_api_version_is_not_pruned(make_app):
     app.wait_synced(sha, healthy=False)
     live = app.object("hpa", "web")
     assert live is not None and live["metadata"]["uid"] == uid, "the HPA was pruned after its own apply"
+
+
+def test_a_commit_that_renders_nothing_is_refused_and_prunes_nothing(make_app):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    # A plain folder left with no manifest (the kustomization and files deleted by mistake).
+    emptied = app.push({"k8s/README.md": "moved elsewhere\n"}, delete=tuple(
+        f"k8s/{name}" for name in ("kustomization.yaml", "deployment.yaml", "service.yaml", "config.yaml", "ingress.yaml")))
+    app.refresh()
+    status = app.wait_sync_status("Failed")
+    message = status["conditions"][0]["message"]
+    assert "renders no objects" in message and "allowEmpty" in message, message
+    assert status["sync"]["revision"] == emptied
+    assert app.object("deployment", "web") is not None and app.object("configmap", "web-config") is not None
+
+    # Said on purpose, an empty app is synced: everything is pruned.
+    app.apply(syncPolicy={"automated": {"prune": True, "selfHeal": True, "allowEmpty": True},
+                          "syncOptions": ["CreateNamespace=true"]})
+    app.wait_synced(emptied)
+    assert app.object("deployment", "web") is None and app.object("configmap", "web-config") is None
+
+
+def test_a_broken_commit_does_not_change_its_namespaces_either(make_app):
+    files = web_app_files()
+    app = make_app(files)
+    extra = f"{app.destination[:56]}-x"
+
+    def with_namespace(tier: str, manifests: dict[str, str]) -> dict[str, str]:
+        return {**manifests,
+                "k8s/namespace.yaml": yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
+                                                      "metadata": {"name": extra, "labels": {"tier": tier}}}),
+                "k8s/kustomization.yaml": yaml.safe_dump({"resources": [
+                    "namespace.yaml", "deployment.yaml", "service.yaml", "config.yaml", "ingress.yaml"]})}
+
+    try:
+        good = app.push(with_namespace("gold", files), message="add a namespace")
+        app.apply()
+        app.wait_synced(good)
+        bad_deployment = BROKEN_COMMITS["rejected by the api server"][0]
+        app.push(with_namespace("silver", {**files, **bad_deployment}), message="relabel, and break the Deployment")
+        app.refresh()
+        status = app.wait_sync_status("Failed")
+        assert "k8s/deployment.yaml" in status["conditions"][0]["message"]
+        live = json.loads(app.cluster.kubectl("get", "namespace", extra, "-o", "json").stdout)
+        assert live["metadata"]["labels"]["tier"] == "gold", "a refused commit changed its Namespace"
+    finally:
+        app.cluster.kubectl("delete", "namespace", extra, "--wait=false", check=False)
+
+
+def test_a_first_sync_the_api_server_refuses_names_the_file_and_is_not_retried_in_a_loop(make_app):
+    files = web_app_files()
+    files.update(BROKEN_COMMITS["rejected by the api server"][0])
+    app = make_app(files)
+    # A first sync applies new objects without a dry run, so the refusal comes from the apply;
+    # the retry after a second dry-runs it and stops there, until git or the Application changes.
+    app.apply(syncPolicy={"automated": {"prune": True, "selfHeal": True}, "syncOptions": ["CreateNamespace=true"],
+                          "retry": {"limit": 1, "backoff": {"duration": "1s", "factor": 1}}})
+    status = app.wait_sync_status("Failed")
+    message = status["conditions"][0]["message"]
+    assert "k8s/deployment.yaml" in message and "selector" in message, message
+    assert "k8s/deployment.yaml" in status["operationState"]["message"]
+    time.sleep(4)  # past the retry
+    started = app.status()["operationState"]["startedAt"]
+    failures = sum(e.get("count", 1) for e in app.events() if e["type"] == "Warning")
+    time.sleep(5)
+    assert app.status()["operationState"]["startedAt"] == started, "a failing sync was retried again and again"
+    assert sum(e.get("count", 1) for e in app.events() if e["type"] == "Warning") == failures
+
+    fixed = app.push(web_app_files(), message="fix the selector")
+    app.refresh()
+    app.wait_synced(fixed)

@@ -96,7 +96,32 @@ REJECTED = [
      "syncPolicy.syncOptions: 'CreateNamespace' is not of the form Name="),
     ("bad retry duration", {"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"backoff": {"duration": "five"}}}},
      "'five' is not a duration like 5s, 3m or 1h"),
+    ("bad backoff factor", {"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"backoff": {"factor": "double"}}}},
+     "syncPolicy.retry.backoff.factor 'double' is not a number"),
+    ("bad retry limit", {"source": {"repoURL": REPO}, "syncPolicy": {"retry": {"limit": "often"}}},
+     "syncPolicy.retry.limit 'often' is not a number"),
+    ("bad history limit", {"source": {"repoURL": REPO}, "revisionHistoryLimit": "ten"},
+     "spec.revisionHistoryLimit 'ten' is not a number"),
 ]
+
+
+def test_a_refused_repo_url_is_shown_without_its_credentials():
+    with pytest.raises(SpecError) as caught:
+        parse({"source": {"repoURL": "ftp://deployer:s3cret@git.example.com/shop.git"}})
+    assert "s3cret" not in str(caught.value) and "deployer" not in str(caught.value)
+    assert "'ftp://git.example.com/shop.git'" in str(caught.value)
+
+
+@pytest.mark.parametrize("automated,allowed", [
+    ({"prune": True}, False),
+    ({"prune": True, "allowEmpty": True}, True),
+    (None, False),
+])
+def test_allow_empty(automated, allowed):
+    spec = {"source": {"repoURL": REPO}}
+    if automated is not None:
+        spec["syncPolicy"] = {"automated": automated}
+    assert parse(spec).allow_empty is allowed
 
 
 @pytest.mark.parametrize("spec,message", [r[1:] for r in REJECTED], ids=[r[0] for r in REJECTED])

@@ -10,6 +10,7 @@ from controller.model import HealthResult, HealthStatus, ObjectRef, SyncStatus
 from controller.status import (
     condition,
     external_urls,
+    history_after_sync,
     images,
     merge_conditions,
     merge_patch,
@@ -205,3 +206,33 @@ def test_merge_patch_carries_only_changes_and_nulls_for_removed_keys():
     assert patch == {"health": {"status": "Healthy", "message": None}, "resources": [1, 2, 3],
                      "reconciledAt": "t2", "operationState": None}
     assert merge_patch(new, new) == {}
+
+
+SOURCE = {"repoURL": "https://git.example/shop.git", "path": "k8s", "targetRevision": "HEAD"}
+
+
+def synced(history: list[dict], revision: str, *, changed: bool = True, limit: int = 10) -> list[dict]:
+    return history_after_sync(history, revision, SOURCE, "2026-12-02T10:00:00Z", changed=changed, limit=limit)
+
+
+def test_history_counts_ids_up_and_keeps_the_newest_ten_by_default():
+    history: list[dict] = []
+    for number in range(13):
+        history = synced(history, f"{number:040x}")
+    assert [entry["id"] for entry in history] == list(range(3, 13))
+    assert history[-1] == {"id": 12, "revision": f"{12:040x}", "deployedAt": "2026-12-02T10:00:00Z", "source": SOURCE}
+
+
+def test_history_limit_is_the_revision_history_limit():
+    history: list[dict] = []
+    for number in range(5):
+        history = synced(history, f"{number:040x}", limit=2)
+    assert [entry["id"] for entry in history] == [3, 4]
+    assert synced(history, "f" * 40, limit=0) == []
+
+
+def test_a_sync_that_changed_nothing_adds_no_entry_for_the_same_revision():
+    history = synced([], "a" * 40)
+    assert synced(history, "a" * 40, changed=False) == history
+    assert len(synced(history, "a" * 40, changed=True)) == 2  # a self-heal re-applied it
+    assert len(synced(history, "b" * 40, changed=False)) == 2  # another revision, identical objects
