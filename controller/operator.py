@@ -29,7 +29,7 @@ from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import webhook
 from .metrics import HttpServer, Metrics
-from .model import API_GROUP, API_VERSION, ARGOCD_FINALIZER, FINALIZER, REFRESH_ANNOTATION, Manifest
+from .model import API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest
 from .reconcile import Event, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
@@ -81,6 +81,10 @@ class Scheduler:
 
     release_after = 2.0  # seconds without any pass before free memory goes back to the system
     release_every = 60.0  # and at most this often: git polls spread passes over the interval
+    # /healthz fails once the event loop has not run a beat for this long: every watch, wake and
+    # webhook goes through it, so a blocked loop is a controller that no longer works.
+    beat_every = 5.0
+    stalled_after = 30.0
 
     def __init__(self, reconciler: Reconciler, client: KubeClient, options: Options, metrics: Metrics) -> None:
         self.reconciler = reconciler
@@ -93,8 +97,19 @@ class Scheduler:
         self._passes_running = 0
         self._release: asyncio.TimerHandle | None = None
         self._released_at = float("-inf")
+        self._last_beat = time.monotonic()
+        self._beat_handle = self.loop.call_later(self.beat_every, self._beat)
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        self._beat_handle = self.loop.call_later(self.beat_every, self._beat)
+
+    def responsive(self) -> bool:
+        """Whether the event loop ran lately (called from the HTTP server's threads)."""
+        return time.monotonic() - self._last_beat < self.stalled_after
 
     def stop(self) -> None:
+        self._beat_handle.cancel()
         for worker in self.workers.values():
             if worker.task:
                 worker.task.cancel()
@@ -174,12 +189,11 @@ class Scheduler:
             worker.wake.set()
 
     async def _run(self, key: str, worker: AppWorker) -> None:
-        poll = False  # the first pass reads git because the generation is new to the reconciler
         while True:
             body = worker.body if worker.status is None else {**worker.body, "status": worker.status}
             worker.wake.clear()
             worker.urgent = False
-            poll, worker.refresh = poll or worker.refresh, False
+            fetch_git, worker.refresh = worker.refresh, False  # a webhook's push: read git now
             worker.seen_generation = body["metadata"].get("generation")
             delay: float | None = None
             self._pass_started()
@@ -189,7 +203,7 @@ class Scheduler:
                     delay = 5.0  # until the DELETED event cancels this task
                 else:
                     started = time.monotonic()
-                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, poll,
+                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, fetch_git,
                                                               worker.superseded)
                     worker.status = outcome.status
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
@@ -217,13 +231,13 @@ class Scheduler:
                 await self.loop.run_in_executor(self.pool, self._report_error, body, error)
             finally:
                 self._pass_ended()
-            # Woken by a change (spec, refresh, a managed object) or, on time-out, due to poll git.
+            # Woken by a change (spec, refresh, a managed object) or, on time-out, due to poll git
+            # (the pass then fetches, as the last fetch of the repo is a poll interval old).
             try:
                 await asyncio.wait_for(worker.wake.wait(), timeout=delay or self.options.poll_interval)
-                poll = False
                 worker.progress_checks = 0  # something changed: look closely again
             except asyncio.TimeoutError:
-                poll = delay is None
+                pass
             if not worker.urgent:
                 await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
 
@@ -261,8 +275,8 @@ class Scheduler:
 
     # ---------------------------------------------------------------- runs in the thread pool
 
-    def _reconcile(self, body: Manifest, attempt: int, poll: bool, superseded: deque[str]) -> Outcome:
-        outcome = self.reconciler.reconcile(body, attempt=attempt, poll=poll)
+    def _reconcile(self, body: Manifest, attempt: int, fetch_git: bool, superseded: deque[str]) -> Outcome:
+        outcome = self.reconciler.reconcile(body, attempt=attempt, fetch_git=fetch_git)
         metadata = body["metadata"]
         consumed: dict = {}
         if outcome.consumed_refresh:
@@ -293,12 +307,13 @@ class Scheduler:
         try:
             self.client.request("PATCH", _app_path(body["metadata"], "/status"), body={"status": status},
                                 content_type="application/merge-patch+json")
+            post_event(self.client, body, Event("Warning", "ReconcileError", message))
         except KubeApiError as patch_error:
             logger.warning("could not report the error on %s: %s", body["metadata"]["name"], patch_error)
 
     def _finalize(self, body: Manifest) -> None:
         metadata = body["metadata"]
-        ours = (FINALIZER, ARGOCD_FINALIZER)
+        ours = RESOURCE_FINALIZERS
         finalizers = metadata.get("finalizers") or []
         if not any(f in finalizers for f in ours):
             return
@@ -365,8 +380,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     settings.scanning.disabled = not _options.all_namespaces
     client = KubeClient.from_kubeconfig(_options.kubeconfig)
     metrics = Metrics()
-    # Without a refresh request, a repo's refs are reused for one poll interval; the scheduler asks
-    # for a refresh when the interval is up (apps sharing a repo then share that one fetch).
+    # Without a refresh request, a repo's refs are reused for one poll interval: an app's pass after
+    # its poll interval fetches, unless another app on the same repo just did (they share it).
     git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval,
                    credentials=CredentialStore(client, _options.namespace),
                    observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
@@ -379,7 +394,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
     if _options.metrics_address:
-        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None)
+        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None and _scheduler.responsive())
         _http.post_routes["/api/webhook"] = _scheduler.webhook_route
         _http.start()
         logger.info("serving /metrics and /healthz on %s", _options.metrics_address)

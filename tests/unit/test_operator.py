@@ -75,6 +75,30 @@ def test_free_memory_is_released_once_no_pass_runs(monkeypatch):
     asyncio.run(scenario())
 
 
+def test_health_fails_while_the_event_loop_is_blocked():
+    import threading
+    import time
+
+    seen: list[bool] = []
+
+    async def scenario() -> None:
+        scheduler = operator.Scheduler(reconciler=None, client=None, options=operator.Options(), metrics=Metrics())
+        scheduler.beat_every, scheduler.stalled_after = 0.02, 0.3
+        scheduler._beat()  # pick up the short interval
+        await asyncio.sleep(0.1)
+        seen.append(scheduler.responsive())
+        probe = threading.Timer(0.6, lambda: seen.append(scheduler.responsive()))
+        probe.start()
+        time.sleep(0.8)  # a handler that blocks the loop, as a synchronous call in it would
+        probe.join()
+        await asyncio.sleep(0.1)
+        seen.append(scheduler.responsive())
+        scheduler._beat_handle.cancel()
+        scheduler.pool.shutdown()
+
+    asyncio.run(scenario())
+    assert seen == [True, False, True]
+
 
 def test_a_progressing_app_is_looked_at_every_5s_for_a_minute_then_less_often():
     delays = [operator.progress_check_delay(5.0, checks) for checks in range(20)]
