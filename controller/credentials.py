@@ -1,15 +1,17 @@
 """Repository credentials from Secrets, for the source stage (Argo CD's repository Secrets, ported).
 
 A Secret in the controller's namespace labelled `gantry.dev/secret-type: repository` (or
-`repo-creds`) holds `url` and `username`/`password` or `sshPrivateKey`. A repository's URL uses the
-Secret whose `url` equals it, else the one whose `url` is its longest prefix, so one Secret can
-serve every repo of an organisation. Values are decoded here and go only to git; nothing here logs
-or returns them in a printable form.
+`repo-creds`) holds `url` and `username`/`password` or `sshPrivateKey` (and `insecure: "true"` to
+skip ssh host key checks). A repository's URL uses the Secret whose `url` equals it, else the one
+whose `url` is its longest prefix, so one Secret can serve every repo of an organisation. Values
+are decoded here and go only to git; nothing here logs or returns them in a printable form.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 import threading
 import time
 
@@ -19,39 +21,59 @@ from .source import RepoCredentials, redact_url
 SECRET_TYPE_LABEL = "gantry.dev/secret-type"
 SECRET_TYPES = ("repository", "repo-creds")
 
+# What comes before a URL's path: `scheme://[user@]host[:port]` or scp-like `[user@]host:`.
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>[^@/:]*@)?(?P<host>[^/:]*)")
+
 
 def _decode(data: dict, key: str) -> str | None:
+    """The Secret's value for `key`, or None when absent or not base64 of UTF-8 text (such a
+    Secret cannot be meant for us; the repo then fails as any repo without credentials does)."""
     value = (data or {}).get(key)
     if not value:
         return None
-    return base64.b64decode(value).decode()
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
-def _comparable(url: str) -> str:
-    """URLs compare without user info, trailing slash or `.git`, case-insensitively in the host."""
-    url = redact_url(url.strip()).rstrip("/")
-    return url[:-4] if url.endswith(".git") else url
+def _normalised(url: str) -> str:
+    """`url` without user info (for http) and with its scheme and host lower-cased: those are
+    case-insensitive, while a path may not be (most git servers tell `Org/App` from `org/app`)."""
+    url = redact_url(url.strip())
+    match = _AUTHORITY.match(url)
+    scheme, user, host = match["scheme"] or "", match["user"] or "", match["host"]
+    return scheme.lower() + user + host.lower() + url[match.end():]
+
+
+def _same_repo(url: str) -> str:
+    """For an exact match, a trailing slash or `.git` makes no difference."""
+    url = url.rstrip("/")
+    return url.removesuffix(".git")
 
 
 def select(secrets: list[dict], repo_url: str) -> RepoCredentials | None:
-    """The credentials for repo_url: an exact `url` match first, else the longest prefix match."""
-    wanted = _comparable(repo_url).lower()
+    """The credentials for repo_url: the Secret whose `url` is the same repository, else the one
+    whose `url` is the longest plain string prefix of it (as Argo CD's repo-creds match, so
+    `https://host/org/`, `https://host/org-` and `git@host:org/` all work as prefixes)."""
+    wanted = _normalised(repo_url)
     best: tuple[int, dict] | None = None
     for secret in secrets:
         url = _decode(secret.get("data") or {}, "url")
         if not url:
             continue
-        candidate = _comparable(url).lower()
-        if candidate == wanted:
+        candidate = _normalised(url)
+        if _same_repo(candidate) == _same_repo(wanted):
             best = (1 << 30, secret)
             break
-        if wanted.startswith(candidate.rstrip("/") + "/") and (best is None or len(candidate) > best[0]):
+        if wanted.startswith(candidate) and (best is None or len(candidate) > best[0]):
             best = (len(candidate), secret)
     if best is None:
         return None
     data = best[1].get("data") or {}
     return RepoCredentials(username=_decode(data, "username"), password=_decode(data, "password"),
-                           ssh_private_key=_decode(data, "sshPrivateKey"))
+                           ssh_private_key=_decode(data, "sshPrivateKey"),
+                           insecure=(_decode(data, "insecure") or "").strip().lower() == "true")
 
 
 class CredentialStore:

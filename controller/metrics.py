@@ -4,9 +4,14 @@ routes (the webhook). Names follow Argo CD's where one exists, with `gantry_` fo
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -68,11 +73,110 @@ class Metrics:
 Route = Callable[[BaseHTTPRequestHandler, bytes], tuple[int, str, bytes]]
 
 
+class RequestTimeout(TimeoutError):
+    """The request (headers and body) did not arrive before its deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as the handler reads it: every recv waits only for what is left of one deadline
+    per request, so a client trickling a byte now and then cannot hold a thread past it (a timeout
+    per recv would let it, for ever)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = float("inf")
+        self.received = 0  # bytes of the current request
+        self.expired = False
+
+    def start(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+        self.received = 0
+        self.expired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self.expired = True
+            raise RequestTimeout("request not received in time")
+        self._sock.settimeout(remaining)
+        try:
+            count = self._sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = True
+            raise RequestTimeout("request not received in time") from None
+        self.received += count
+        return count
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, as many as `max_connections` at once; beyond that a connection is
+    answered 503 by the accepting thread and closed, so slow clients cannot exhaust threads and a
+    probe or a scrape still gets a quick (if unhappy) answer."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            # Non-blocking: the accepting thread must not wait on this client. The answer is far
+            # smaller than an empty socket buffer, so it goes out whole.
+            request.setblocking(False)
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        # The default prints a traceback to stderr. A client that hung up mid-answer is routine.
+        if isinstance(sys.exc_info()[1], OSError):
+            logger.debug("http: connection from %s failed", client_address[0], exc_info=True)
+        else:
+            logger.exception("http: connection from %s failed", client_address[0])
+
+
+def _plain(status: int, text: str) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection, for when no request was parsed."""
+    body = text.encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+_BUSY = _plain(503, "too many connections; try again\n")
+
+
 class HttpServer:
-    """One small threaded HTTP server for /metrics, /healthz and POST routes added by others."""
+    """One small threaded HTTP server for /metrics, /healthz and POST routes added by others.
+
+    `timeout` is the time a client has to send a whole request, headers and body (408 after it), and
+    to take each write of our answer; `max_connections` bounds the connections served at once (503
+    beyond). A route that raises is answered 500, with a message that tells nothing of the error.
+    """
 
     def __init__(self, metrics: Metrics, address: str = ":8080", *, healthy: Callable[[], bool] = lambda: True,
-                 max_body: int = 1 << 20, timeout: float = 10.0) -> None:
+                 max_body: int = 1 << 20, timeout: float = 10.0, max_connections: int = 32) -> None:
         host, _, port = address.rpartition(":")
         self.metrics = metrics
         self.healthy = healthy
@@ -88,7 +192,31 @@ class HttpServer:
 
             def setup(self) -> None:
                 super().setup()
-                self.connection.settimeout(timeout)  # a slow client cannot hold a thread for ever
+                self.rfile.close()  # the socket's own reader: it holds the socket open until closed
+                self.reader = _DeadlineReader(self.connection)
+                self.rfile = io.BufferedReader(self.reader)
+                self.answered = False
+
+            def handle_one_request(self) -> None:
+                # The deadline counts from the end of the previous request, so an idle keep-alive
+                # connection is closed after `timeout` as well.
+                self.reader.start(timeout)
+                self.answered = False
+                super().handle_one_request()  # closes the connection on a TimeoutError
+                if self.reader.expired and self.reader.received and not self.answered:
+                    # Part of a request came, not all of it in time. (Nothing at all: an idle
+                    # keep-alive connection, which is closed without a word a client could take
+                    # for the answer to its next request.)
+                    try:
+                        self.connection.settimeout(timeout)
+                        self.wfile.write(_plain(408, f"request not received within {timeout:g} s\n"))
+                    except OSError:
+                        pass
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.answered = True
+                self.connection.settimeout(timeout)  # the reader left it at what remained of its deadline
+                super().send_response(code, message)
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 logger.debug("http: " + format, *args)
@@ -100,6 +228,18 @@ class HttpServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _answer(self, route: Callable[[], tuple[int, str, bytes]]) -> None:
+                try:
+                    status, content_type, payload = route()
+                except Exception:
+                    # The client learns only that it was our fault; the log has the rest. (A route's
+                    # error could hold anything, a secret included.)
+                    logger.exception("http: %s %s failed", self.command, self.path.split("?", 1)[0])
+                    status, content_type = 500, "text/plain; charset=utf-8"
+                    payload = b"internal error; see the controller's log\n"
+                    self.close_connection = True
+                self._send(status, content_type, payload)
+
             def _discard(self, length: int) -> None:
                 try:
                     while length > 0:
@@ -107,16 +247,16 @@ class HttpServer:
                         if not chunk:
                             return
                         length -= len(chunk)
-                except OSError:  # the socket timeout bounds how long a slow sender can keep us
+                except OSError:  # the request's deadline bounds how long a slow sender can keep us
                     return
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
+                    self._answer(lambda: (200, CONTENT_TYPE_LATEST, outer.metrics.render()))
                 elif path in ("/healthz", "/readyz"):
-                    ok = outer.healthy()
-                    self._send(200 if ok else 503, "text/plain; charset=utf-8", b"ok\n" if ok else b"not ready\n")
+                    self._answer(lambda: (200, "text/plain; charset=utf-8", b"ok\n") if outer.healthy()
+                                 else (503, "text/plain; charset=utf-8", b"not ready\n"))
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found\n")
 
@@ -139,12 +279,15 @@ class HttpServer:
                                f"body missing, malformed or over {outer.max_body} bytes\n".encode())
                     self.close_connection = True
                     return
-                body = self.rfile.read(length)
-                status, content_type, payload = route(self, body)
-                self._send(status, content_type, payload)
+                body = self.rfile.read(length)  # a RequestTimeout here is answered 408 in handle_one_request
+                if len(body) < length:
+                    self._send(400, "text/plain; charset=utf-8",
+                               f"body ended after {len(body)} of its {length} bytes\n".encode())
+                    self.close_connection = True
+                    return
+                self._answer(lambda: route(self, body))
 
-        self._server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host or "0.0.0.0", int(port)), Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property

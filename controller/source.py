@@ -10,11 +10,13 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -27,19 +29,25 @@ __all__ = ["Credentials", "GitCache", "redact_url"]
 
 log = logging.getLogger(__name__)
 
-# (username, password) for a repository URL, or None to fetch anonymously.
 @dataclass(frozen=True)
 class RepoCredentials:
-    """What a repository Secret gives: basic auth for http(s), a private key for ssh."""
+    """What a repository Secret gives: basic auth for http(s), a private key for ssh.
+
+    `insecure` (Argo CD's field of that name) skips the check of an ssh server's host key.
+    """
 
     username: str | None = None
     password: str | None = None
     ssh_private_key: str | None = None
+    insecure: bool = False
 
     def __repr__(self) -> str:  # never show secrets, not even in a traceback
-        return f"RepoCredentials(username={'set' if self.username else None}, password=***, ssh_private_key=***)"
+        return (f"RepoCredentials(username={'set' if self.username else None}, password=***, "
+                f"ssh_private_key=***, insecure={self.insecure})")
 
 
+# Called with the redacted repository URL: (username, password), RepoCredentials, or None to
+# fetch anonymously.
 Credentials = Callable[[str], "tuple[str, str] | RepoCredentials | None"]
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
@@ -62,6 +70,14 @@ _AUTH_FAILURES = (
     "permission denied (publickey",
 )
 _MISSING_REF = ("couldn't find remote ref", "not our ref", "no such remote ref", "unadvertised object")
+# git's closing line after any ssh failure; the line before it (ssh's own) says what went wrong.
+_SSH_GENERIC = "could not read from remote repository"
+
+# After a failed fetch, callers that waited on it share its error, and so does any caller within
+# this many seconds (the Applications of one repo retrying together need not each fetch). Never
+# longer: a failure is not a fetch to reuse, and the fix (a Secret added, the server back) must be
+# seen at the next try, not a poll interval later.
+_FAILURE_REUSE = 1.0
 
 
 def redact_url(url: str) -> str:
@@ -90,8 +106,8 @@ class _Repo:
     fetch_started: float | None = None  # monotonic start of that fetch
     last_fetch: float | None = None  # wall-clock time of it, for status and metrics
     fetch_count: int = 0
-    failure: SourceError | None = None  # the last fetch's error, shared with callers that waited on it
-    failed_at: float | None = None
+    failure: SourceError | None = None  # the last fetch's error, if it failed; cleared by a success
+    failed_at: float = float("-inf")  # monotonic end of that failed fetch
 
 
 class GitCache:
@@ -121,6 +137,9 @@ class GitCache:
         self._repos_lock = threading.Lock()
         (self.root / "repos").mkdir(parents=True, exist_ok=True)
         (self.root / "trees").mkdir(parents=True, exist_ok=True)
+        (self.root / "ssh").mkdir(mode=0o700, exist_ok=True)
+        for stale in (self.root / "ssh").glob(".key-*"):  # left by a process killed mid-fetch
+            stale.unlink(missing_ok=True)
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -130,7 +149,9 @@ class GitCache:
         `target_revision` is `HEAD` (the remote's default branch), a branch, a tag (annotated tags
         peel to their commit) or a full or abbreviated commit SHA. A fetch that finished less than
         `min_fetch_interval` seconds ago is reused unless `refresh` is true; with `refresh`, a fetch
-        that started after this call was made is reused (it already saw the newest state).
+        that started after this call was made is reused (it already saw the newest state). A failed
+        fetch is not reused beyond the callers that waited on it (and a second's grace): the next
+        call fetches again.
         """
         asked = time.monotonic()
         revision = (target_revision or "HEAD").strip()
@@ -224,16 +245,17 @@ class GitCache:
         return repo
 
     def _needs_fetch(self, repo: _Repo, asked: float, refresh: bool) -> bool:
+        """Whether to fetch now; raises the last fetch's error instead when it is still news."""
         now = time.monotonic()
+        if repo.failure is not None:
+            waited_on_it = repo.failed_at >= asked
+            just_now = now - repo.failed_at < min(self.min_fetch_interval, _FAILURE_REUSE)
+            if waited_on_it or (just_now and not refresh):
+                raise repo.failure
+            return True  # the last good fetch is older than the failure: what it saw may be gone
         if refresh:
             # Another caller's fetch that began after we asked has seen everything we would.
-            if repo.fetch_started is not None and repo.fetch_started >= asked:
-                return False
-            if repo.failed_at is not None and repo.failed_at >= asked and repo.failure:
-                raise repo.failure
-            return True
-        if repo.failure and repo.failed_at is not None and now - repo.failed_at < self.min_fetch_interval:
-            raise repo.failure
+            return repo.fetch_started is None or repo.fetch_started < asked
         return repo.fetched_at is None or now - repo.fetched_at >= self.min_fetch_interval
 
     def _fetch(self, repo: _Repo, repo_url: str) -> None:
@@ -244,7 +266,7 @@ class GitCache:
         except SourceError as error:
             repo.failure, repo.failed_at = error, time.monotonic()
             raise
-        repo.failure = repo.failed_at = None
+        repo.failure, repo.failed_at = None, float("-inf")
         repo.fetch_started, repo.fetched_at, repo.last_fetch = started, time.monotonic(), time.time()
 
     def _fetch_commit(self, repo: _Repo, repo_url: str, sha: str) -> None:
@@ -253,26 +275,23 @@ class GitCache:
     def _run_fetch(self, repo: _Repo, repo_url: str, refspecs: list[str], *, missing_ok: bool) -> None:
         url, username, password = _split_credentials(repo_url.strip())
         shown = redact_url(repo_url.strip())
-        ssh_key = None
-        if self.credentials is not None:
-            given = self.credentials(shown)
-            if isinstance(given, RepoCredentials):
-                username, password = given.username or username, given.password or password
-                ssh_key = given.ssh_private_key
-            elif given is not None:
-                username, password = given
+        given = self._credentials_for(shown)
+        if given.username is not None or given.password is not None:
+            # The Secret's pair wins over one in the URL; a token alone goes with an empty user
+            # name, as Argo CD sends it.
+            username, password = given.username or username or "", given.password
         config = [("credential.helper", "")]  # no helper of the host's may answer for us
-        env = self._ssh_env(ssh_key) if ssh_key and not url.lower().startswith(("http://", "https://")) else None
-        if username is not None and url.lower().startswith(("http://", "https://")):
+        if username is not None and _is_http(url):
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             # Through the environment, so it is on no command line and in no config file.
             config.append(("http.extraHeader", f"Authorization: Basic {token}"))
         repo.fetch_count += 1
         began = time.monotonic()
-        status, _, stderr = self._git(
-            repo, "fetch", "--prune", "--force", "--no-tags", "--no-write-fetch-head", "--quiet",
-            "--end-of-options", url, *refspecs, config=config, env=env,
-        )
+        with self._ssh_environment(repo, url, given) as env:
+            status, _, stderr = self._git(
+                repo, "fetch", "--prune", "--force", "--no-tags", "--no-write-fetch-head", "--quiet",
+                "--end-of-options", url, *refspecs, config=config, env=env,
+            )
         # With no password, the user name is the secret (a token given as `https://<token>@host/`).
         secrets = [secret for secret in (password or username,) if secret]
         stderr = _scrub(stderr, secrets)
@@ -284,23 +303,38 @@ class GitCache:
         lowered = stderr.lower()
         if any(marker in lowered for marker in _AUTH_FAILURES):
             log.warning("fetch of %s failed: authentication failed", shown)
+            # Exactly this and nothing else (the issue's contract): which credential was wrong,
+            # or whether there was one, is for the user to check in the repository Secret.
             # Transient: credentials change without the Application changing (a Secret added or
             # rotated), so the reconcile retries with backoff instead of waiting for the next poll.
-            raise SourceError(
-                f"authentication failed for {shown}: "
-                f"check the username and password (or token) given for this repository",
-                transient=True,
-            )
+            raise SourceError(f"authentication failed for {shown}", transient=True)
         if missing_ok and any(marker in lowered for marker in _MISSING_REF):
             return
         if "couldn't find remote ref head" in lowered:
             # Likely a repository created but not pushed to yet: worth retrying.
             raise SourceError(f"{shown} has no default branch (is the repository empty?)", transient=True)
+        if "host key verification failed" in lowered:
+            log.warning("fetch of %s failed: ssh host key verification failed", shown)
+            raise SourceError(
+                f"cannot reach {shown}: its SSH host key differs from the one recorded at first contact in "
+                f"{self._known_hosts(repo)}; if the server's key was rotated, delete that file, or set "
+                f"insecure: \"true\" in the repository Secret to skip the check",
+                transient=True,
+            )
         reason = _one_line(stderr)
         if stderr.startswith("Timeout:"):
             reason = f"git did not finish within {self.timeout:g}s"
         log.warning("fetch of %s failed: %s", shown, reason)
         raise SourceError(f"cannot reach {shown}: {reason}", transient=True)
+
+    def _credentials_for(self, shown: str) -> RepoCredentials:
+        given = self.credentials(shown) if self.credentials is not None else None
+        if given is None:
+            return RepoCredentials()
+        if isinstance(given, RepoCredentials):
+            return given
+        username, password = given
+        return RepoCredentials(username=username, password=password)
 
     def _lookup(self, repo: _Repo, revision: str) -> str | None:
         if revision == "HEAD":
@@ -329,20 +363,47 @@ class GitCache:
             f"revision {revision!r} not found in {redact_url(repo_url.strip())}: no branch, tag or commit of that name"
         )
 
-    def _ssh_env(self, private_key: str) -> dict[str, str]:
-        """ssh with this key only, from a 0600 file named by the key's hash (written once)."""
-        keys = self.root / "ssh"
-        keys.mkdir(mode=0o700, exist_ok=True)
-        path = keys / hashlib.sha256(private_key.encode()).hexdigest()[:16]
-        if not path.exists():
-            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    @contextmanager
+    def _ssh_environment(self, repo: _Repo, url: str, given: RepoCredentials) -> Iterator[dict[str, str]]:
+        """GIT_SSH_COMMAND for one fetch of an ssh URL (nothing for other URLs).
+
+        A Secret's key wins over any ssh the host configured: it is written to a 0600 file that
+        lives only as long as the fetch, and ssh offers that key alone. Without a key, a GIT_SSH or
+        GIT_SSH_COMMAND of the host's is left to git (the operator's own setup); else plain ssh.
+
+        Host keys: Argo CD checks them against its known-hosts ConfigMap, which Gantry does not
+        have. Instead the first contact records the server's key in a known_hosts file of this
+        repo's own and a different key later is refused (ssh's accept-new: trust on first use).
+        Per repo because fetches of one repo are serialised by its lock, so no two ssh processes
+        ever write one file. `insecure: "true"` in the Secret, as in Argo CD, skips the check.
+        """
+        if not _is_ssh(url):
+            yield {}
+            return
+        if given.ssh_private_key is None and ("GIT_SSH" in os.environ or "GIT_SSH_COMMAND" in os.environ):
+            yield {}
+            return
+        options = ["-o", "BatchMode=yes"]  # no passphrase, password or host-key prompt: fail instead
+        if given.insecure:
+            options += ["-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}"]
+        else:
+            known_hosts = self._known_hosts(repo)
+            options += ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}"]
+        if given.ssh_private_key is None:
+            yield {"GIT_SSH_COMMAND": shlex.join(["ssh", *options])}
+            return
+        # mkstemp creates the file 0600 (ssh refuses a key others can read), in our 0700 directory.
+        fd, key_file = tempfile.mkstemp(prefix=".key-", dir=self.root / "ssh")
+        try:
             with os.fdopen(fd, "w") as handle:
-                handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
-            os.replace(path.with_suffix(".tmp"), path)
-        known_hosts = keys / "known_hosts"
-        # First use of a host records its key; a changed key afterwards is refused (as ssh does).
-        return {"GIT_SSH_COMMAND": f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {path} "
-                                   f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts}"}
+                # ssh rejects a key without its final newline; a Secret written on Windows has CRLFs.
+                handle.write(given.ssh_private_key.replace("\r\n", "\n").strip() + "\n")
+            yield {"GIT_SSH_COMMAND": shlex.join(["ssh", "-i", key_file, "-o", "IdentitiesOnly=yes", *options])}
+        finally:
+            os.unlink(key_file)
+
+    def _known_hosts(self, repo: _Repo) -> Path:
+        return self.root / "ssh" / f"{repo.path.name}.known_hosts"
 
     def _git(
         self, repo: _Repo, *args: str, config: list[tuple[str, str]] = (), env: dict[str, str] | None = None
@@ -363,8 +424,6 @@ class GitCache:
             **{f"GIT_CONFIG_VALUE_{i}": value for i, (_, value) in enumerate(pairs)},
             **(env or {}),
         }
-        if "GIT_SSH" not in os.environ and "GIT_SSH_COMMAND" not in os.environ:
-            environment["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"  # no passphrase or host-key prompt
         runner = git.Git(str(repo.path))
         status, stdout, stderr = runner.execute(
             ["git", "--git-dir", str(repo.path), *args],
@@ -376,10 +435,22 @@ class GitCache:
         return status, stdout, stderr
 
 
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
+
+
+def _is_ssh(url: str) -> bool:
+    """An ssh URL as git reads one: ssh://… or scp-like `[user@]host:path` (a colon before any slash)."""
+    if "://" in url:
+        return url.lower().startswith(("ssh://", "git+ssh://", "ssh+git://"))
+    colon, slash = url.find(":"), url.find("/")
+    return colon > 0 and (slash == -1 or colon < slash)
+
+
 def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """An http(s) URL without its `user:password@`, and those two, so they go to git as a header
     and never on its command line."""
-    if not url.lower().startswith(("http://", "https://")):
+    if not _is_http(url):
         return url, None, None
     parts = urlsplit(url)
     if "@" not in parts.netloc:
@@ -397,10 +468,12 @@ def _scrub(text: str, secrets: list[str]) -> str:
 
 
 def _one_line(stderr: str) -> str:
-    """git's reason in one line: its first `fatal:` line (or last line), minus the URL it repeats."""
+    """git's reason in one line: ssh's own complaint, else its first `fatal:` line (or first line),
+    minus the URL it repeats."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
-    line = (fatal or lines or ["git failed without saying why"])[0]
+    ssh = [line for line in lines if line.startswith("ssh:")]  # `ssh: connect to host …: Connection refused`
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:")) and _SSH_GENERIC not in line.lower()]
+    line = (ssh or fatal or lines or ["git failed without saying why"])[0]
     line = re.sub(r"^(fatal|error):\s*", "", line)
     line = re.sub(r"^unable to access '[^']*':\s*", "", line)
     return redact_url(line)

@@ -11,7 +11,8 @@ Status contract of `parse()`:
 * `WebhookIgnored` (a `WebhookError`), status 200 for GitHub's `ping` (body "pong"), 202 for any
   other verified event (pull requests, issues, GitLab system hooks…): nothing to refresh, but a 2xx
   so the provider does not list every such delivery as failed.
-* 401: the provider's secret is not configured, or the signature/token is missing or wrong.
+* 401: the provider's secret is not configured (or its value in the Secret is not readable), or
+  the signature/token is missing or wrong.
   Verification happens before the body is parsed, and before the event type is acted on.
 * 400: no provider recognised from the headers, or a verified body that is not a push payload
   (not JSON, not an object, no `ref`, no repository URL).
@@ -95,26 +96,29 @@ class WebhookSecrets:
     github: str | None = field(default=None, repr=False)
     gitlab: str | None = field(default=None, repr=False)
     gitea: str | None = field(default=None, repr=False)
+    # Keys of the Secret whose value could not be read: their provider's 401 says so.
+    unreadable: frozenset[str] = frozenset()
 
     @classmethod
     def from_secret_data(cls, data: Mapping[str, str] | None) -> "WebhookSecrets":
         """From a Kubernetes Secret's `data` (base64 values). A trailing newline is dropped, since
         `echo secret | base64` is how many people fill a Secret; an empty value counts as unset,
-        because an HMAC keyed with "" is no protection at all."""
+        because an HMAC keyed with "" is no protection at all. A value that is not base64 of UTF-8
+        text counts as unset too, and is named in `unreadable`: one bad key must not take the
+        other providers' webhooks down with it, and its own deliveries get a 401 that names it."""
         values: dict[str, str | None] = {}
+        unreadable = set()
         for key in (GITHUB, GITLAB, GITEA):
             encoded = (data or {}).get(key)
             if encoded is None:
                 continue
             try:
                 text = base64.b64decode(encoded, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                # Never echo the value: it is (an attempt at) a secret.
-                raise ValueError(
-                    f"Secret {SECRET_NAME}: key {key!r} is not base64-encoded UTF-8 text"
-                ) from None
+            except (binascii.Error, ValueError, TypeError):  # TypeError: a value that is not a string
+                unreadable.add(key)
+                continue
             values[key] = text.rstrip("\r\n") or None
-        return cls(**values)
+        return cls(**values, unreadable=frozenset(unreadable))
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,13 @@ def _detect(headers: Mapping[str, str]) -> tuple[str, str]:
 def _verify(provider: str, headers: Mapping[str, str], body: bytes, secrets: WebhookSecrets) -> None:
     title = _TITLES[provider]
     secret = getattr(secrets, provider)
+    if provider in secrets.unreadable:
+        # Never echo the value: it is (an attempt at) a secret.
+        raise WebhookError(
+            f"{title} webhook refused: key {provider!r} of Secret {SECRET_NAME} is not base64-encoded "
+            f"UTF-8 text; set it to the {title} webhook's secret",
+            status=401,
+        )
     if not secret:
         raise WebhookError(
             f"{title} webhook refused: no {title} secret is configured, and Gantry does not accept "

@@ -207,12 +207,14 @@ def test_delete_cascades_only_with_finalizer(make_app):
         time.sleep(0.3)
 
 
-def test_argocd_finalizer_is_honoured(make_app):
+@pytest.mark.parametrize("finalizer", ["resources-finalizer.argocd.argoproj.io",
+                                       "resources-finalizer.argocd.argoproj.io/background"])
+def test_argocd_finalizer_is_honoured(make_app, finalizer):
     app = make_app()
     app.apply()
     app.wait_synced(app.repo.head)
     app.cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", "gantry", "--type=merge",
-                        "-p", '{"metadata": {"finalizers": ["resources-finalizer.argocd.argoproj.io"]}}')
+                        "-p", json.dumps({"metadata": {"finalizers": [finalizer]}}))
     app.cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", "gantry", "--timeout=60s")
     deadline = time.monotonic() + 30
     while app.object("deployment", "web") is not None:

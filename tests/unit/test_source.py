@@ -1,4 +1,4 @@
-"""controller.source against real git: repos served over smart HTTP on loopback and file:// repos."""
+"""controller.source against real git: repos served over smart HTTP and over SSH on loopback, and file:// repos."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from gitfixtures import git_server, make_repo  # noqa: F401  (fixtures, until conftest registers the plugin)
 from gitserver import GitServer, WorkRepo, git, init_bare
+from sshgit import ClientKey, SshGitServer
 
 from controller.model import SourceError
-from controller.source import GitCache, redact_url
+from controller.source import GitCache, RepoCredentials, redact_url
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value!r}\n"
 
@@ -45,6 +46,15 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
 @pytest.fixture
 def cache(tmp_path: Path) -> GitCache:
     return GitCache(tmp_path / "cache", min_fetch_interval=60, timeout=30)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def closed_port() -> int:
@@ -193,7 +203,7 @@ def test_server_that_never_answers_times_out(tmp_path: Path):
     assert str(caught.value).startswith(f"cannot reach {url}: ")
 
 
-def test_a_failed_fetch_is_shared_by_callers_within_the_interval(cache: GitCache):
+def test_a_failed_fetch_is_shared_by_the_callers_that_waited_on_it(cache: GitCache):
     url = f"http://127.0.0.1:{closed_port()}/app.git"
     errors: list[SourceError] = []
 
@@ -210,6 +220,38 @@ def test_a_failed_fetch_is_shared_by_callers_within_the_interval(cache: GitCache
         thread.join()
     assert len(errors) == 4 and all(e.transient for e in errors)
     assert cache.fetch_count(url) == 1
+
+
+def test_a_failed_fetch_is_tried_again_at_the_next_resolve(cache: GitCache):
+    url = f"http://127.0.0.1:{closed_port()}/app.git"
+    for _ in range(2):
+        with pytest.raises(SourceError):
+            cache.resolve(url)  # within a moment of the failure: the same error, no new fetch
+    assert cache.fetch_count(url) == 1
+    time.sleep(1.1)
+    with pytest.raises(SourceError):
+        cache.resolve(url)  # not a minute later (the cache's min_fetch_interval is 60 s)
+    assert cache.fetch_count(url) == 2
+    with pytest.raises(SourceError):
+        cache.resolve(url, refresh=True)  # a refresh never settles for an earlier failure
+    assert cache.fetch_count(url) == 3
+
+
+def test_after_a_failure_the_next_fetch_is_not_skipped_for_the_interval(tmp_path: Path, cache: GitCache):
+    bare = init_bare(tmp_path / "srv" / "app.git")
+    repo = WorkRepo.create(tmp_path / "work", {"a.txt": "a"}, remote=bare)
+    repo.commit()
+    repo.push()
+    assert cache.resolve(bare.as_uri(), "main") == repo.head
+    bare.rename(bare.with_name("away.git"))  # the server goes down ...
+    with pytest.raises(SourceError, match="^cannot reach"):
+        cache.resolve(bare.as_uri(), "main", refresh=True)
+    bare.with_name("away.git").rename(bare)  # ... comes back, and a push lands
+    newer = repo.commit("after the outage")
+    repo.push()
+    time.sleep(1.1)
+    # The last good fetch is seconds old, well inside min_fetch_interval, yet older than the failure.
+    assert cache.resolve(bare.as_uri(), "main") == newer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +304,12 @@ def test_wrong_or_missing_credentials_fail_as_authentication(
     with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as caught:
         cache.resolve(server.url("app"))
     message = str(caught.value)
-    assert message.startswith(f"authentication failed for {server.url('app')}")
+    assert message == f"authentication failed for {server.url('app')}"
     assert caught.value.transient  # a Secret added or rotated later fixes it: worth retrying
     for secret in ("wrong-Pa55", "s3cr3t-Pa55"):
         assert secret not in message and secret not in caplog.text
-    assert any(r.status == 401 for r in server.requests)
+    # The server notes a request once its answer is sent, which may be after git has exited.
+    assert eventually(lambda: any(r.status == 401 for r in server.requests))
 
 
 def test_wrong_password_in_the_url_is_not_shown(private, tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -275,9 +318,136 @@ def test_wrong_password_in_the_url_is_not_shown(private, tmp_path: Path, caplog:
     cache = GitCache(tmp_path / "cache")
     with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as caught:
         cache.resolve(url)
-    assert str(caught.value).startswith(f"authentication failed for {server.url('app')}")
-    assert "wrong-Pa55" not in str(caught.value) and "wrong-Pa55" not in caplog.text
-    assert "deployer" not in str(caught.value)
+    assert str(caught.value) == f"authentication failed for {server.url('app')}"
+    assert "wrong-Pa55" not in caplog.text and "deployer" not in caplog.text
+
+
+def test_credentials_added_after_a_failure_are_used_at_the_next_try(private, tmp_path: Path):
+    server, sha = private
+    secret: dict[str, tuple[str, str]] = {}
+    # As the controller runs: refs reused for a whole poll interval (180 s there, 60 s here).
+    cache = GitCache(tmp_path / "cache", min_fetch_interval=60, credentials=lambda url: secret.get(url))
+    with pytest.raises(SourceError, match="^authentication failed for"):
+        cache.resolve(server.url("app"))
+    secret[server.url("app")] = ("deployer", "s3cr3t-Pa55")  # the repository Secret is created
+    time.sleep(1.1)  # the reconcile's first retry comes a few seconds later
+    assert cache.resolve(server.url("app")) == sha
+    assert cache.fetch_count(server.url("app")) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# SSH keys: real git over real SSH (tests/e2e/sshgit.py, public-key auth only)
+
+
+@dataclass
+class SshRemote:
+    server: SshGitServer
+    key: ClientKey  # the one key the server accepts
+    sha: str  # main's commit
+
+    @property
+    def url(self) -> str:
+        return self.server.url("app")
+
+
+@pytest.fixture
+def ssh_remote(tmp_path: Path) -> Iterator[SshRemote]:
+    key = ClientKey.generate()
+    with SshGitServer(tmp_path / "ssh-server", authorized=[key]) as server:
+        repo = WorkRepo.create(tmp_path / "ssh-work", {"k8s/a.yaml": "a: 1\n"}, remote=server.create_repo("app"))
+        sha = repo.commit()
+        repo.push()
+        yield SshRemote(server, key, sha)
+
+
+def key_body(key: ClientKey) -> str:
+    """The secret middle of the key (its first and last lines are the same for every key)."""
+    return "".join(key.openssh.strip().splitlines()[1:-1])
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    needle = text.encode()
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_ssh_private_key_from_the_hook_authenticates(ssh_remote: SshRemote, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture):
+    asked: list[str] = []
+
+    def credentials(url: str) -> RepoCredentials:
+        asked.append(url)
+        return RepoCredentials(ssh_private_key=ssh_remote.key.openssh)
+
+    cache = GitCache(tmp_path / "cache", credentials=credentials)
+    with caplog.at_level(logging.DEBUG):
+        assert cache.resolve(ssh_remote.url) == ssh_remote.sha
+        assert (cache.checkout(ssh_remote.url, ssh_remote.sha) / "k8s" / "a.yaml").read_text() == "a: 1\n"
+    assert asked == [ssh_remote.url]
+    assert {login.fingerprint for login in ssh_remote.server.logins if login.accepted} == {ssh_remote.key.fingerprint}
+    assert ssh_remote.server.fetches("app") == 1
+    assert key_body(ssh_remote.key) not in caplog.text
+    # The key lived in a file only as long as the fetch; what stays is the server's host key.
+    assert not files_holding(tmp_path / "cache", key_body(ssh_remote.key))
+    (known_hosts,) = (tmp_path / "cache" / "ssh").iterdir()
+    assert known_hosts.suffix == ".known_hosts"
+    assert f"ssh-ed25519 {ssh_remote.server.host_key.get_base64()}" in known_hosts.read_text()
+
+
+def test_the_secrets_key_wins_over_an_ssh_command_of_the_host(ssh_remote: SshRemote, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GIT_SSH_COMMAND", "false")  # an ssh of the host's that would fail
+    cache = GitCache(tmp_path / "cache", credentials=lambda url: RepoCredentials(ssh_private_key=ssh_remote.key.openssh))
+    assert cache.resolve(ssh_remote.url) == ssh_remote.sha
+
+
+def test_a_key_with_crlf_line_ends_and_no_final_newline_works(ssh_remote: SshRemote, tmp_path: Path):
+    written_on_windows = ssh_remote.key.openssh.strip().replace("\n", "\r\n")
+    cache = GitCache(tmp_path / "cache", credentials=lambda url: RepoCredentials(ssh_private_key=written_on_windows))
+    assert cache.resolve(ssh_remote.url) == ssh_remote.sha
+
+
+@pytest.mark.parametrize("given", ["another key", "no key", "not a key"])
+def test_wrong_or_missing_ssh_key_fails_as_authentication(ssh_remote: SshRemote, tmp_path: Path, given: str,
+                                                           caplog: pytest.LogCaptureFixture):
+    wrong = ClientKey.generate()
+    key = {"another key": wrong.openssh, "no key": None, "not a key": "-----BEGIN NONSENSE-----\nx\n"}[given]
+    cache = GitCache(tmp_path / "cache", credentials=lambda url: RepoCredentials(ssh_private_key=key))
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as caught:
+        cache.resolve(ssh_remote.url)
+    assert str(caught.value) == f"authentication failed for {ssh_remote.url}"
+    assert caught.value.transient
+    assert not any(login.accepted for login in ssh_remote.server.logins)
+    if given == "another key":
+        assert [login.fingerprint for login in ssh_remote.server.logins] == [wrong.fingerprint]
+        assert key_body(wrong) not in caplog.text
+    assert not list((tmp_path / "cache" / "ssh").glob(".key-*"))
+
+
+def test_a_changed_host_key_is_refused_unless_the_secret_says_insecure(ssh_remote: SshRemote, tmp_path: Path):
+    given = RepoCredentials(ssh_private_key=ssh_remote.key.openssh)
+    cache = GitCache(tmp_path / "cache", credentials=lambda url: given)
+    assert cache.resolve(ssh_remote.url) == ssh_remote.sha  # first contact: its host key is recorded
+    url, port = ssh_remote.url, ssh_remote.server.port
+    ssh_remote.server.stop()
+    # Another server (another host key) where the first one was: a man in the middle, or a rotation.
+    with SshGitServer(tmp_path / "ssh-server", authorized=[ssh_remote.key], port=port) as impostor:
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(url, refresh=True)
+        message = str(caught.value)
+        assert message.startswith(f"cannot reach {url}: its SSH host key differs from the one recorded")
+        assert 'set insecure: "true" in the repository Secret' in message
+        assert impostor.fetches("app") == 0
+        given = RepoCredentials(ssh_private_key=ssh_remote.key.openssh, insecure=True)
+        assert cache.resolve(url, refresh=True) == ssh_remote.sha
+        assert impostor.fetches("app") == 1
+
+
+def test_unreachable_ssh_repo_says_why(tmp_path: Path, cache: GitCache):
+    url = f"ssh://git@127.0.0.1:{closed_port()}/app.git"
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(url)
+    port = url.split(":")[2].split("/")[0]
+    assert str(caught.value) == f"cannot reach {url}: ssh: connect to host 127.0.0.1 port {port}: Connection refused"
 
 
 @pytest.mark.parametrize(

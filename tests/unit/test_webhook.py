@@ -515,9 +515,25 @@ def test_secrets_from_kubernetes_secret_data():
 def test_secrets_never_show_in_repr_or_errors():
     secrets = WebhookSecrets(github=GITHUB_SECRET, gitlab=GITLAB_SECRET, gitea=GITEA_SECRET)
     assert all(s not in repr(secrets) for s in (GITHUB_SECRET, GITLAB_SECRET, GITEA_SECRET))
-    with pytest.raises(ValueError) as caught:
-        WebhookSecrets.from_secret_data({"gitlab": "not base64 %%%"})
-    assert "gitlab" in str(caught.value) and "%%%" not in str(caught.value)
+    unreadable = WebhookSecrets.from_secret_data({"gitlab": "not base64 %%%"})
+    error = refused(gitlab_headers(), body_of(gitlab_push()), unreadable)
+    assert "'gitlab'" in str(error) and "%%%" not in str(error)
+
+
+@pytest.mark.parametrize("value", [
+    "not base64 %%%",
+    base64.b64encode(b"\xff\xfe latin-1 \xe9").decode(),  # base64, but not of UTF-8 text
+    42,  # not even a string
+])
+def test_an_unreadable_secret_value_refuses_only_its_provider(value):
+    secrets = WebhookSecrets.from_secret_data({"gitlab": value, "github": b64(GITHUB_SECRET)})
+    assert secrets.gitlab is None and secrets.unreadable == {"gitlab"}
+    error = refused(gitlab_headers(), body_of(gitlab_push()), secrets)
+    assert error.status == 401
+    assert "key 'gitlab' of Secret gantry-webhook is not base64-encoded UTF-8 text" in str(error)
+    # …while the other providers' deliveries still go through.
+    body = body_of(github_push())
+    assert parse(github_headers(body), body, secrets).provider == "github"
 
 
 # ---------------------------------------------------------------------------------------------
