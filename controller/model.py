@@ -220,6 +220,10 @@ class AppSpec:
     # syncPolicy.automated.allowEmpty: without it an automated sync refuses a render with no
     # objects, which would prune the whole app (a kustomization emptied by mistake), as Argo CD does.
     allow_empty: bool = False
+    directory_recurse: bool = False  # source.directory.recurse: a plain folder's subfolders too
+    # Argo CD fields accepted so an Application ports, that Gantry does not act on: said on the
+    # Application (a warning condition), never silently dropped.
+    unsupported: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, name: str, namespace: str, spec: dict[str, Any]) -> "AppSpec":
@@ -234,6 +238,12 @@ class AppSpec:
                 f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
                 f"or file:// URL"
             )
+        for tool in ("chart", "helm", "plugin"):
+            if source.get(tool):
+                raise SpecError(
+                    f"spec.source.{tool}: Gantry does not render Helm charts or config management plugins; "
+                    f"commit the rendered manifests (helm template), or a kustomization that lists them"
+                )
         path = str(source.get("path") or "k8s").strip()
         if path.startswith("/") or ".." in path.split("/"):
             raise SpecError(f"spec.source.path {path!r} must be relative to the repository root and may not use '..'")
@@ -260,6 +270,7 @@ class AppSpec:
                 factor=_number(float, backoff.get("factor") or 2, "syncPolicy.retry.backoff.factor"),
                 max_backoff_seconds=parse_duration(backoff.get("maxDuration") or "3m"),
             )
+        unsupported = _unsupported_fields(source, spec.get("ignoreDifferences") or ())
         ignores = tuple(
             IgnoreDifference(
                 group=entry.get("group", ""),
@@ -287,11 +298,23 @@ class AppSpec:
             history_limit=(_number(int, spec["revisionHistoryLimit"], "spec.revisionHistoryLimit")
                            if spec.get("revisionHistoryLimit") is not None else 10),
             allow_empty=bool((automated or {}).get("allowEmpty", False)),
+            directory_recurse=bool((source.get("directory") or {}).get("recurse", False)),
+            unsupported=unsupported,
         )
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _unsupported_fields(source: dict[str, Any], ignore_differences: Any) -> tuple[str, ...]:
+    """The Argo CD fields in use that Gantry accepts but does not act on."""
+    fields = [f"spec.source.kustomize.{key}" for key in sorted(source.get("kustomize") or {})]
+    fields += [f"spec.source.directory.{key}" for key in sorted(source.get("directory") or {}) if key != "recurse"]
+    for index, entry in enumerate(ignore_differences):
+        fields += [f"spec.ignoreDifferences[{index}].{key}" for key in ("jqPathExpressions", "managedFieldsManagers")
+                   if entry.get(key)]
+    return tuple(fields)
 
 
 def _number(kind: type, value: Any, field: str) -> Any:

@@ -114,7 +114,7 @@ class Reconciler:
         self.kustomize = kustomize
         self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
-        self._renders: OrderedDict[tuple[str, str, str], list[Manifest] | RenderError] = OrderedDict()
+        self._renders: OrderedDict[tuple[str, str, str, bool], list[Manifest] | RenderError] = OrderedDict()
         self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
         self._render_lock = threading.Lock()
 
@@ -185,7 +185,8 @@ class Reconciler:
         status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit)}
 
         try:
-            objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard")
+            objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard",
+                                   recurse=spec.directory_recurse)
         except RenderError as error:
             return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
 
@@ -347,15 +348,15 @@ class Reconciler:
 
     # ------------------------------------------------------------------ pieces
 
-    def _render(self, checkout: Path, commit: str, path: str, *, hard: bool) -> list[Manifest]:
-        key = (str(checkout), commit, path)
+    def _render(self, checkout: Path, commit: str, path: str, *, hard: bool, recurse: bool) -> list[Manifest]:
+        key = (str(checkout), commit, path, recurse)
         with self._render_lock:
             if hard:
                 self._renders.pop(key, None)
             cached = self._renders.get(key)
         if cached is None:
             try:
-                cached = render(checkout, path, kustomize=self.kustomize)
+                cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse)
             except RenderError as error:
                 cached = error
             with self._render_lock:
@@ -565,6 +566,14 @@ class Reconciler:
                 if app_health is not HealthStatus.HEALTHY and worst_message:
                     message += f"; {app_health.value.lower()}: {worst_message}"
         status["sync"] = {"status": sync_status.value, "revision": commit, "shortRevision": status_stage.short_revision(commit)}
+        if spec.unsupported:
+            # Argo CD fields this Application uses that Gantry does not act on: said, not dropped.
+            warning = (f"{', '.join(spec.unsupported)}: not supported by Gantry and ignored; the objects are "
+                       f"rendered and compared without {'it' if len(spec.unsupported) == 1 else 'them'}")
+            status["conditions"].append(status_stage.condition("UnsupportedFieldWarning", warning,
+                                                               status["reconciledAt"], previous.get("conditions")))
+            if not any(c.get("type") == "UnsupportedFieldWarning" for c in previous.get("conditions") or ()):
+                outcome.events.append(Event("Warning", "UnsupportedFieldWarning", warning))
         status["message"] = status_stage.one_line(message)
         if previous.get("sync", {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
             outcome.events.append(Event("Normal", "OutOfSync", message))

@@ -29,12 +29,14 @@ _ROOT_FIELDS = ("resources", "bases", "components")
 _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", timeout: float = 120.0) -> list[Manifest]:
+def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", timeout: float = 120.0,
+           recurse: bool = False) -> list[Manifest]:
     """The objects at `path` (relative to the repo root) in the checked-out tree `checkout`.
 
     A directory with a kustomization is built with `kustomize build` (default load restrictor);
-    any other directory gives every *.yaml, *.yml and *.json file directly in it, by name. Every
-    error is a RenderError naming the file relative to the repository root, and the line if known.
+    any other directory gives every *.yaml, *.yml and *.json file directly in it, by name, and with
+    `recurse` (Argo CD's source.directory.recurse) those of its subdirectories too. Every error is
+    a RenderError naming the file relative to the repository root, and the line if known.
     """
     root = Path(checkout).resolve()
     directory = _directory(root, path)
@@ -42,7 +44,7 @@ def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", ti
     if kustomization is not None:
         objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout)
     else:
-        objects = _read_directory(root, directory)
+        objects = _read_directory(root, directory, recurse=recurse)
     _check(objects)
     return [located.manifest for located in objects]
 
@@ -116,9 +118,15 @@ def _check_symlinks(root: Path, directory: Path) -> None:
 # Plain directories
 
 
-def _read_directory(root: Path, directory: Path) -> list[_Located]:
+def _read_directory(root: Path, directory: Path, *, recurse: bool = False) -> list[_Located]:
     objects: list[_Located] = []
     for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+        if recurse and entry.is_dir():
+            if entry.is_symlink() and not _inside(root, entry):
+                raise RenderError("is a symlink that leads outside the repository", path=_relative(root, entry))
+            if not entry.is_symlink():  # a link to a folder inside the repo would read it twice
+                objects.extend(_read_directory(root, entry, recurse=True))
+            continue
         if not entry.name.endswith(MANIFEST_SUFFIXES):
             continue
         where = _relative(root, entry)

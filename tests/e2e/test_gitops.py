@@ -447,3 +447,18 @@ def test_a_first_sync_the_api_server_refuses_names_the_file_and_is_not_retried_i
     fixed = app.push(web_app_files(), message="fix the selector")
     app.refresh()
     app.wait_synced(fixed)
+
+
+def test_plain_folder_with_recurse_and_argo_cd_fields_gantry_does_not_act_on(make_app):
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"}}
+    app = make_app({
+        "k8s/top.yaml": yaml.safe_dump({**config, "metadata": {"name": "top"}}),
+        "k8s/nested/inner.yaml": yaml.safe_dump({**config, "metadata": {"name": "inner"}}),
+    })
+    app.apply(source={"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s",
+                      "directory": {"recurse": True}, "kustomize": {"namePrefix": "prod-"}})
+    status = app.wait_synced(app.repo.head)
+    assert app.object("configmap", "top") is not None and app.object("configmap", "inner") is not None
+    warnings = [c for c in status["conditions"] if c["type"] == "UnsupportedFieldWarning"]
+    assert len(warnings) == 1 and "spec.source.kustomize.namePrefix" in warnings[0]["message"]
+    assert any(e["reason"] == "UnsupportedFieldWarning" for e in app.events())

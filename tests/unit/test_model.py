@@ -102,7 +102,29 @@ REJECTED = [
      "syncPolicy.retry.limit 'often' is not a number"),
     ("bad history limit", {"source": {"repoURL": REPO}, "revisionHistoryLimit": "ten"},
      "spec.revisionHistoryLimit 'ten' is not a number"),
+    ("helm chart", {"source": {"repoURL": "https://charts.example.com", "chart": "shop", "targetRevision": "1.2.0"}},
+     "spec.source.chart: Gantry does not render Helm charts"),
+    ("helm block", {"source": {"repoURL": REPO, "path": "chart", "helm": {"valueFiles": ["prod.yaml"]}}},
+     "commit the rendered manifests (helm template)"),
+    ("plugin", {"source": {"repoURL": REPO, "plugin": {"name": "cdk8s"}}}, "spec.source.plugin: Gantry does not"),
 ]
+
+
+def test_directory_recurse_and_the_argo_cd_fields_gantry_does_not_act_on():
+    spec = parse({
+        "source": {"repoURL": REPO, "directory": {"recurse": True, "exclude": "*.tmp"},
+                   "kustomize": {"images": ["web=web:2"], "namePrefix": "prod-"}},
+        "ignoreDifferences": [
+            {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]},
+            {"group": "apps", "kind": "Deployment", "managedFieldsManagers": ["kube-controller-manager"],
+             "jqPathExpressions": [".spec.replicas"]},
+        ],
+    })
+    assert spec.directory_recurse is True
+    assert spec.unsupported == (
+        "spec.source.kustomize.images", "spec.source.kustomize.namePrefix", "spec.source.directory.exclude",
+        "spec.ignoreDifferences[1].jqPathExpressions", "spec.ignoreDifferences[1].managedFieldsManagers")
+    assert parse({"source": {"repoURL": REPO, "directory": {"recurse": True}}}).unsupported == ()
 
 
 def test_a_refused_repo_url_is_shown_without_its_credentials():
@@ -361,4 +383,5 @@ def test_argo_cd_application_parses():
                              name="db", namespace="shop"),
         ),
         project="shop-team",
+        unsupported=("spec.source.kustomize.images", "spec.source.kustomize.namePrefix"),
     )

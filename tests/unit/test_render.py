@@ -315,6 +315,26 @@ def test_plain_directory_reads_yaml_json_and_lists_in_name_order(tmp_path: Path)
     ]
 
 
+def test_plain_directory_with_recurse_reads_subdirectories_in_path_order(tmp_path: Path):
+    root = write(tmp_path, {
+        "k8s/b.yaml": configmap("b"),
+        "k8s/a/z.yaml": configmap("a-z"),
+        "k8s/a/deeper/x.yml": configmap("a-deeper-x"),
+        "k8s/c/README.md": "not a manifest",
+    })
+    assert refs(render(root, "k8s", recurse=True)) == [
+        ("ConfigMap", None, "a-deeper-x"), ("ConfigMap", None, "a-z"), ("ConfigMap", None, "b")]
+    assert refs(render(root, "k8s")) == [("ConfigMap", None, "b")]
+
+
+def test_recurse_refuses_a_subdirectory_linked_outside_the_repo(tmp_path: Path):
+    write(tmp_path / "outside", {"a.yaml": configmap("stolen")})
+    root = write(tmp_path / "repo", {"k8s/a.yaml": configmap("a"), "k8s/sub": f"-> {tmp_path / 'outside'}"})
+    with pytest.raises(RenderError) as caught:
+        render(root, "k8s", recurse=True)
+    assert caught.value.path == "k8s/sub" and "leads outside the repository" in str(caught.value)
+
+
 def test_repo_root_as_path(tmp_path: Path):
     root = write(tmp_path, {"a.yaml": configmap("a"), "sub/b.yaml": configmap("b")})
     assert refs(render(root, ".")) == [("ConfigMap", None, "a")]
