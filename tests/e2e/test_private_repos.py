@@ -1,5 +1,6 @@
-"""Private repositories: credentials from labelled Secrets, against a git server that requires
-basic auth (git's own http-backend on loopback). Credentials never show in status or events."""
+"""Private repositories: credentials from labelled Secrets, against git servers on loopback that
+require them: basic auth (git's own http-backend) and SSH public keys (tests/e2e/sshgit.py).
+Credentials never show in status, events or the controller's log."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from gitserver import GitServer, WorkRepo
 from harness import APP_NAMESPACE, App, web_app_files
+from sshgit import ClientKey, SshGitServer
 
 pytestmark = pytest.mark.e2e
 USER, PASSWORD = "deployer", f"s3cret-{uuid.uuid4().hex[:8]}"
@@ -22,15 +24,31 @@ def private_server(tmp_path):
         yield server
 
 
-def repository_secret(cluster, name: str, url: str, username: str, password: str, secret_type: str = "repository"):
+def repository_secret(cluster, name: str, url: str, username: str | None = None, password: str | None = None,
+                      secret_type: str = "repository", **fields: str):
+    """A Secret in the shape of Argo CD's: `url`, `username`/`password` or other fields (sshPrivateKey)."""
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()
 
+    given = {"url": url, "username": username, "password": password, **fields}
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "namespace": APP_NAMESPACE, "labels": {"gantry.dev/secret-type": secret_type}},
-        "data": {"url": b64(url), "username": b64(username), "password": b64(password)},
+        "data": {key: b64(value) for key, value in given.items() if value is not None},
     }))
+
+
+def cleanup(cluster, apps: list[App], secrets: list[str]) -> None:
+    for app in apps:
+        cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", app.destination, "--wait=false", check=False)
+    for secret in secrets:
+        cluster.kubectl("delete", "secret", secret, "-n", APP_NAMESPACE, check=False)
+
+
+def failure_message(app: App) -> str:
+    status = app.wait_sync_status("Failed")
+    return status["conditions"][0]["message"]
 
 
 def private_app(cluster, server: GitServer, tmp_path, name: str) -> App:
@@ -61,20 +79,28 @@ def test_private_repo_syncs_with_credentials_and_fails_clearly_without(cluster, 
         assert good.object("deployment", "web") is not None
 
         for app in (bare, wrong):
-            status = app.wait_sync_status("Failed")
-            message = status["conditions"][0]["message"]
-            assert message.startswith("authentication failed for"), message
-            assert app.repo_url in message
+            assert failure_message(app) == f"authentication failed for {app.repo_url}"
             assert app.object("deployment", "web") is None
         for app in (good, bare, wrong):
             said = everything_said(app, controller)
             assert PASSWORD not in said and "not-the-password" not in said
     finally:
-        for app in (good, bare, wrong):
-            cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--wait=false", check=False)
-            cluster.kubectl("delete", "namespace", app.destination, "--wait=false", check=False)
-        for secret in secrets:
-            cluster.kubectl("delete", "secret", secret, "-n", APP_NAMESPACE, check=False)
+        cleanup(cluster, [good, bare, wrong], secrets)
+
+
+def test_a_secret_created_after_the_failure_is_used_at_the_next_retry(cluster, controller, private_server, tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    app = private_app(cluster, private_server, tmp_path, f"late-{suffix}")
+    secret = f"late-{suffix}"
+    try:
+        app.apply()
+        assert failure_message(app) == f"authentication failed for {app.repo_url}"
+        repository_secret(cluster, secret, app.repo_url, USER, PASSWORD)
+        # The retry backoff starts at 10 s; the poll interval (which a cached failure would wait
+        # out) is 180 s.
+        app.wait_synced(app.repo.head, timeout=60)
+    finally:
+        cleanup(cluster, [app], [secret])
 
 
 def test_one_prefix_secret_serves_every_repo_under_it(cluster, controller, private_server, tmp_path):
@@ -89,7 +115,44 @@ def test_one_prefix_secret_serves_every_repo_under_it(cluster, controller, priva
         for app in apps:
             app.wait_synced(app.repo.head)
     finally:
-        for app in apps:
-            cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--wait=false", check=False)
-            cluster.kubectl("delete", "namespace", app.destination, "--wait=false", check=False)
-        cluster.kubectl("delete", "secret", secret, "-n", APP_NAMESPACE, check=False)
+        cleanup(cluster, apps, [secret])
+
+
+@pytest.fixture
+def ssh_server(tmp_path):
+    key = ClientKey.generate()
+    with SshGitServer(tmp_path / "ssh", authorized=[key]) as server:
+        yield server, key
+
+
+def ssh_app(cluster, server: SshGitServer, tmp_path, name: str) -> App:
+    repo = WorkRepo.create(tmp_path / name, web_app_files(), remote=server.create_repo(name))
+    repo.commit("initial")
+    repo.push()
+    return App(cluster, name, destination=f"dest-{name}", repo=repo, repo_url=server.url(name))
+
+
+def test_ssh_private_key_syncs_and_a_wrong_or_missing_one_fails_clearly(cluster, controller, ssh_server, tmp_path):
+    server, key = ssh_server
+    wrong_key = ClientKey.generate()
+    suffix = uuid.uuid4().hex[:6]
+    good, wrong, bare = (ssh_app(cluster, server, tmp_path, f"{kind}-ssh-{suffix}") for kind in ("good", "wrong", "bare"))
+    secrets = [f"ssh-{suffix}", f"wrong-ssh-{suffix}"]
+    try:
+        repository_secret(cluster, secrets[0], good.repo_url, sshPrivateKey=key.openssh)
+        repository_secret(cluster, secrets[1], wrong.repo_url, sshPrivateKey=wrong_key.openssh)
+        for app in (good, wrong, bare):
+            app.apply()
+        good.wait_synced(good.repo.head)
+        assert good.object("deployment", "web") is not None
+        assert any(login.accepted and login.fingerprint == key.fingerprint for login in server.logins)
+
+        for app in (wrong, bare):
+            assert failure_message(app) == f"authentication failed for {app.repo_url}"
+            assert app.object("deployment", "web") is None
+        secret_lines = [line for k in (key, wrong_key) for line in k.openssh.splitlines()[1:-1]]
+        for app in (good, wrong, bare):
+            said = everything_said(app, controller)
+            assert not [line for line in secret_lines if line in said]
+    finally:
+        cleanup(cluster, [good, wrong, bare], secrets)
