@@ -281,6 +281,7 @@ class GitCache:
             # name, as Argo CD sends it.
             username, password = given.username or username or "", given.password
         config = [("credential.helper", "")]  # no helper of the host's may answer for us
+        token = None
         if username is not None and _is_http(url):
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             # Through the environment, so it is on no command line and in no config file.
@@ -292,9 +293,14 @@ class GitCache:
                 repo, "fetch", "--prune", "--force", "--no-tags", "--no-write-fetch-head", "--quiet",
                 "--end-of-options", url, *refspecs, config=config, env=env,
             )
-        # With no password, the user name is the secret (a token given as `https://<token>@host/`).
-        secrets = [secret for secret in (password or username,) if secret]
-        stderr = _scrub(stderr, secrets)
+        # With no password, the user name is the secret (a token given as `https://<token>@host/`);
+        # a long one is a token too (`https://<token>:x-oauth-basic@host/`), while a short one
+        # ("git", "deployer") would only garble the message. The header's token goes too, should a
+        # GIT_TRACE_CURL of the host's print headers.
+        secrets = [password, token]
+        if username and (not password or len(username) >= 20):
+            secrets.append(username)
+        stderr = _scrub(stderr, [secret for secret in secrets if secret])
         if self.observe is not None:
             self.observe(shown, "fetch", time.monotonic() - began)
         if status == 0:
@@ -449,14 +455,17 @@ def _is_ssh(url: str) -> bool:
 
 def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """An http(s) URL without its `user:password@`, and those two, so they go to git as a header
-    and never on its command line."""
-    if not _is_http(url):
+    and never on its command line. An ssh:// URL keeps its user and loses a password, which ssh
+    has no use for (it would log in as user `user:password`), so that it can be scrubbed."""
+    if not (_is_http(url) or _is_ssh(url)) or "://" not in url:
         return url, None, None
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url, None, None
     userinfo, _, host = parts.netloc.rpartition("@")
     username, sep, password = userinfo.partition(":")
+    if not _is_http(url):
+        return urlunsplit(parts._replace(netloc=f"{username}@{host}")), None, unquote(password) if sep else None
     return urlunsplit(parts._replace(netloc=host)), unquote(username), unquote(password) if sep else None
 
 

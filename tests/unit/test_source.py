@@ -423,6 +423,21 @@ def test_wrong_or_missing_ssh_key_fails_as_authentication(ssh_remote: SshRemote,
     assert not list((tmp_path / "cache" / "ssh").glob(".key-*"))
 
 
+def test_a_password_in_an_ssh_url_is_dropped_and_never_shown(ssh_remote: SshRemote, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture):
+    url = ssh_remote.url.replace("git@", "git:pa55word@")
+    key = {"key": ssh_remote.key.openssh}
+    cache = GitCache(tmp_path / "cache", credentials=lambda shown: RepoCredentials(ssh_private_key=key["key"]))
+    with caplog.at_level(logging.DEBUG):
+        assert cache.resolve(url) == ssh_remote.sha  # logged in as `git`, not as `git:pa55word`
+        key["key"] = ClientKey.generate().openssh
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(url, refresh=True)
+    assert str(caught.value) == f"authentication failed for {redact_url(url)}"
+    assert "pa55word" not in str(caught.value) and "pa55word" not in caplog.text
+    assert {login.user for login in ssh_remote.server.logins} == {"git"}
+
+
 def test_a_changed_host_key_is_refused_unless_the_secret_says_insecure(ssh_remote: SshRemote, tmp_path: Path):
     given = RepoCredentials(ssh_private_key=ssh_remote.key.openssh)
     cache = GitCache(tmp_path / "cache", credentials=lambda url: given)
