@@ -30,9 +30,9 @@ from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
 from .model import (
     API_GROUP,
     API_VERSION,
-    ARGOCD_FINALIZER,
     FINALIZER,
     REFRESH_ANNOTATION,
+    RESOURCE_FINALIZERS,
     TRACKING_ANNOTATION,
     AppSpec,
     ApplyFailure,
@@ -329,10 +329,6 @@ def rollback_request(entry: dict, prune: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------------- delete
 
-# The finalizers on which the controller deletes an app's resources before the app (operator._finalize).
-CASCADE_FINALIZERS = (FINALIZER, ARGOCD_FINALIZER)
-
-
 @dataclass(frozen=True)
 class DeletePlan:
     """What `app delete` writes before its DELETE, and what then becomes of the app's resources."""
@@ -346,7 +342,8 @@ def delete_plan(app: Manifest, *, cascade: bool) -> DeletePlan:
     """How to delete `app` with or without its resources; a CliError when the cascade asked for cannot happen."""
     metadata = app.get("metadata") or {}
     finalizers = list(metadata.get("finalizers") or [])
-    ours = [f for f in finalizers if f in CASCADE_FINALIZERS]
+    # Any of these makes the controller delete the resources first (Argo CD's with /background too).
+    ours = [f for f in finalizers if f in RESOURCE_FINALIZERS]
     terminating = bool(metadata.get("deletionTimestamp"))
     if cascade:
         if ours:

@@ -312,6 +312,7 @@ def deletable(finalizers: list[str] | None = None, terminating: bool = False) ->
     (["other.example/keep"], False, DeletePlan(["other.example/keep", "gantry.dev/resources-finalizer"], True, "deleted")),
     (["gantry.dev/resources-finalizer"], False, DeletePlan(None, False, "deleted")),
     (["resources-finalizer.argocd.argoproj.io"], True, DeletePlan(None, False, "deleted")),
+    (["resources-finalizer.argocd.argoproj.io/foreground"], False, DeletePlan(None, False, "deleted")),
 ])
 def test_delete_with_cascade_has_the_controller_delete_the_resources(finalizers, terminating, plan):
     assert delete_plan(deletable(finalizers, terminating), cascade=True) == plan
@@ -334,6 +335,9 @@ def test_delete_with_cascade_refuses_when_it_cannot_cascade(finalizers):
      "deleted; its resources stay"),
     (["resources-finalizer.argocd.argoproj.io"], True, DeletePlan([], False, "maybe"),
      "deleted; it was already being deleted with its resources, so some of them may be gone"),
+    # Argo CD's finalizer with a propagation suffix cascades too: --no-cascade must drop it.
+    (["resources-finalizer.argocd.argoproj.io/background"], False, DeletePlan([], True, "kept"),
+     "deleted; its resources stay"),
 ])
 def test_delete_without_cascade_drops_the_finalizer_and_says_what_stays(finalizers, terminating, plan, message):
     assert delete_plan(deletable(finalizers, terminating), cascade=False) == plan
