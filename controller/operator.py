@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import functools
 import json
 import logging
 import os
@@ -29,8 +30,8 @@ from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import webhook
 from .metrics import HttpServer, Metrics
-from .model import API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest
-from .reconcile import Event, Outcome, Reconciler, now
+from .model import API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, SourceError
+from .reconcile import Event, Fetched, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
 from .status import merge_patch
@@ -76,8 +77,10 @@ class AppWorker:
 
 
 class Scheduler:
-    """One asyncio task per Application; reconciles run in a bounded thread pool, so a slow repo
-    occupies one worker, never the loop or the other apps."""
+    """One asyncio task per Application; reconciles run in a bounded thread pool. Git is read
+    before a reconcile, in a pool of its own, one fetch per repo at a time: apps waiting for a slow
+    or unreachable repo wait in the event loop, holding no thread, so the other apps' reconciles
+    and fetches go on."""
 
     release_after = 2.0  # seconds without any pass before free memory goes back to the system
     release_every = 60.0  # and at most this often: git polls spread passes over the interval
@@ -92,6 +95,11 @@ class Scheduler:
         self.options = options
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="reconcile")
+        # Each thread here serves one repo at a time, so only as many slow repos as threads can
+        # delay the fetches of the others; a thread blocked on git costs little.
+        self.git_pool = ThreadPoolExecutor(max_workers=max(16, 2 * options.workers), thread_name_prefix="git")
+        self._repo_locks: dict[str, asyncio.Lock] = {}
+        self._refresh_started: dict[str, float] = {}
         self.loop = asyncio.get_running_loop()
         self.workers: dict[str, AppWorker] = {}
         self._passes_running = 0
@@ -115,6 +123,7 @@ class Scheduler:
                 worker.task.cancel()
         self.reconciler.live.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.git_pool.shutdown(wait=False, cancel_futures=True)
 
     def observe(self, event_type: str | None, body: Manifest) -> None:
         metadata = body["metadata"]
@@ -203,7 +212,8 @@ class Scheduler:
                     delay = 5.0  # until the DELETED event cancels this task
                 else:
                     started = time.monotonic()
-                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, fetch_git,
+                    source = await self._fetch(body, fetch_git)
+                    outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, source,
                                                               worker.superseded)
                     worker.status = outcome.status
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
@@ -241,6 +251,23 @@ class Scheduler:
             if not worker.urgent:
                 await asyncio.sleep(0.2)  # coalesce a burst of watch events into one reconcile
 
+    async def _fetch(self, body: Manifest, fetch_git: bool) -> Fetched | SourceError | None:
+        """Git for the next pass of body, read in the git pool, one fetch per repo at a time; None
+        when the pass reads no git (it reports why)."""
+        wanted = self.reconciler.source_wanted(body, fetch_git=fetch_git)
+        if wanted is None:
+            return None
+        asked = time.monotonic()
+        lock = self._repo_locks.setdefault(wanted.repo_url, asyncio.Lock())
+        async with lock:
+            refresh = wanted.refresh
+            if refresh and self._refresh_started.get(wanted.repo_url, float("-inf")) >= asked:
+                refresh = False  # a fetch that began while we waited has seen all ours would
+            if refresh:
+                self._refresh_started[wanted.repo_url] = time.monotonic()
+            return await self.loop.run_in_executor(self.git_pool, functools.partial(
+                self.reconciler.fetch, wanted.repo_url, wanted.revision, refresh=refresh))
+
     def _pass_started(self) -> None:
         self._passes_running += 1
         if self._release is not None:
@@ -275,8 +302,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- runs in the thread pool
 
-    def _reconcile(self, body: Manifest, attempt: int, fetch_git: bool, superseded: deque[str]) -> Outcome:
-        outcome = self.reconciler.reconcile(body, attempt=attempt, fetch_git=fetch_git)
+    def _reconcile(self, body: Manifest, attempt: int, source: Fetched | SourceError | None,
+                   superseded: deque[str]) -> Outcome:
+        outcome = self.reconciler.reconcile(body, attempt=attempt, source=source)
         metadata = body["metadata"]
         consumed: dict = {}
         if outcome.consumed_refresh:

@@ -73,6 +73,23 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """What git gave for one pass: the commit a revision names and the tree checked out at it."""
+
+    commit: str
+    checkout: Path
+
+
+@dataclass(frozen=True)
+class SourceWanted:
+    """The git read the next pass of an Application needs (see Reconciler.source_wanted)."""
+
+    repo_url: str
+    revision: str
+    refresh: bool  # fetch even if the repo was fetched less than a poll interval ago
+
+
+@dataclass(frozen=True)
 class Request:
     """Why this reconcile runs, read off the Application by the operator."""
 
@@ -120,12 +137,15 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the reconcile
 
-    def reconcile(self, body: Manifest, *, attempt: int = 0, fetch_git: bool = False) -> Outcome:
+    def reconcile(self, body: Manifest, *, attempt: int = 0, fetch_git: bool = False,
+                  source: Fetched | SourceError | None = None) -> Outcome:
         """attempt: consecutive failed passes before this one (for retry backoff); fetch_git: read
         git now even without a refresh annotation (a webhook said the repo changed). Otherwise git
-        is fetched once the repo's last fetch is a poll interval (the cache's) old."""
+        is fetched once the repo's last fetch is a poll interval (the cache's) old.
+        source: what fetch() gave for source_wanted(body), when the caller read git already (the
+        operator does, outside the reconcile workers, so that a slow repo holds none of them)."""
         started = now()
-        outcome = self._reconcile(body, attempt=attempt, fetch_git=fetch_git)
+        outcome = self._reconcile(body, attempt=attempt, fetch_git=fetch_git, source=source)
         request = Request.of(body)
         if request.sync_requested and not outcome.consumed_operation and not outcome.retrying:
             # A requested sync that failed before applying anything (bad revision, broken commit)
@@ -141,7 +161,7 @@ class Reconciler:
             outcome.events.append(Event("Warning", "SyncFailed", f"sync failed: {message}"))
         return outcome
 
-    def _reconcile(self, body: Manifest, *, attempt: int, fetch_git: bool) -> Outcome:
+    def _reconcile(self, body: Manifest, *, attempt: int, fetch_git: bool, source: Fetched | SourceError | None) -> Outcome:
         metadata = body["metadata"]
         previous = body.get("status") or {}
         request = Request.of(body)
@@ -153,35 +173,28 @@ class Reconciler:
         outcome = Outcome(status, consumed_refresh=request.refresh is not None)
 
         try:
-            spec = AppSpec.parse(metadata["name"], metadata["namespace"], body.get("spec") or {})
-            if request.sync_source:
-                raw = body.get("spec") or {}
-                spec = AppSpec.parse(metadata["name"], metadata["namespace"],
-                                     {**raw, "source": {**(raw.get("source") or {}), **request.sync_source}})
+            spec = self._spec(body, request)
         except SpecError as error:
             # Stalled: retrying cannot help until someone edits the Application.
             return self._failed(outcome, previous, "InvalidSpecError", str(error), health=HealthStatus.UNKNOWN)
 
-        if self.allowed_namespaces is not None and spec.destination_namespace not in self.allowed_namespaces:
+        if not self._destination_allowed(spec):
             return self._failed(outcome, previous, "InvalidSpecError",
                                 f"destination namespace {spec.destination_namespace!r} is not allowed: this controller "
                                 f"runs in namespaced mode and manages only {', '.join(sorted(self.allowed_namespaces))} "
                                 f"(its --namespaces); use one of them or add the namespace there",
                                 health=HealthStatus.UNKNOWN)
 
-        revision_wanted = request.sync_revision or spec.target_revision
-        try:
-            # A poll is not a refresh: a fetch of the same repo younger than the poll interval (made
-            # for another app using it) is reused, so apps sharing a repo share its fetches.
-            commit = self.git.resolve(spec.repo_url, revision_wanted, refresh=fetch_git or request.refresh is not None
-                                      or previous.get("observedGeneration") != metadata.get("generation"))
-            checkout = self.git.checkout(spec.repo_url, commit)
-        except SourceError as error:
-            outcome = self._failed(outcome, previous, "ComparisonError", str(error))
-            if error.transient:
+        if source is None:
+            wanted = self._source_wanted(body, request, spec, fetch_git=fetch_git)
+            source = self.fetch(wanted.repo_url, wanted.revision, refresh=wanted.refresh)
+        if isinstance(source, SourceError):
+            outcome = self._failed(outcome, previous, "ComparisonError", str(source))
+            if source.transient:
                 outcome.requeue_after = self._retry_delay(spec, attempt)
                 outcome.retrying = outcome.requeue_after is not None
             return outcome
+        commit, checkout = source.commit, source.checkout
         status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit)}
 
         try:
@@ -318,6 +331,49 @@ class Reconciler:
             status["message"] = status_stage.one_line(message)
             outcome.events = [e for e in outcome.events if e.reason != "OutOfSync"]
         return outcome
+
+    # ------------------------------------------------------------------ git, ahead of a pass
+
+    def source_wanted(self, body: Manifest, *, fetch_git: bool = False) -> SourceWanted | None:
+        """The git read the next pass of body needs, or None when it reads none (an invalid spec,
+        a destination namespaced mode refuses: the pass reports those). No I/O."""
+        request = Request.of(body)
+        try:
+            spec = self._spec(body, request)
+        except SpecError:
+            return None
+        if not self._destination_allowed(spec):
+            return None
+        return self._source_wanted(body, request, spec, fetch_git=fetch_git)
+
+    def fetch(self, repo_url: str, revision: str, *, refresh: bool) -> Fetched | SourceError:
+        """The commit revision names and its checked-out tree; the error as a value, for the pass."""
+        try:
+            commit = self.git.resolve(repo_url, revision, refresh=refresh)
+            return Fetched(commit, self.git.checkout(repo_url, commit))
+        except SourceError as error:
+            return error
+
+    @staticmethod
+    def _source_wanted(body: Manifest, request: Request, spec: AppSpec, *, fetch_git: bool) -> SourceWanted:
+        # A poll is not a refresh: a fetch of the same repo younger than the poll interval (made for
+        # another app using it) is reused, so apps sharing a repo share its fetches. A refresh
+        # request, a webhook's push, or an Application new or edited since its last pass reads git now.
+        previous = body.get("status") or {}
+        refresh = (fetch_git or request.refresh is not None
+                   or previous.get("observedGeneration") != body["metadata"].get("generation"))
+        return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh)
+
+    @staticmethod
+    def _spec(body: Manifest, request: Request) -> AppSpec:
+        metadata = body["metadata"]
+        raw = body.get("spec") or {}
+        if request.sync_source:  # a rollback to a history entry's source (Argo CD's operation.sync.source)
+            raw = {**raw, "source": {**(raw.get("source") or {}), **request.sync_source}}
+        return AppSpec.parse(metadata["name"], metadata["namespace"], raw)
+
+    def _destination_allowed(self, spec: AppSpec) -> bool:
+        return self.allowed_namespaces is None or spec.destination_namespace in self.allowed_namespaces
 
     # ------------------------------------------------------------------ deletion
 

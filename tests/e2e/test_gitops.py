@@ -4,6 +4,8 @@ process and the local control plane. Each test owns its Application, repo and de
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.request
 import uuid
@@ -462,3 +464,45 @@ def test_plain_folder_with_recurse_and_argo_cd_fields_gantry_does_not_act_on(mak
     warnings = [c for c in status["conditions"] if c["type"] == "UnsupportedFieldWarning"]
     assert len(warnings) == 1 and "spec.source.kustomize.namePrefix" in warnings[0]["message"]
     assert any(e["reason"] == "UnsupportedFieldWarning" for e in app.events())
+
+
+class SilentGitServer:
+    """Accepts connections on loopback and never answers: a git host that hangs."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/{name}.git"
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_apps_on_a_hanging_repo_do_not_delay_the_others(make_app):
+    silent = SilentGitServer()
+    try:
+        # More apps waiting on git than the controller has reconcile workers (8).
+        stuck = [make_app() for _ in range(10)]
+        for index, app in enumerate(stuck):
+            app.apply(repo_url=silent.url(f"hangs-{index % 5}"))
+        time.sleep(1)  # their fetches have started and hang (git gives up after 60 s)
+        good = make_app()
+        good.apply()
+        good.wait_synced(good.repo.head)
+        still_waiting = [app.name for app in stuck if not (app.status().get("sync") or {}).get("status")]
+        assert len(still_waiting) == len(stuck), "the good app was synced only after hanging fetches gave up"
+    finally:
+        silent.close()
