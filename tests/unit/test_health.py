@@ -2,10 +2,13 @@
 
 Workloads that are not fully ready are also assessed with pods (testdata/health/pod-*.yaml) listed
 by the context, at a pinned `now`, so the messages that name a pod and its probe are exact.
+The recorded-*.yaml fixtures are live objects written by hack/record_health_fixtures.py; the others
+are written by hand for states the local control plane cannot reach.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -52,6 +55,18 @@ def pods(*fixtures: str, now: datetime = NOW) -> HealthContext:
     return HealthContext(pods_in=lambda namespace: [p for p in objects if p["metadata"]["namespace"] == namespace],
                          now=now)
 
+
+def ready_since(fixture: str) -> datetime:
+    """When a recorded pod's Ready condition last changed: for it, `now` is counted from there."""
+    ready = next(c for c in load(fixture)["status"]["conditions"] if c["type"] == "Ready")
+    return datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
+
+
+# Recorded fixtures: pod names and times are whatever the recording run gave, so they are read here.
+RECORDED_CLASSES = HealthContext.from_ingress_classes(load("recorded-ingressclass-none")["items"])
+UNREADY_POD = load("recorded-pod-readiness-failing")["metadata"]["name"]
+UNREADY_SINCE = ready_since("recorded-pod-readiness-failing")
+UNREADY_LATE, UNREADY_EARLY = UNREADY_SINCE + timedelta(seconds=45), UNREADY_SINCE + timedelta(seconds=10)
 
 # (fixture, context, expected status, substring of the message; "" when any message will do)
 CASES = [
@@ -178,6 +193,41 @@ CASES = [
     ("hpa-target-missing", None, D, 'deployments/scale.apps "backend" not found'),
     ("hpa-scaling-disabled", None, S, "scaling is disabled since the replica count of the target is zero"),
     ("hpa-new", None, P, "waiting for the autoscaler's first assessment"),
+    # Recorded from the local control plane (hack/record_health_fixtures.py).
+    ("recorded-deployment-healthy", None, H, Exactly("")),
+    ("recorded-deployment-readiness-failing", None, P, Exactly("0 of 1 updated replicas are available")),
+    ("recorded-deployment-readiness-failing", pods("recorded-pod-readiness-failing", now=UNREADY_EARLY), P,
+     Exactly(f"0 of 1 updated replicas are available; pod {UNREADY_POD}: "
+             "readiness probe failing for 10s (HTTP GET :8080/healthz)")),
+    ("recorded-deployment-readiness-failing", pods("recorded-pod-readiness-failing", now=UNREADY_LATE), D,
+     Exactly(f"pod {UNREADY_POD}: readiness probe failing for 45s (HTTP GET :8080/healthz)")),
+    ("recorded-deployment-updating", None, P, Exactly("1 of 3 replicas updated")),
+    ("recorded-deployment-deadline-exceeded", None, D, Exactly('deployment "slow" exceeded its progress deadline')),
+    ("recorded-replicaset-healthy", None, H, Exactly("")),
+    ("recorded-statefulset-healthy", None, H, Exactly("")),
+    ("recorded-daemonset-healthy", None, H, Exactly("")),
+    ("recorded-pod-ready", AT_NOW, H, Exactly("")),
+    ("recorded-pod-readiness-failing", HealthContext(now=UNREADY_EARLY), P,
+     Exactly("readiness probe failing for 10s (HTTP GET :8080/healthz)")),
+    ("recorded-pod-readiness-failing", HealthContext(now=UNREADY_LATE), D,
+     Exactly("readiness probe failing for 45s (HTTP GET :8080/healthz)")),
+    ("recorded-pod-crashloop", AT_NOW, D,
+     Exactly("container web CrashLoopBackOff (restarted 3 times): last exit code 1 (Error)")),
+    ("recorded-pod-imagepull", AT_NOW, D,
+     Exactly('container web ImagePullBackOff: Back-off pulling image "ghcr.io/example/web:1.0"')),
+    ("recorded-persistentvolumeclaim-bound", None, H, Exactly("")),
+    ("recorded-persistentvolumeclaim-pending", None, P,
+     Exactly("waiting for a volume to be bound (from provisioner example.com/none)")),
+    ("recorded-job-complete", None, H, Exactly("completed: 1 pod succeeded")),
+    ("recorded-service-clusterip", None, H, Exactly("")),
+    # ingressClassName nginx, and the cluster it was recorded in has no IngressClass at all.
+    ("recorded-ingress-no-address", RECORDED_CLASSES, H,
+     Exactly("no IngressClass in the cluster: no ingress controller will assign an address")),
+    ("recorded-ingress-no-address", NGINX, P, Exactly("waiting for an address from ingress controller nginx")),
+    ("recorded-ingress-no-address", None, P, Exactly("waiting for an address from the ingress controller")),
+    ("recorded-hpa-metrics-unavailable", None, D,
+     "the HPA was unable to compute the replica count: failed to get cpu utilization: "
+     "unable to get metrics for resource cpu"),
 ]
 
 
@@ -197,8 +247,19 @@ def test_assess(fixture: str, context: HealthContext | None, status: HealthStatu
 
 
 def test_every_fixture_is_in_the_table() -> None:
-    used = {case[0] for case in CASES} | {"configmap-any"}
+    used = {case[0] for case in CASES} | {"configmap-any", "recorded-ingressclass-none"}
     assert {p.stem for p in TESTDATA.glob("*.yaml")} == used
+
+
+def test_recorded_fixtures_say_where_they_come_from() -> None:
+    recorded = sorted(TESTDATA.glob("recorded-*.yaml"))
+    assert recorded
+    header = re.compile(r"# Recorded from Kubernetes v\d+\.\d+\.\d+\S* by hack/record_health_fixtures\.py "
+                        r"on \d{4}-\d{2}-\d{2}\b.*")
+    for path in recorded:
+        text = path.read_text()
+        assert header.fullmatch(text.splitlines()[0]), path.name
+        assert "managedFields" not in text, path.name
 
 
 def test_kinds_without_health_have_none() -> None:
