@@ -301,7 +301,7 @@ def record() -> dict[str, str]:
     # A rollout caught in the middle: rolled out, then a new template whose pods never get ready,
     # so it holds at one surge pod (maxSurge 25% of 3 = 1, maxUnavailable 0).
     wait_for(Recording("", "deployment", "rollout", _deployment_rolled_out, ""))
-    kubectl("patch", "deployment", "rollout", "-n", NAMESPACE, "--type=merge", "-p", yaml.safe_dump(
+    kubectl("patch", "deployment", "rollout", "-n", NAMESPACE, "--type=strategic", "-p", yaml.safe_dump(
         {"spec": {"template": {"metadata": {"labels": {FAULT: "readiness"}},
                                "spec": {"containers": [{"name": "web", "image": "ghcr.io/example/web:1.1"}]}}}}))
     recordings = [*RECORDINGS, Recording(
