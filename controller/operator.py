@@ -228,7 +228,8 @@ class Scheduler:
                     else:
                         worker.progress_checks = 0
                     elapsed = time.monotonic() - started
-                    self._record_metrics(body, outcome, elapsed)
+                    self.metrics.reconcile_duration.labels(body["metadata"]["namespace"],
+                                                           body["metadata"]["name"]).observe(elapsed)
                     logger.info("reconciled %s: %s, %s in %.2fs", key, outcome.status.get("sync", {}).get("status"),
                                 outcome.status.get("health", {}).get("status"), elapsed)
             except asyncio.CancelledError:
@@ -287,10 +288,9 @@ class Scheduler:
         self._released_at = self.loop.time()
         release_free_memory()
 
-    def _record_metrics(self, body: Manifest, outcome: Outcome, seconds: float) -> None:
+    def _record_outcome(self, body: Manifest, outcome: Outcome) -> None:
         metadata, spec, status = body["metadata"], body.get("spec") or {}, outcome.status
         namespace, name = metadata["namespace"], metadata["name"]
-        self.metrics.reconcile_duration.labels(namespace, name).observe(seconds)
         if outcome.sync_phase:
             self.metrics.app_sync_total.labels(namespace, name, outcome.sync_phase).inc()
         self.metrics.set_app_info(
@@ -305,6 +305,9 @@ class Scheduler:
     def _reconcile(self, body: Manifest, attempt: int, source: Fetched | SourceError | None,
                    superseded: deque[str]) -> Outcome:
         outcome = self.reconciler.reconcile(body, attempt=attempt, source=source)
+        # Before the status is written: whoever sees the new status on the Application must find
+        # the metrics saying the same.
+        self._record_outcome(body, outcome)
         metadata = body["metadata"]
         consumed: dict = {}
         if outcome.consumed_refresh:
