@@ -188,6 +188,106 @@ class SyncOptions:
         return cls(**values)
 
 
+# Argo CD's source.kustomize fields Gantry applies, by the kustomization field each becomes.
+_KUSTOMIZE_OVERRIDES = ("namePrefix", "nameSuffix", "images", "commonLabels", "commonAnnotations", "namespace",
+                        "replicas")
+
+
+@dataclass(frozen=True)
+class KustomizeOverrides:
+    """Argo CD's `source.kustomize` block: changes laid over the app's kustomization at build
+    time, as Argo CD makes them (a kustomization of its own around the app's, never in the repo)."""
+
+    name_prefix: str = ""
+    name_suffix: str = ""
+    images: tuple[tuple[tuple[str, str], ...], ...] = ()  # kustomize `images:` entries, as sorted items
+    common_labels: tuple[tuple[str, str], ...] = ()
+    common_annotations: tuple[tuple[str, str], ...] = ()
+    namespace: str = ""
+    replicas: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def parse(cls, block: dict[str, Any]) -> "KustomizeOverrides":
+        def pairs(field: str) -> tuple[tuple[str, str], ...]:
+            value = block.get(field) or {}
+            if not isinstance(value, dict):
+                raise SpecError(f"spec.source.kustomize.{field} must be a map of names to values")
+            return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+
+        replicas = []
+        for entry in block.get("replicas") or ():
+            if not isinstance(entry, dict) or not entry.get("name"):
+                raise SpecError("spec.source.kustomize.replicas entries need a name and a count")
+            replicas.append((str(entry["name"]), _number(int, entry.get("count"), "spec.source.kustomize.replicas[].count")))
+        return cls(
+            name_prefix=str(block.get("namePrefix") or ""),
+            name_suffix=str(block.get("nameSuffix") or ""),
+            images=tuple(tuple(sorted(kustomize_image(str(image)).items())) for image in block.get("images") or ()),
+            common_labels=pairs("commonLabels"),
+            common_annotations=pairs("commonAnnotations"),
+            namespace=str(block.get("namespace") or ""),
+            replicas=tuple(replicas),
+        )
+
+    def kustomization(self, resource: str) -> dict[str, Any]:
+        """A kustomization that builds `resource` (the app's directory) with these changes."""
+        fields: dict[str, Any] = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                                  "resources": [resource]}
+        if self.name_prefix:
+            fields["namePrefix"] = self.name_prefix
+        if self.name_suffix:
+            fields["nameSuffix"] = self.name_suffix
+        if self.images:
+            fields["images"] = [dict(image) for image in self.images]
+        if self.common_labels:
+            # Argo CD's commonLabels, selectors included, in the form kustomize no longer deprecates.
+            fields["labels"] = [{"pairs": dict(self.common_labels), "includeSelectors": True}]
+        if self.common_annotations:
+            fields["commonAnnotations"] = dict(self.common_annotations)
+        if self.namespace:
+            fields["namespace"] = self.namespace
+        if self.replicas:
+            fields["replicas"] = [{"name": name, "count": count} for name, count in self.replicas]
+        return fields
+
+    def __bool__(self) -> bool:
+        return self != KustomizeOverrides()
+
+
+def kustomize_image(text: str) -> dict[str, str]:
+    """An Argo CD `kustomize.images` entry (`kustomize edit set image`'s syntax: `name=new:tag`,
+    `name:tag`, `name@digest`, `name=new@digest`) as a kustomization `images:` entry."""
+    name, sep, new = text.strip().partition("=")
+    if not name:
+        raise SpecError(f"spec.source.kustomize.images: {text!r} is not of the form name=newName:tag, name:tag "
+                        f"or name@digest")
+    if not sep:
+        new = name
+        name = _image_name(name)
+    image: dict[str, str] = {"name": name}
+    reference, at, digest = new.partition("@")
+    repository, tag = reference, ""
+    if ":" in reference.rpartition("/")[2]:  # a tag, not a registry's port
+        repository, _, tag = reference.rpartition(":")
+    if sep and repository:
+        image["newName"] = repository
+    if tag:
+        image["newTag"] = tag
+    if at:
+        image["digest"] = digest
+    if len(image) == 1:
+        raise SpecError(f"spec.source.kustomize.images: {text!r} changes nothing: give a new name, tag or digest")
+    return image
+
+
+def _image_name(reference: str) -> str:
+    """The image name of `name:tag` or `name@digest` (a registry's port stays in the name)."""
+    reference = reference.partition("@")[0]
+    if ":" in reference.rpartition("/")[2]:
+        reference = reference.rpartition(":")[0]
+    return reference
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     limit: int = 5
@@ -221,6 +321,7 @@ class AppSpec:
     # objects, which would prune the whole app (a kustomization emptied by mistake), as Argo CD does.
     allow_empty: bool = False
     directory_recurse: bool = False  # source.directory.recurse: a plain folder's subfolders too
+    kustomize: KustomizeOverrides = KustomizeOverrides()  # source.kustomize
     # Argo CD fields accepted so an Application ports, that Gantry does not act on: said on the
     # Application (a warning condition), never silently dropped.
     unsupported: tuple[str, ...] = ()
@@ -299,6 +400,7 @@ class AppSpec:
                            if spec.get("revisionHistoryLimit") is not None else 10),
             allow_empty=bool((automated or {}).get("allowEmpty", False)),
             directory_recurse=bool((source.get("directory") or {}).get("recurse", False)),
+            kustomize=KustomizeOverrides.parse(source.get("kustomize") or {}),
             unsupported=unsupported,
         )
 
@@ -309,7 +411,8 @@ class AppSpec:
 
 def _unsupported_fields(source: dict[str, Any], ignore_differences: Any) -> tuple[str, ...]:
     """The Argo CD fields in use that Gantry accepts but does not act on."""
-    fields = [f"spec.source.kustomize.{key}" for key in sorted(source.get("kustomize") or {})]
+    fields = [f"spec.source.kustomize.{key}" for key in sorted(source.get("kustomize") or {})
+              if key not in _KUSTOMIZE_OVERRIDES]
     fields += [f"spec.source.directory.{key}" for key in sorted(source.get("directory") or {}) if key != "recurse"]
     for index, entry in enumerate(ignore_differences):
         fields += [f"spec.ignoreDifferences[{index}].{key}" for key in ("jqPathExpressions", "managedFieldsManagers")

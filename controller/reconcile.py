@@ -31,6 +31,7 @@ from .model import (
     ApplyFailure,
     HealthResult,
     HealthStatus,
+    KustomizeOverrides,
     Manifest,
     ObjectRef,
     RenderError,
@@ -131,7 +132,7 @@ class Reconciler:
         self.kustomize = kustomize
         self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
-        self._renders: OrderedDict[tuple[str, str, str, bool], list[Manifest] | RenderError] = OrderedDict()
+        self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
         self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
         self._render_lock = threading.Lock()
 
@@ -199,7 +200,7 @@ class Reconciler:
 
         try:
             objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard",
-                                   recurse=spec.directory_recurse)
+                                   recurse=spec.directory_recurse, overrides=spec.kustomize)
         except RenderError as error:
             return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
 
@@ -404,15 +405,16 @@ class Reconciler:
 
     # ------------------------------------------------------------------ pieces
 
-    def _render(self, checkout: Path, commit: str, path: str, *, hard: bool, recurse: bool) -> list[Manifest]:
-        key = (str(checkout), commit, path, recurse)
+    def _render(self, checkout: Path, commit: str, path: str, *, hard: bool, recurse: bool,
+                overrides: KustomizeOverrides) -> list[Manifest]:
+        key = (str(checkout), commit, path, recurse, overrides)
         with self._render_lock:
             if hard:
                 self._renders.pop(key, None)
             cached = self._renders.get(key)
         if cached is None:
             try:
-                cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse)
+                cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse, overrides=overrides)
             except RenderError as error:
                 cached = error
             with self._render_lock:
@@ -426,7 +428,8 @@ class Reconciler:
     def _prepare(self, objects: list[Manifest], spec: AppSpec, key: tuple) -> list[Manifest]:
         """diff.prepare, remembered per commit, destination and app: a steady app then hands the
         differ the very same target objects every pass, whose content hashes it keeps."""
-        full_key = (*key, spec.path, spec.destination_namespace, spec.key)
+        # Everything the objects depend on besides the commit: how they were rendered, and where to.
+        full_key = (*key, spec.path, spec.directory_recurse, spec.kustomize, spec.destination_namespace, spec.key)
         with self._render_lock:
             cached = self._prepared.get(full_key)
         if cached is None:

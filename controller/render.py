@@ -10,13 +10,14 @@ import os
 import posixpath
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from controller.model import Manifest, ObjectRef, RenderError
+from controller.model import KustomizeOverrides, Manifest, ObjectRef, RenderError
 
 __all__ = ["KUSTOMIZATION_FILES", "load_yaml", "render"]
 
@@ -30,19 +31,24 @@ _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", timeout: float = 120.0,
-           recurse: bool = False) -> list[Manifest]:
+           recurse: bool = False, overrides: KustomizeOverrides | None = None) -> list[Manifest]:
     """The objects at `path` (relative to the repo root) in the checked-out tree `checkout`.
 
     A directory with a kustomization is built with `kustomize build` (default load restrictor);
     any other directory gives every *.yaml, *.yml and *.json file directly in it, by name, and with
-    `recurse` (Argo CD's source.directory.recurse) those of its subdirectories too. Every error is
-    a RenderError naming the file relative to the repository root, and the line if known.
+    `recurse` (Argo CD's source.directory.recurse) those of its subdirectories too. `overrides`
+    (Argo CD's source.kustomize) are laid over a kustomization, from a kustomization of their own
+    outside the checkout. Every error is a RenderError naming the file relative to the repository
+    root, and the line if known.
     """
     root = Path(checkout).resolve()
     directory = _directory(root, path)
     kustomization = _kustomization_file(directory)
     if kustomization is not None:
-        objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout)
+        objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout, overrides)
+    elif overrides:
+        raise RenderError(f"path {path!r} has no kustomization.yaml, so spec.source.kustomize cannot apply: add one "
+                          f"that lists the manifests, or remove the kustomize block from the Application")
     else:
         objects = _read_directory(root, directory, recurse=recurse)
     _check(objects)
@@ -254,21 +260,31 @@ def _yaml_error(error: yaml.MarkedYAMLError, where: str) -> RenderError:
 # Kustomize
 
 
-def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: Path, timeout: float) -> list[_Located]:
+def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: Path, timeout: float,
+                     overrides: KustomizeOverrides | None = None) -> list[_Located]:
     _check_kustomization_tree(root, directory)
     where = _relative(root, kustomization)
-    try:
-        result = subprocess.run(
-            [str(binary), "build", str(directory)],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            # A remote base is fetched by git: never let it wait for a password.
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-    except subprocess.TimeoutExpired:
-        raise RenderError(f"kustomize build did not finish within {timeout:g}s", path=where) from None
+    with tempfile.TemporaryDirectory(prefix="gantry-kustomize-") as scratch:
+        target = directory
+        if overrides:
+            # The checkout is shared and read-only to us: the overrides go in a kustomization of
+            # their own that takes the app's directory as its one resource.
+            target = Path(scratch)
+            # kustomize takes a new root only by a relative path.
+            resource = os.path.relpath(directory, target.resolve())
+            (target / "kustomization.yaml").write_text(yaml.safe_dump(overrides.kustomization(resource)))
+        try:
+            result = subprocess.run(
+                [str(binary), "build", str(target)],
+                cwd=target,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                # A remote base is fetched by git: never let it wait for a password.
+                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            )
+        except subprocess.TimeoutExpired:
+            raise RenderError(f"kustomize build did not finish within {timeout:g}s", path=where) from None
     if result.returncode != 0:
         raise _KustomizeError(root, directory, result.stderr).mapped()
     # Lines in kustomize's output are not lines of any file in the repo: name the kustomization only.

@@ -457,12 +457,12 @@ def test_plain_folder_with_recurse_and_argo_cd_fields_gantry_does_not_act_on(mak
         "k8s/top.yaml": yaml.safe_dump({**config, "metadata": {"name": "top"}}),
         "k8s/nested/inner.yaml": yaml.safe_dump({**config, "metadata": {"name": "inner"}}),
     })
-    app.apply(source={"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s",
-                      "directory": {"recurse": True}, "kustomize": {"namePrefix": "prod-"}})
+    app.apply(source={"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s", "directory": {"recurse": True}},
+              ignoreDifferences=[{"group": "apps", "kind": "Deployment", "managedFieldsManagers": ["kube-controller-manager"]}])
     status = app.wait_synced(app.repo.head)
     assert app.object("configmap", "top") is not None and app.object("configmap", "inner") is not None
     warnings = [c for c in status["conditions"] if c["type"] == "UnsupportedFieldWarning"]
-    assert len(warnings) == 1 and "spec.source.kustomize.namePrefix" in warnings[0]["message"]
+    assert len(warnings) == 1 and "spec.ignoreDifferences[0].managedFieldsManagers" in warnings[0]["message"]
     assert any(e["reason"] == "UnsupportedFieldWarning" for e in app.events())
 
 
@@ -506,3 +506,23 @@ def test_apps_on_a_hanging_repo_do_not_delay_the_others(make_app):
         assert len(still_waiting) == len(stuck), "the good app was synced only after hanging fetches gave up"
     finally:
         silent.close()
+
+
+def test_argo_cd_kustomize_overrides_are_applied_and_follow_edits_of_the_application(make_app):
+    app = make_app()
+
+    def apply(image: str) -> None:
+        app.apply(source={"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s",
+                          "kustomize": {"images": [f"nginx={image}"], "commonLabels": {"team": "shop"}}})
+
+    apply("registry.example/nginx:1.28")
+    app.wait_synced(app.repo.head)
+    live = deployment(app)
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/nginx:1.28"
+    assert live["metadata"]["labels"]["team"] == "shop"
+    assert "UnsupportedFieldWarning" not in {c["type"] for c in app.status().get("conditions") or ()}
+
+    apply("registry.example/nginx:1.29")  # same commit, new override: rendered again
+    app.wait(lambda s: (s.get("summary") or {}).get("images") and "registry.example/nginx:1.29" in s["summary"]["images"],
+             "the new image in the summary")
+    assert deployment(app)["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/nginx:1.29"

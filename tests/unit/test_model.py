@@ -10,10 +10,12 @@ import yaml
 from controller.model import (
     AppSpec,
     IgnoreDifference,
+    KustomizeOverrides,
     ObjectRef,
     RetryPolicy,
     SpecError,
     SyncOptions,
+    kustomize_image,
     parse_duration,
 )
 
@@ -110,10 +112,43 @@ REJECTED = [
 ]
 
 
+@pytest.mark.parametrize("text,image", [
+    ("nginx:1.28", {"name": "nginx", "newTag": "1.28"}),
+    ("nginx=registry.example/web:2", {"name": "nginx", "newName": "registry.example/web", "newTag": "2"}),
+    ("nginx=registry.example:5000/web", {"name": "nginx", "newName": "registry.example:5000/web"}),
+    ("localhost:5000/web:3", {"name": "localhost:5000/web", "newTag": "3"}),
+    ("web@sha256:abc", {"name": "web", "digest": "sha256:abc"}),
+    ("web=mirror/web@sha256:abc", {"name": "web", "newName": "mirror/web", "digest": "sha256:abc"}),
+])
+def test_kustomize_images_in_argo_cd_syntax(text, image):
+    assert kustomize_image(text) == image
+
+
+@pytest.mark.parametrize("text", ["nginx", "=web:2", "localhost:5000/web"])
+def test_kustomize_images_that_change_nothing_or_name_nothing_are_refused(text):
+    with pytest.raises(SpecError) as caught:
+        kustomize_image(text)
+    assert "spec.source.kustomize.images" in str(caught.value)
+
+
+def test_kustomize_overrides_become_a_kustomization_around_the_app():
+    spec = parse({"source": {"repoURL": REPO, "kustomize": {
+        "namePrefix": "prod-", "images": ["web:2"], "commonLabels": {"team": "shop"},
+        "replicas": [{"name": "web", "count": 3}], "components": ["../extra"]}}})
+    assert spec.kustomize.kustomization("/checkout/k8s") == {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["/checkout/k8s"],
+        "namePrefix": "prod-", "images": [{"name": "web", "newTag": "2"}],
+        "labels": [{"pairs": {"team": "shop"}, "includeSelectors": True}],
+        "replicas": [{"name": "web", "count": 3}]}
+    assert spec.unsupported == ("spec.source.kustomize.components",)
+    assert not parse({"source": {"repoURL": REPO}}).kustomize
+    assert KustomizeOverrides.parse({"namePrefix": "a-"}) == KustomizeOverrides(name_prefix="a-")
+
+
 def test_directory_recurse_and_the_argo_cd_fields_gantry_does_not_act_on():
     spec = parse({
         "source": {"repoURL": REPO, "directory": {"recurse": True, "exclude": "*.tmp"},
-                   "kustomize": {"images": ["web=web:2"], "namePrefix": "prod-"}},
+                   "kustomize": {"images": ["web=web:2"], "namePrefix": "prod-", "patches": []}},
         "ignoreDifferences": [
             {"group": "apps", "kind": "Deployment", "jsonPointers": ["/spec/replicas"]},
             {"group": "apps", "kind": "Deployment", "managedFieldsManagers": ["kube-controller-manager"],
@@ -122,7 +157,7 @@ def test_directory_recurse_and_the_argo_cd_fields_gantry_does_not_act_on():
     })
     assert spec.directory_recurse is True
     assert spec.unsupported == (
-        "spec.source.kustomize.images", "spec.source.kustomize.namePrefix", "spec.source.directory.exclude",
+        "spec.source.kustomize.patches", "spec.source.directory.exclude",
         "spec.ignoreDifferences[1].jqPathExpressions", "spec.ignoreDifferences[1].managedFieldsManagers")
     assert parse({"source": {"repoURL": REPO, "directory": {"recurse": True}}}).unsupported == ()
 
@@ -383,5 +418,5 @@ def test_argo_cd_application_parses():
                              name="db", namespace="shop"),
         ),
         project="shop-team",
-        unsupported=("spec.source.kustomize.images", "spec.source.kustomize.namePrefix"),
+        kustomize=KustomizeOverrides(name_prefix="prod-", images=((("name", "ghcr.io/example/web"), ("newTag", "1.4.2")),)),
     )

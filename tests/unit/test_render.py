@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gitserver import WorkRepo, init_bare
 
-from controller.model import RenderError
+from controller.model import KustomizeOverrides, RenderError
 from controller.render import load_yaml, render
 from controller.source import GitCache
 
@@ -283,6 +283,39 @@ def test_symlinks_inside_the_repo_are_followed(tmp_path: Path, kustomize: Path):
         "k8s/base": "-> ../shared",
     })
     assert refs(render(root, "k8s", kustomize=kustomize)) == [("ConfigMap", None, "a")]
+
+
+def test_argo_cd_kustomize_overrides_are_laid_over_the_apps_kustomization(tmp_path: Path, kustomize: Path):
+    root = write(tmp_path, {
+        "base/kustomization.yaml": "resources:\n- deployment.yaml\n",
+        "base/deployment.yaml": DEPLOYMENT,
+        "k8s/kustomization.yaml": "resources:\n- ../base\n- config.yaml\n",
+        "k8s/config.yaml": configmap("settings"),
+    })
+    overrides = KustomizeOverrides.parse({
+        "namePrefix": "prod-", "images": ["nginx=registry.example:5000/nginx:1.28"],
+        "commonLabels": {"team": "shop"}, "commonAnnotations": {"owner": "ops"}, "namespace": "shop-prod",
+        "replicas": [{"name": "backend", "count": 5}],
+    })
+    deployment, config = sorted(render(root, "k8s", kustomize=kustomize, overrides=overrides),
+                                key=lambda o: o["kind"], reverse=True)
+    assert deployment["metadata"]["name"] == "prod-backend" and config["metadata"]["name"] == "prod-settings"
+    assert deployment["metadata"]["namespace"] == "shop-prod"
+    assert deployment["spec"]["replicas"] == 5
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example:5000/nginx:1.28"
+    assert deployment["metadata"]["labels"] == {"team": "shop"} and config["metadata"]["annotations"] == {"owner": "ops"}
+    # The checkout is left as it was: the overrides lived in a kustomization of their own.
+    assert (root / "k8s/kustomization.yaml").read_text() == "resources:\n- ../base\n- config.yaml\n"
+    assert sorted(p.name for p in (root / "k8s").iterdir()) == ["config.yaml", "kustomization.yaml"]
+    plain = render(root, "k8s", kustomize=kustomize)
+    assert {o["metadata"]["name"] for o in plain} == {"backend", "settings"}
+
+
+def test_kustomize_overrides_on_a_plain_folder_are_an_error(tmp_path: Path):
+    root = write(tmp_path, {"k8s/a.yaml": configmap("a")})
+    with pytest.raises(RenderError) as caught:
+        render(root, "k8s", overrides=KustomizeOverrides(name_prefix="prod-"))
+    assert "has no kustomization.yaml, so spec.source.kustomize cannot apply" in str(caught.value)
 
 
 # ---------------------------------------------------------------------------------------------
