@@ -154,13 +154,19 @@ def test_secret_values_never_appear_in_diff_get_or_sync(make_app, gantry):
     assert_no_secret(shown.stdout + gantry("app", "get", app.name, "-o", "yaml").stdout, SECRET_VALUE, SECRET_VALUE_2)
 
 
-def test_manual_sync_then_rollback_restores_the_previous_revision(make_app, gantry):
-    app = make_app()
+def synced_by_hand(app, gantry) -> str:
+    """Apply app without automated sync, sync it with `gantry app sync`; the commit it synced."""
     app.apply(automated=False)
     app.wait_sync_status("OutOfSync")
     first = app.repo.head
     ok(gantry("app", "sync", app.name))
     app.wait_synced(first)
+    return first
+
+
+def test_manual_sync_then_rollback_restores_the_previous_revision(make_app, gantry):
+    app = make_app()
+    first = synced_by_hand(app, gantry)
     assert image_of(app) == "nginx:1.27"
 
     second = app.push(web_app_files(image="nginx:1.28"), message="bad image")
@@ -190,11 +196,7 @@ def test_manual_sync_then_rollback_restores_the_previous_revision(make_app, gant
 
 def test_rollback_re_applies_the_source_of_the_history_entry_after_the_path_moved(make_app, gantry):
     app = make_app()
-    app.apply(automated=False)
-    app.wait_sync_status("OutOfSync")
-    first = app.repo.head
-    ok(gantry("app", "sync", app.name))
-    app.wait_synced(first)
+    first = synced_by_hand(app, gantry)
     entry = app.status()["history"][-1]
     assert entry["source"]["path"] == "k8s"
 
