@@ -261,31 +261,26 @@ def kustomize_image(text: str) -> dict[str, str]:
     if not name:
         raise SpecError(f"spec.source.kustomize.images: {text!r} is not of the form name=newName:tag, name:tag "
                         f"or name@digest")
-    if not sep:
-        new = name
-        name = _image_name(name)
-    image: dict[str, str] = {"name": name}
-    reference, at, digest = new.partition("@")
-    repository, tag = reference, ""
-    if ":" in reference.rpartition("/")[2]:  # a tag, not a registry's port
-        repository, _, tag = reference.rpartition(":")
+    repository, tag, digest = _split_image(new if sep else name)
+    image: dict[str, str] = {"name": name if sep else repository}
     if sep and repository:
         image["newName"] = repository
     if tag:
         image["newTag"] = tag
-    if at:
+    if digest:
         image["digest"] = digest
     if len(image) == 1:
         raise SpecError(f"spec.source.kustomize.images: {text!r} changes nothing: give a new name, tag or digest")
     return image
 
 
-def _image_name(reference: str) -> str:
-    """The image name of `name:tag` or `name@digest` (a registry's port stays in the name)."""
-    reference = reference.partition("@")[0]
-    if ":" in reference.rpartition("/")[2]:
-        reference = reference.rpartition(":")[0]
-    return reference
+def _split_image(reference: str) -> tuple[str, str, str]:
+    """(repository, tag, digest) of `repo[:tag][@digest]`; a registry's port stays in the repository."""
+    reference, _, digest = reference.partition("@")
+    repository, tag = reference, ""
+    if ":" in reference.rpartition("/")[2]:  # a tag, not a registry's port
+        repository, _, tag = reference.rpartition(":")
+    return repository, tag, digest
 
 
 @dataclass(frozen=True)

@@ -344,9 +344,8 @@ class Scheduler:
 
     def _finalize(self, body: Manifest) -> None:
         metadata = body["metadata"]
-        ours = RESOURCE_FINALIZERS
         finalizers = metadata.get("finalizers") or []
-        if not any(f in finalizers for f in ours):
+        if not any(f in finalizers for f in RESOURCE_FINALIZERS):
             return
         results = self.reconciler.finalize(body)
         logger.info("finalizing %s/%s: %s", metadata["namespace"], metadata["name"],
@@ -360,7 +359,7 @@ class Scheduler:
             post_event(self.client, body, Event("Warning", "DeleteFailed",
                                                 "; ".join(f"{r.ref}: {r.message}" for r in failed)))
             return
-        remaining = [f for f in finalizers if f not in ours]
+        remaining = [f for f in finalizers if f not in RESOURCE_FINALIZERS]
         self.client.request("PATCH", _app_path(metadata),
                             body={"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}},
                             content_type="application/merge-patch+json")

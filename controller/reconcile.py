@@ -138,15 +138,13 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the reconcile
 
-    def reconcile(self, body: Manifest, *, attempt: int = 0, fetch_git: bool = False,
-                  source: Fetched | SourceError | None = None) -> Outcome:
-        """attempt: consecutive failed passes before this one (for retry backoff); fetch_git: read
-        git now even without a refresh annotation (a webhook said the repo changed). Otherwise git
-        is fetched once the repo's last fetch is a poll interval (the cache's) old.
-        source: what fetch() gave for source_wanted(body), when the caller read git already (the
-        operator does, outside the reconcile workers, so that a slow repo holds none of them)."""
+    def reconcile(self, body: Manifest, *, attempt: int = 0, source: Fetched | SourceError | None = None) -> Outcome:
+        """attempt: consecutive failed passes before this one (for retry backoff); source: what
+        fetch() gave for source_wanted(body), when the caller read git already (the operator does,
+        outside the reconcile workers, so that a slow repo holds none of them); without it the
+        pass reads git itself."""
         started = now()
-        outcome = self._reconcile(body, attempt=attempt, fetch_git=fetch_git, source=source)
+        outcome = self._reconcile(body, attempt=attempt, source=source)
         request = Request.of(body)
         if request.sync_requested and not outcome.consumed_operation and not outcome.retrying:
             # A requested sync that failed before applying anything (bad revision, broken commit)
@@ -162,7 +160,7 @@ class Reconciler:
             outcome.events.append(Event("Warning", "SyncFailed", f"sync failed: {message}"))
         return outcome
 
-    def _reconcile(self, body: Manifest, *, attempt: int, fetch_git: bool, source: Fetched | SourceError | None) -> Outcome:
+    def _reconcile(self, body: Manifest, *, attempt: int, source: Fetched | SourceError | None) -> Outcome:
         metadata = body["metadata"]
         previous = body.get("status") or {}
         request = Request.of(body)
@@ -187,7 +185,7 @@ class Reconciler:
                                 health=HealthStatus.UNKNOWN)
 
         if source is None:
-            wanted = self._source_wanted(body, request, spec, fetch_git=fetch_git)
+            wanted = self._source_wanted(body, request, spec, fetch_git=False)
             source = self.fetch(wanted.repo_url, wanted.revision, refresh=wanted.refresh)
         if isinstance(source, SourceError):
             outcome = self._failed(outcome, previous, "ComparisonError", str(source))
@@ -328,7 +326,7 @@ class Reconciler:
                        f"commit or edit the Application to try again")
             status["sync"]["status"] = SyncStatus.FAILED.value
             status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
-                                                           previous.get("conditions"))]
+                                                           previous.get("conditions")), *status["conditions"]]
             status["message"] = status_stage.one_line(message)
             outcome.events = [e for e in outcome.events if e.reason != "OutOfSync"]
         return outcome
