@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 from gitserver import WorkRepo
 
-APP_NAMESPACE = "gantry"  # where the controller under test serves Applications
+# Where the controller under test serves Applications. Another value lets two test runs share one
+# cluster without their controllers fighting over the same Applications.
+APP_NAMESPACE = os.environ.get("GANTRY_TEST_APP_NAMESPACE", "gantry")
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import yaml
-from harness import web_app_files
+from harness import APP_NAMESPACE, web_app_files
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ def test_first_sync_is_synced_and_healthy_with_revision_and_url(make_app):
     assert status["operationState"]["phase"] == "Succeeded"
     assert status["history"][-1]["revision"] == app.repo.head
     assert any(e["reason"] == "Synced" for e in app.events())
-    printed = app.cluster.kubectl("get", "apps", "-n", "gantry", app.name, "-o", "wide").stdout
+    printed = app.cluster.kubectl("get", "apps", "-n", APP_NAMESPACE, app.name, "-o", "wide").stdout
     assert "Synced" in printed and "Healthy" in printed and app.repo.head[:7] in printed
     assert "http://shop.example.test" in printed
 
@@ -233,7 +233,7 @@ def test_invalid_specs_are_refused_or_reported(make_app):
     app = make_app()
     refused = app.cluster.kubectl("apply", "-f", "-", check=False, stdin=yaml.safe_dump({
         "apiVersion": "gantry.dev/v1alpha1", "kind": "Application",
-        "metadata": {"name": app.name, "namespace": "gantry"},
+        "metadata": {"name": app.name, "namespace": APP_NAMESPACE},
         "spec": {"destination": {"namespace": "x"}, "source": {"path": "k8s"}},
     }))
     assert refused.returncode != 0 and "repoURL" in refused.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from harness import web_app_files
+from harness import APP_NAMESPACE, web_app_files
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def test_metrics_follow_syncs(make_app, controller):
     app.apply()
     app.wait_synced(app.repo.head)
     before = scrape(controller)
-    info = value(before, "gantry_app_info", namespace="gantry", name=app.name, repo=app.repo_url,
+    info = value(before, "gantry_app_info", namespace=APP_NAMESPACE, name=app.name, repo=app.repo_url,
                  dest_namespace=app.destination, sync_status="Synced", health_status="Healthy")
     assert info == 1
     assert value(before, "gantry_app_sync_total", name=app.name, phase="Succeeded") >= 1
