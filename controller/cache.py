@@ -13,18 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from .diff import owner_of
 from .kube import KubeApiError, KubeClient, Resource
-from .model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TRACKING_ANNOTATION, Manifest, ObjectRef
+from .model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, Manifest, ObjectRef
 
 logger = logging.getLogger(__name__)
 _SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
-
-
-def owner_of(obj: Manifest) -> str | None:
-    """The `namespace/name` of the Application that applied obj, from its tracking annotation."""
-    tracking = ((obj.get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION, "")
-    app_key, sep, _ = tracking.partition(":")
-    return app_key if sep else None
 
 
 def _slim(obj: Manifest) -> Manifest:
@@ -210,15 +204,20 @@ class LiveCache:
     def _store(self, event_type: str, obj: Manifest, *, notify: bool) -> None:
         ref = ObjectRef.of(obj)
         with self._lock:
+            before = self._objects.get(ref)
             if event_type == "DELETED":
                 self._objects.pop(ref, None)
-            elif _newer(obj, self._objects.get(ref)):
+            elif _newer(obj, before):
                 self._objects[ref] = _slim(obj)
             else:
                 return
-        owner = owner_of(obj)
-        if notify and owner and self.on_change:
-            self.on_change(owner, obj)
+        if not notify or self.on_change is None:
+            return
+        # The owner before the change too: an object whose tracking id someone rewrote is still the
+        # old owner's, whose self-heal must hear of it to take it back.
+        for owner in dict.fromkeys((owner_of(obj), owner_of(before) if before is not None else None)):
+            if owner:
+                self.on_change(owner, obj)
 
     def _drop_missing(self, resource: Resource, namespace: str | None, seen: set[ObjectRef]) -> None:
         """After a relist, objects deleted while no watch ran must go too (and count as changes)."""

@@ -53,6 +53,27 @@ def tracking_id(app_key: str, ref: ObjectRef) -> str:
     return f"{app_key}:{ref.group}/{ref.kind}:{ref.namespace}/{ref.name}"
 
 
+def owner_of(obj: Manifest) -> str | None:
+    """The `namespace/name` of the Application that applied obj, from its tracking annotation."""
+    tracking = ((obj.get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION, "")
+    app_key, sep, _ = str(tracking).partition(":")
+    return app_key if sep else None
+
+
+def owned_elsewhere(app_key: str, lives: Iterable[Manifest | None]) -> list[ApplyFailure]:
+    """The live objects another Application's tracking id claims (Argo CD's shared-resource
+    conflict): applying them would take them over, and a later prune of ours would delete them.
+    Objects no Application claims (created by hand, or by a tool) are adopted as before."""
+    conflicts = []
+    for live in lives:
+        owner = owner_of(live) if live is not None else None
+        if owner and owner != app_key:
+            conflicts.append(ApplyFailure(ObjectRef.of(live), (
+                f"already managed by Application {owner} (its {TRACKING_ANNOTATION} annotation); an object "
+                f"belongs to one application: rename it here, or remove it from {owner} first")))
+    return conflicts
+
+
 def unserved_message(error: UnservedApiError) -> str:
     hint = _REMOVED_API_HINTS.get((error.api_version, error.kind))
     message = f"{error.api_version} {error.kind} is not served by this cluster"

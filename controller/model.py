@@ -5,7 +5,9 @@ Nothing here does I/O: these are the nouns every stage shares, and the one error
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -122,6 +124,58 @@ class ApplyFailure:
 
     ref: ObjectRef
     message: str
+
+
+@dataclass(frozen=True)
+class NamespacePolicy:
+    """Namespaced mode (--namespaces): where Applications may deploy, and which of them may deploy where.
+
+    A destination namespace admits the Applications that live in it (whoever may write an
+    Application there may already write in it) and those `grants` name for it by `namespace/name`
+    pattern (shell globs: `gantry/shop-*`); nobody else, so one team's Application cannot aim at
+    another team's namespace, nor can a commit to its repo put an object there. Cluster-scoped
+    objects are refused to every Application.
+    """
+
+    namespaces: frozenset[str]
+    grants: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (destination namespace, app patterns)
+
+    @classmethod
+    def parse(cls, namespaces: str, grants: Sequence[str] = ()) -> "NamespacePolicy | None":
+        """From `--namespaces a,b` and each `--destination-apps NS=PATTERN[,PATTERN…]`; None (cluster
+        mode) without namespaces. Raises SpecError for a grant that does not fit."""
+        listed = frozenset(n.strip() for n in namespaces.split(",") if n.strip())
+        if not listed:
+            if grants:
+                raise SpecError("--destination-apps needs namespaced mode: list the namespaces with --namespaces")
+            return None
+        parsed: dict[str, tuple[str, ...]] = {}
+        for grant in grants:
+            namespace, sep, patterns = grant.partition("=")
+            names = tuple(p.strip() for p in patterns.split(",") if p.strip())
+            if not sep or not names or namespace.strip() not in listed or any("/" not in p for p in names):
+                raise SpecError(f"--destination-apps {grant!r}: write NAMESPACE=APP_NAMESPACE/APP_NAME[,…] (globs "
+                                f"allowed) for a namespace listed in --namespaces ({', '.join(sorted(listed))})")
+            parsed[namespace.strip()] = parsed.get(namespace.strip(), ()) + names
+        return cls(listed, tuple(sorted(parsed.items())))
+
+    def admitted(self, namespace: str) -> tuple[str, ...]:
+        """The `namespace/name` patterns of the Applications `namespace` admits."""
+        return (f"{namespace}/*", *dict(self.grants).get(namespace, ()))
+
+    def allows(self, app_key: str, namespace: str) -> bool:
+        """Whether the Application `app_key` (`namespace/name`) may deploy into `namespace`."""
+        return namespace in self.namespaces and any(fnmatchcase(app_key, p) for p in self.admitted(namespace))
+
+    def refusal(self, app_key: str, namespace: str) -> str:
+        """Why `app_key` may not deploy into `namespace`, and what would allow it."""
+        listed = ", ".join(sorted(self.namespaces))
+        if namespace not in self.namespaces:
+            return (f"namespace {namespace!r} is not allowed: the controller runs in namespaced mode and manages "
+                    f"only {listed} (its --namespaces); use one of them or add the namespace there")
+        return (f"namespace {namespace!r} is not allowed for Application {app_key}: it admits only "
+                f"{', '.join(self.admitted(namespace))}; an administrator can grant it with "
+                f"--destination-apps {namespace}={app_key}")
 
 
 # ---------------------------------------------------------------------------------------------

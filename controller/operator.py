@@ -30,7 +30,8 @@ from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import webhook
 from .metrics import HttpServer, Metrics
-from .model import API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, SourceError
+from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
+                    SourceError, SpecError)
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
@@ -44,7 +45,7 @@ PLURAL = "applications"
 class Options:
     namespace: str = "gantry"
     app_namespaces: tuple[str, ...] = ()  # extra namespaces whose Applications are served
-    destination_namespaces: tuple[str, ...] = ()  # namespaced mode: the only namespaces apps deploy to
+    policy: NamespacePolicy | None = None  # namespaced mode: which apps may deploy into which namespaces
     all_namespaces: bool = False
     poll_interval: float = 180.0
     workers: int = 8
@@ -415,11 +416,11 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval,
                    credentials=CredentialStore(client, _options.namespace),
                    observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
-    namespaced = _options.destination_namespaces or None
+    namespaced = tuple(sorted(_options.policy.namespaces)) if _options.policy else None
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
-                            allowed_namespaces=frozenset(namespaced) if namespaced else None)
+                            policy=_options.policy)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
@@ -505,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespaces", default="",
                         help="namespaced mode: comma-separated namespaces Applications may deploy to; cluster-scoped "
                              "objects and other namespaces are refused (default: cluster mode, anywhere)")
+    parser.add_argument("--destination-apps", action="append", default=[], metavar="NAMESPACE=APPS",
+                        help="namespaced mode: let the Applications APPS (comma-separated namespace/name patterns, "
+                             "globs allowed) deploy into NAMESPACE, besides the Applications in NAMESPACE itself "
+                             "(the only ones by default); repeat for each namespace")
     parser.add_argument("--poll-interval", type=float, default=180.0, help="seconds between git polls (default 180)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     parser.add_argument("--kustomize", default=os.environ.get("GANTRY_KUSTOMIZE") or shutil.which("kustomize") or "kustomize",
@@ -521,12 +526,17 @@ def main(argv: list[str] | None = None) -> int:
     if kustomize is None:
         parser.error(f"kustomize binary {args.kustomize!r} not found (install it or pass --kustomize PATH)")
 
+    try:
+        policy = NamespacePolicy.parse(args.namespaces, args.destination_apps)
+    except SpecError as error:
+        parser.error(str(error))
+
     global _options
     _options = Options(
         namespace=args.namespace,
         app_namespaces=tuple(n.strip() for n in args.app_namespaces.split(",") if n.strip()),
         all_namespaces=args.all_namespaces,
-        destination_namespaces=tuple(n.strip() for n in args.namespaces.split(",") if n.strip()),
+        policy=policy,
         poll_interval=args.poll_interval,
         workers=args.workers,
         kubeconfig=args.kubeconfig,

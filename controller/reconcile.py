@@ -20,7 +20,7 @@ import yaml
 from . import health as health_stage
 from . import status as status_stage
 from .cache import LiveCache
-from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, prepare, unserved_message
+from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, owned_elsewhere, prepare, unserved_message
 from .kube import KubeApiError, KubeClient, UnservedApiError
 from .model import (
     ARGOCD_FINALIZER,
@@ -33,6 +33,7 @@ from .model import (
     HealthStatus,
     KustomizeOverrides,
     Manifest,
+    NamespacePolicy,
     ObjectRef,
     RenderError,
     RetryPolicy,
@@ -121,12 +122,12 @@ class Reconciler:
 
     def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
                  workers: int = 8, count: Callable[[str], None] | None = None,
-                 allowed_namespaces: frozenset[str] | None = None) -> None:
+                 policy: NamespacePolicy | None = None) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
-        allowed_namespaces: namespaced mode (--namespaces): the only namespaces apps may deploy to;
+        policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
         cluster-scoped objects are refused. None: cluster mode."""
         self.client = client
-        self.allowed_namespaces = allowed_namespaces
+        self.policy = policy
         self.git = git
         self.live = live
         self.kustomize = kustomize
@@ -179,9 +180,7 @@ class Reconciler:
 
         if not self._destination_allowed(spec):
             return self._failed(outcome, previous, "InvalidSpecError",
-                                f"destination namespace {spec.destination_namespace!r} is not allowed: this controller "
-                                f"runs in namespaced mode and manages only {', '.join(sorted(self.allowed_namespaces))} "
-                                f"(its --namespaces); use one of them or add the namespace there",
+                                "destination " + self.policy.refusal(spec.key, spec.destination_namespace),
                                 health=HealthStatus.UNKNOWN)
 
         if source is None:
@@ -234,6 +233,12 @@ class Reconciler:
         # changing its Namespaces and CRDs.
         if unserved := self._unserved(rest):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+        # Every object this pass may write, looked up once before anything is written: one that
+        # another Application owns stops the commit, so it is neither taken over now nor pruned later.
+        rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
+        pre_lives, lives = self.live.lookup(targets), self.live.lookup(rest_targets)
+        if conflicts := owned_elsewhere(spec.key, [*pre_lives.values(), *lives.values()]):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, conflicts)
 
         # Whether an automated sync may run this pass: always for a new commit or spec; for drift
         # only with selfHeal. A revision whose sync failed is not tried again once its retries are
@@ -253,7 +258,6 @@ class Reconciler:
         # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
         # so objects that do not exist are applied without a dry run first (half the requests).
         first_sync = not previous_entries
-        pre_lives = self.live.lookup(targets)
         pre_diff = self.differ.diff(targets, lambda t: pre_lives[ObjectRef.of(t)], spec.ignore_differences,
                                     respect_ignores=respect, dry_run_missing=not first_sync)
         applied: list[ResourceResult] = []
@@ -264,20 +268,17 @@ class Reconciler:
                 # left to the dry run after the CRDs are applied, as their schema may be changing.
                 early = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) not in defined]
                 early_targets = self._prepare(early, spec, (checkout, commit, "early"))
-                early_lives = self.live.lookup(early_targets)
-                early_diff = self.differ.diff(early_targets, lambda t: early_lives[ObjectRef.of(t)],
+                early_diff = self.differ.diff(early_targets, lambda t: lives[ObjectRef.of(t)],
                                               spec.ignore_differences, respect_ignores=respect, dry_run_missing=False)
                 if early_diff.failures:
                     return self._dry_run_failed(outcome, previous, checkout, spec, commit, early_diff.failures)
-            if spec.sync_options.create_namespace and self.allowed_namespaces is None:
+            if spec.sync_options.create_namespace and self.policy is None:
                 self._ensure_namespace(spec.destination_namespace)
             applied += self.syncer.apply(pre_diff.diffs, replace=spec.sync_options.replace)
             self._remember(applied)
-        elif wants_sync and spec.sync_options.create_namespace and self.allowed_namespaces is None:
+        elif wants_sync and spec.sync_options.create_namespace and self.policy is None:
             self._ensure_namespace(spec.destination_namespace)
 
-        rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
-        lives = self.live.lookup(rest_targets)
         diff = self.differ.diff(rest_targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
                                 respect_ignores=respect, dry_run_missing=not first_sync)
         if awaiting:
@@ -372,7 +373,7 @@ class Reconciler:
         return AppSpec.parse(metadata["name"], metadata["namespace"], raw)
 
     def _destination_allowed(self, spec: AppSpec) -> bool:
-        return self.allowed_namespaces is None or spec.destination_namespace in self.allowed_namespaces
+        return self.policy is None or self.policy.allows(spec.key, spec.destination_namespace)
 
     # ------------------------------------------------------------------ deletion
 
@@ -466,9 +467,9 @@ class Reconciler:
         return spec.retry.delay(attempt + 1)
 
     def _not_permitted(self, objects: Sequence[Manifest], spec: AppSpec) -> list[ApplyFailure]:
-        if self.allowed_namespaces is None:
+        if self.policy is None:
             return []
-        allowed = ", ".join(sorted(self.allowed_namespaces))
+        listed = ", ".join(sorted(self.policy.namespaces))
         failures = []
         for obj in objects:
             ref = ObjectRef.of(obj)
@@ -480,10 +481,9 @@ class Reconciler:
                     continue  # reported as not served, with its hint, further on
             if not namespaced:
                 failures.append(ApplyFailure(ref, f"cluster-scoped {ref.kind} is not allowed: the controller runs "
-                                                  f"in namespaced mode (--namespaces {allowed})"))
-            elif (ref.namespace or spec.destination_namespace) not in self.allowed_namespaces:
-                failures.append(ApplyFailure(ref, f"namespace {ref.namespace!r} is not allowed: the controller "
-                                                  f"runs in namespaced mode and manages only {allowed}"))
+                                                  f"in namespaced mode (--namespaces {listed})"))
+            elif not self.policy.allows(spec.key, namespace := ref.namespace or spec.destination_namespace):
+                failures.append(ApplyFailure(ref, self.policy.refusal(spec.key, namespace)))
         return failures
 
     def _served(self, obj: Manifest) -> bool:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.diff import compare, mask_secret, normalise, prepare, tracking_id, unified_diff, unserved_message
+from controller.diff import (compare, mask_secret, normalise, owned_elsewhere, owner_of, prepare, tracking_id,
+                             unified_diff, unserved_message)
 from controller.kube import Resource, UnservedApiError
 from controller.model import IgnoreDifference, ObjectRef
 
@@ -357,3 +358,28 @@ def test_unknown_custom_kind_suggests_installing_its_crd():
     assert message.startswith("cert-manager.io/v1 Certificate is not served by this cluster")
     assert "install the CRD" in message
     assert "removed" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# owned_elsewhere: one object, one Application
+
+
+def _live(name: str, owner: str | None) -> dict:
+    annotations = {"gantry.dev/tracking-id": tracking_id(owner, ObjectRef("", "Secret", "team-b", name))} if owner else {}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team-b",
+                                                                "annotations": annotations}}
+
+
+def test_owner_of_reads_the_tracking_id():
+    assert owner_of(_live("db", "gantry/team-b")) == "gantry/team-b"
+    assert owner_of(_live("db", None)) is None
+    assert owner_of({"metadata": {"annotations": {"gantry.dev/tracking-id": "no-colon"}}}) is None
+
+
+def test_objects_of_another_application_are_conflicts_and_others_are_not():
+    lives = [_live("ours", "gantry/team-a"), _live("theirs", "gantry/team-b"), _live("by-hand", None), None]
+    conflicts = owned_elsewhere("gantry/team-a", lives)
+    assert [c.ref for c in conflicts] == [ObjectRef("", "Secret", "team-b", "theirs")]
+    assert conflicts[0].message.startswith("already managed by Application gantry/team-b (its gantry.dev/tracking-id")
+    assert "remove it from gantry/team-b first" in conflicts[0].message
+    assert owned_elsewhere("gantry/team-b", lives)[0].ref.name == "ours"

@@ -11,6 +11,7 @@ from controller.model import (
     AppSpec,
     IgnoreDifference,
     KustomizeOverrides,
+    NamespacePolicy,
     ObjectRef,
     RetryPolicy,
     SpecError,
@@ -420,3 +421,50 @@ def test_argo_cd_application_parses():
         project="shop-team",
         kustomize=KustomizeOverrides(name_prefix="prod-", images=((("name", "ghcr.io/example/web"), ("newTag", "1.4.2")),)),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# NamespacePolicy: namespaced mode's fence between teams
+
+
+def test_cluster_mode_has_no_policy():
+    assert NamespacePolicy.parse("") is None
+    assert NamespacePolicy.parse(" , ") is None
+
+
+def test_a_namespace_admits_only_its_own_applications_by_default():
+    policy = NamespacePolicy.parse("team-a,team-b")
+    assert policy.allows("team-a/shop", "team-a")
+    assert not policy.allows("team-a/shop", "team-b")
+    # The controller's own namespace is not trusted by default either: a grant says who may.
+    assert not policy.allows("gantry/shop", "team-a")
+    assert not policy.allows("team-c/x", "team-c"), "a namespace not listed admits nobody"
+
+
+def test_grants_add_applications_by_glob_and_only_for_their_namespace():
+    policy = NamespacePolicy.parse("team-a,team-b", ["team-b=gantry/shop-b*,team-a/reporting", "team-b=ops/*"])
+    assert policy.allows("gantry/shop-b", "team-b") and policy.allows("gantry/shop-b-canary", "team-b")
+    assert policy.allows("team-a/reporting", "team-b") and policy.allows("ops/anything", "team-b")
+    assert policy.allows("team-b/own", "team-b"), "a grant adds to the default, it does not replace it"
+    assert not policy.allows("gantry/shop-a", "team-b")
+    assert not policy.allows("gantry/shop-b", "team-a")
+    assert policy.admitted("team-b") == ("team-b/*", "gantry/shop-b*", "team-a/reporting", "ops/*")
+
+
+def test_refusals_say_what_would_allow_it():
+    policy = NamespacePolicy.parse("team-a,team-b", ["team-b=gantry/shop-b"])
+    message = policy.refusal("team-a/shop", "team-b")
+    assert message == ("namespace 'team-b' is not allowed for Application team-a/shop: it admits only team-b/*, "
+                       "gantry/shop-b; an administrator can grant it with --destination-apps team-b=team-a/shop")
+    assert "manages only team-a, team-b (its --namespaces)" in policy.refusal("team-a/shop", "kube-system")
+
+
+@pytest.mark.parametrize("grant", ["team-a", "team-a=", "team-a=shop", "team-c=gantry/x", "=gantry/x"])
+def test_a_grant_that_does_not_fit_is_an_error(grant):
+    with pytest.raises(SpecError, match="--destination-apps"):
+        NamespacePolicy.parse("team-a,team-b", [grant])
+
+
+def test_grants_need_namespaced_mode():
+    with pytest.raises(SpecError, match="needs namespaced mode"):
+        NamespacePolicy.parse("", ["team-a=gantry/x"])
