@@ -298,7 +298,8 @@ def test_namespaced_mode_service_account_syncs_its_namespace_and_refuses_others(
     cluster_scoped.push({"k8s/role.yaml": yaml.safe_dump(role), "k8s/kustomization.yaml": yaml.safe_dump(
         {"resources": ["deployment.yaml", "service.yaml", "config.yaml", "ingress.yaml", "role.yaml"]})})
     with installed(cluster, NAMESPACED_MODE), \
-            controller_as_service_account(cluster, controller, tmp_path, "--namespaces", "team-a") as as_sa:
+            controller_as_service_account(cluster, controller, tmp_path, "--namespaces", "team-a",
+                                          "--destination-apps", f"team-a={APP_NAMESPACE}/*") as as_sa:
         assert "--namespaces" in as_sa.args
         try:
             for app in (allowed, foreign, cluster_scoped):
