@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,14 +60,17 @@ def owner_of(obj: Manifest) -> str | None:
     return app_key if sep else None
 
 
-def owned_elsewhere(app_key: str, lives: Iterable[Manifest | None]) -> list[ApplyFailure]:
+def owned_elsewhere(app_key: str, lives: Iterable[Manifest | None], *,
+                    ours: Collection[ObjectRef] = ()) -> list[ApplyFailure]:
     """The live objects another Application's tracking id claims (Argo CD's shared-resource
     conflict): applying them would take them over, and a later prune of ours would delete them.
-    Objects no Application claims (created by hand, or by a tool) are adopted as before."""
+    Objects no Application claims (created by hand, or by a tool) are adopted as before, and so are
+    those in our own inventory (`ours`): we applied them first, so a tracking id rewritten since
+    (by hand, or by an app before this check existed) is drift for our self-heal to undo."""
     conflicts = []
     for live in lives:
         owner = owner_of(live) if live is not None else None
-        if owner and owner != app_key:
+        if owner and owner != app_key and ObjectRef.of(live) not in ours:
             conflicts.append(ApplyFailure(ObjectRef.of(live), (
                 f"already managed by Application {owner} (its {TRACKING_ANNOTATION} annotation); an object "
                 f"belongs to one application: rename it here, or remove it from {owner} first")))

@@ -237,7 +237,8 @@ class Reconciler:
         # another Application owns stops the commit, so it is neither taken over now nor pruned later.
         rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
         pre_lives, lives = self.live.lookup(targets), self.live.lookup(rest_targets)
-        if conflicts := owned_elsewhere(spec.key, [*pre_lives.values(), *lives.values()]):
+        if conflicts := owned_elsewhere(spec.key, [*pre_lives.values(), *lives.values()],
+                                        ours={e.ref for e in previous_entries}):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, conflicts)
 
         # Whether an automated sync may run this pass: always for a new commit or spec; for drift

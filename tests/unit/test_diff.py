@@ -383,3 +383,9 @@ def test_objects_of_another_application_are_conflicts_and_others_are_not():
     assert conflicts[0].message.startswith("already managed by Application gantry/team-b (its gantry.dev/tracking-id")
     assert "remove it from gantry/team-b first" in conflicts[0].message
     assert owned_elsewhere("gantry/team-b", lives)[0].ref.name == "ours"
+
+
+def test_an_object_in_our_own_inventory_is_ours_whatever_its_tracking_id_says_now():
+    rewritten = _live("ours", "gantry/intruder")
+    assert owned_elsewhere("gantry/team-a", [rewritten], ours={ObjectRef("", "Secret", "team-b", "ours")}) == []
+    assert len(owned_elsewhere("gantry/team-a", [rewritten])) == 1
