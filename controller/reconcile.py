@@ -213,6 +213,13 @@ class Reconciler:
                 f"sync by hand, or set syncPolicy.automated.allowEmpty: true to allow an empty app",
                 revision=commit)
 
+        refs = [ObjectRef.of(o) for o in objects]
+        if (size := status_stage.inventory_bytes(refs, spec.destination_namespace)) > status_stage.STATUS_BUDGET:
+            # The status write would be refused after the apply, leaving no inventory to prune or
+            # cascade-delete from: refused before anything is written instead.
+            return self._failed(outcome, previous, "ComparisonError",
+                                f"{spec.path}: {status_stage.inventory_refusal(len(refs), size)}", revision=commit)
+
         # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
         # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
         if forbidden := self._not_permitted(objects, spec):

@@ -15,6 +15,8 @@ __all__ = [
     "condition",
     "external_urls",
     "images",
+    "inventory_bytes",
+    "inventory_refusal",
     "merge_conditions",
     "one_line",
     "resource_entry",
@@ -25,6 +27,13 @@ __all__ = [
 
 SHORT_REVISION_LENGTH = 7  # what `git log --oneline` and Argo CD's UI show
 MESSAGE_LIMIT = 200
+# The status lists every object of an app (the inventory prune and cascade delete work from) and,
+# after a sync, every object it changed. etcd stores at most 1.5 MiB per object (its default
+# --max-request-bytes); this much of it is for those two lists, the rest for spec and history.
+STATUS_BUDGET = 1_250_000
+# Bytes of one object's two entries besides its names: keys, punctuation, version, sync and
+# health status, and room for a health message of average length (measured: tests/unit/test_status.py).
+_ENTRY_BYTES = 300
 
 # Where each workload kind keeps its pod template.
 _POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -199,6 +208,22 @@ def resource_entry(
     if requires_pruning:
         entry["requiresPruning"] = True
     return entry
+
+
+def inventory_bytes(refs: Iterable[ObjectRef], destination_namespace: str = "") -> int:
+    """About how many bytes an app of these objects takes in its status: its entry in
+    `status.resources` and its entry in the sync result (`resource_entry`, reconcile's sync-result
+    entry). An estimate on the large side, made before anything is applied."""
+    return sum(_ENTRY_BYTES + 2 * (len(ref.group) + len(ref.kind) + len(ref.name)
+                                   + len(ref.namespace or destination_namespace)) for ref in refs)
+
+
+def inventory_refusal(count: int, size: int) -> str:
+    """Why an app whose status would take `size` bytes for its `count` objects is not synced."""
+    return (f"the app renders {count} objects, and the Application's status would need about "
+            f"{size / 2**20:.1f} MiB to list them, more than the {STATUS_BUDGET / 2**20:.1f} MiB it may use (Kubernetes "
+            f"stores at most 1.5 MiB per object): nothing was applied; split the app into several Applications, "
+            f"e.g. one per folder")
 
 
 def history_after_sync(history: list[dict], revision: str, source: dict, deployed_at: str, *, changed: bool,

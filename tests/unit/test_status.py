@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from controller.model import HealthResult, HealthStatus, ObjectRef, SyncStatus
+from controller.model import Action, HealthResult, HealthStatus, ObjectRef, SyncStatus
+from controller.reconcile import _sync_result_entry
+from controller.sync import ResourceResult
 from controller.status import (
     condition,
     external_urls,
     history_after_sync,
+    STATUS_BUDGET,
     images,
+    inventory_bytes,
+    inventory_refusal,
     merge_conditions,
     merge_patch,
     one_line,
@@ -236,3 +242,32 @@ def test_a_sync_that_changed_nothing_adds_no_entry_for_the_same_revision():
     assert synced(history, "a" * 40, changed=False) == history
     assert len(synced(history, "a" * 40, changed=True)) == 2  # a self-heal re-applied it
     assert len(synced(history, "b" * 40, changed=False)) == 2  # another revision, identical objects
+
+
+# ---------------------------------------------------------------------------------------------
+# How much of the Application an app's inventory takes
+
+
+@pytest.mark.parametrize("message", ["", "Deployment has 1/3 ready replicas", "x" * 60])
+def test_the_inventory_estimate_is_on_the_large_side_of_what_the_status_really_takes(message):
+    refs = [ObjectRef(group, kind, "shop", f"{kind.lower()}-{i}") for i in range(300)
+            for group, kind in (("", "ConfigMap"), ("apps", "Deployment"), ("networking.k8s.io", "Ingress"))]
+    health = HealthResult(HealthStatus.PROGRESSING, message)
+    entries = [resource_entry(ref, "v1", SyncStatus.SYNCED, health) for ref in refs]
+    results = [_sync_result_entry(ResourceResult(ref, Action.CREATED)) for ref in refs]
+    # The API server stores custom resources as compact JSON.
+    real = len(json.dumps({"resources": entries, "syncResult": {"resources": results}}, separators=(",", ":")))
+    estimate = inventory_bytes(refs)
+    assert real <= estimate <= 1.5 * real
+
+
+def test_objects_without_a_namespace_count_the_destination():
+    refs = [ObjectRef("", "ConfigMap", "", "settings")]
+    assert inventory_bytes(refs, "a-long-destination") - inventory_bytes(refs) == 2 * len("a-long-destination")
+
+
+def test_the_refusal_says_the_limit_and_what_to_do():
+    message = inventory_refusal(20001, 6_000_000)
+    assert message.startswith("the app renders 20001 objects, and the Application's status would need about 5.7 MiB")
+    assert f"the {STATUS_BUDGET / 2**20:.1f} MiB it may use" in message and "nothing was applied" in message
+    assert "split the app into several Applications" in message
