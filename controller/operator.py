@@ -35,7 +35,7 @@ from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZ
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
-from .status import merge_patch
+from .status import merge_patch, slimmed
 
 logger = logging.getLogger("gantry")
 PLURAL = "applications"
@@ -317,10 +317,8 @@ class Scheduler:
             consumed["operation"] = None
         # The status first, then the request's removal: a client that waits for the annotation to
         # go (as `gantry app refresh` does) then reads the status of this pass.
-        changes = merge_patch(body.get("status") or {}, outcome.status)
-        if changes:
-            written = self.client.request("PATCH", _app_path(metadata, "/status"), body={"status": changes},
-                                          content_type="application/merge-patch+json")
+        written = self._write_status(body, outcome)
+        if written is not None:
             if consumed:
                 superseded.append(str((written.get("metadata") or {}).get("resourceVersion")))
         if consumed:
@@ -329,6 +327,26 @@ class Scheduler:
         for event in outcome.events:
             post_event(self.client, body, event)
         return outcome
+
+    def _write_status(self, body: Manifest, outcome: Outcome) -> Manifest | None:
+        """Patch the Application's status with what changed (None when nothing did). A status too
+        large to store loses its per-resource details rather than its inventory: without the
+        inventory, prune and cascade delete would have nothing to work from."""
+        path = _app_path(body["metadata"], "/status")
+        changes = merge_patch(body.get("status") or {}, outcome.status)
+        if not changes:
+            return None
+        try:
+            return self.client.request("PATCH", path, body={"status": changes},
+                                       content_type="application/merge-patch+json")
+        except KubeApiError as error:
+            if error.status != 413 and "too large" not in str(error).lower():
+                raise
+            logger.warning("status of %s is too large to store (%s); writing it without per-resource details",
+                           body["metadata"]["name"], error)
+        outcome.status = slimmed(outcome.status)
+        return self.client.request("PATCH", path, body={"status": merge_patch(body.get("status") or {}, outcome.status)},
+                                   content_type="application/merge-patch+json")
 
     def _report_error(self, body: Manifest, error: Exception) -> None:
         """Say on the Application that its reconcile broke, instead of only in our log."""

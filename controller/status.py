@@ -21,6 +21,7 @@ __all__ = [
     "one_line",
     "resource_entry",
     "short_revision",
+    "slimmed",
     "summary",
     "timestamp",
 ]
@@ -224,6 +225,21 @@ def inventory_refusal(count: int, size: int) -> str:
             f"{size / 2**20:.1f} MiB to list them, more than the {STATUS_BUDGET / 2**20:.1f} MiB it may use (Kubernetes "
             f"stores at most 1.5 MiB per object): nothing was applied; split the app into several Applications, "
             f"e.g. one per folder")
+
+
+def slimmed(status: dict) -> dict:
+    """The status without what the next pass rebuilds (each resource's health message, the sync
+    result's list of objects), for a status too large to store: the inventory is what must be
+    recorded, whatever else is lost."""
+    resources = [{k: v for k, v in entry.items() if k != "health"}
+                 | ({"health": {"status": entry["health"]["status"]}} if "health" in entry else {})
+                 for entry in status.get("resources") or ()]
+    slim = {**status, "resources": resources}
+    operation = status.get("operationState")
+    if operation and (operation.get("syncResult") or {}).get("resources"):
+        result = operation["syncResult"]
+        slim["operationState"] = {**operation, "syncResult": {**result, "resources": []}}
+    return slim
 
 
 def history_after_sync(history: list[dict], revision: str, source: dict, deployed_at: str, *, changed: bool,

@@ -1,12 +1,16 @@
 """The kopf wiring's pieces that need no cluster."""
 
 import asyncio
+from types import SimpleNamespace
 
 import kopf
+import pytest
 
 from controller import operator
+from controller.kube import KubeApiError
 from controller.metrics import Metrics
 from controller.operator import DiffBaseWithoutStatus, _plain
+from controller.reconcile import Outcome
 
 
 def application(resources: int) -> dict:
@@ -105,3 +109,40 @@ def test_a_progressing_app_is_looked_at_every_5s_for_a_minute_then_less_often():
     assert delays[:13] == [5.0] * 13
     assert delays[13:17] == [10.0, 20.0, 40.0, 60.0]
     assert set(delays[17:]) == {60.0}
+
+
+def test_a_status_too_large_to_store_is_written_again_without_details_but_with_its_inventory():
+    class Client:
+        """Refuses the first status patch as the API server refuses a body over its limit."""
+
+        def __init__(self):
+            self.patches = []
+
+        def request(self, method, path, body=None, content_type=None):
+            self.patches.append(body)
+            if len(self.patches) == 1:
+                raise KubeApiError(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
+            return {"metadata": {"resourceVersion": "2"}}
+
+    resources = [{"kind": "ConfigMap", "name": f"c{i}", "status": "Synced",
+                  "health": {"status": "Progressing", "message": "waiting " * 20}} for i in range(3)]
+    status = {"resources": resources, "operationState": {"phase": "Succeeded", "syncResult": {
+        "revision": "abc", "resources": [{"kind": "ConfigMap", "name": "c0", "status": "Synced"}]}}}
+    outcome = Outcome(status)
+    client = Client()
+    written = operator.Scheduler._write_status(SimpleNamespace(client=client), application(0), outcome)
+    assert written == {"metadata": {"resourceVersion": "2"}}
+    second = client.patches[1]["status"]
+    assert [(r["name"], r["health"]) for r in second["resources"]] == [(f"c{i}", {"status": "Progressing"})
+                                                                       for i in range(3)]
+    assert second["operationState"]["syncResult"] == {"revision": "abc", "resources": []}
+    assert outcome.status["resources"] == second["resources"], "the worker remembers what was written"
+
+
+def test_other_status_write_errors_are_not_hidden():
+    class Client:
+        def request(self, *args, **kwargs):
+            raise KubeApiError(422, "Invalid", "status.sync.status: Unsupported value")
+
+    with pytest.raises(KubeApiError):
+        operator.Scheduler._write_status(SimpleNamespace(client=Client()), application(0), Outcome({"sync": {}}))
