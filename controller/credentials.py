@@ -2,8 +2,10 @@
 
 A Secret in the controller's namespace labelled `gantry.dev/secret-type: repository` (or
 `repo-creds`) holds `url` and `username`/`password` or `sshPrivateKey` (and `insecure: "true"` to
-skip ssh host key checks). A repository's URL uses the Secret whose `url` equals it, else the one
-whose `url` is its longest prefix, so one Secret can serve every repo of an organisation. Values
+skip ssh host key checks), and its annotation `gantry.dev/app-namespaces` lets Applications of
+other namespaces than the controller's use it. A repository's URL uses the Secret whose `url`
+equals it, else the one whose `url` is its longest prefix, so one Secret can serve every repo of
+an organisation. Values
 are decoded here and go only to git; nothing here logs or returns them in a printable form.
 """
 
@@ -20,6 +22,9 @@ from .source import RepoCredentials, redact_url
 
 SECRET_TYPE_LABEL = "gantry.dev/secret-type"
 SECRET_TYPES = ("repository", "repo-creds")
+# On a repository Secret: the namespaces (comma-separated, or `*`) besides the controller's own
+# whose Applications may use it.
+APP_NAMESPACES_ANNOTATION = "gantry.dev/app-namespaces"
 
 # What comes before a URL's path: `scheme://[user@]host[:port]` or scp-like `[user@]host:`.
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>[^@/:]*@)?(?P<host>[^/:]*)")
@@ -56,6 +61,38 @@ def select(secrets: list[dict], repo_url: str) -> RepoCredentials | None:
     """The credentials for repo_url: the Secret whose `url` is the same repository, else the one
     whose `url` is the longest plain string prefix of it (as Argo CD's repo-creds match, so
     `https://host/org/`, `https://host/org-` and `git@host:org/` all work as prefixes)."""
+    secret = _matching(secrets, repo_url)
+    if secret is None:
+        return None
+    data = secret.get("data") or {}
+    return RepoCredentials(username=_decode(data, "username"), password=_decode(data, "password"),
+                           ssh_private_key=_decode(data, "sshPrivateKey"),
+                           insecure=(_decode(data, "insecure") or "").strip().lower() == "true")
+
+
+def refusal(secrets: list[dict], repo_url: str, app_namespace: str, controller_namespace: str) -> str | None:
+    """Why an Application in `app_namespace` may not use the credentials Secret for `repo_url`,
+    or None when it may (or the repo has no Secret: a public repo is anyone's).
+
+    The Secret lives in the controller's namespace, so its Applications may use it; Applications
+    in other namespaces (--app-namespaces: a team's own) only where its `APP_NAMESPACES_ANNOTATION`
+    lists their namespace. Otherwise a team could name another team's private repository and
+    deploy (and so read) what it holds; the clone cached for the other team needs no credentials
+    of its own, so the check is on the repository, before any fetch.
+    """
+    secret = _matching(secrets, repo_url)
+    if secret is None or app_namespace == controller_namespace:
+        return None
+    metadata = secret.get("metadata") or {}
+    listed = (metadata.get("annotations") or {}).get(APP_NAMESPACES_ANNOTATION, "")
+    if app_namespace in {n.strip() for n in listed.split(",")} or listed.strip() == "*":
+        return None
+    return (f"{redact_url(repo_url)} is a private repository whose credentials (Secret "
+            f"{controller_namespace}/{metadata.get('name')}) Applications in namespace {app_namespace!r} may not use: "
+            f"an administrator can list {app_namespace} in that Secret's {APP_NAMESPACES_ANNOTATION} annotation")
+
+
+def _matching(secrets: list[dict], repo_url: str) -> dict | None:
     wanted = _normalised(repo_url)
     best: tuple[int, dict] | None = None
     for secret in secrets:
@@ -68,12 +105,7 @@ def select(secrets: list[dict], repo_url: str) -> RepoCredentials | None:
             break
         if wanted.startswith(candidate) and (best is None or len(candidate) > best[0]):
             best = (len(candidate), secret)
-    if best is None:
-        return None
-    data = best[1].get("data") or {}
-    return RepoCredentials(username=_decode(data, "username"), password=_decode(data, "password"),
-                           ssh_private_key=_decode(data, "sshPrivateKey"),
-                           insecure=(_decode(data, "insecure") or "").strip().lower() == "true")
+    return best[1] if best is not None else None
 
 
 class CredentialStore:
@@ -92,6 +124,13 @@ class CredentialStore:
         if found is None:  # perhaps a Secret added since the last list: look once more, now
             found = select(self._list(max_age=0.5), repo_url)
         return found
+
+    def refusal(self, repo_url: str, app_namespace: str) -> str | None:
+        """Why an Application in `app_namespace` may not read `repo_url` (see refusal())."""
+        refused = refusal(self._list(), repo_url, app_namespace, self.namespace)
+        if refused is not None:  # perhaps the Secret was changed since the last list: look again, now
+            refused = refusal(self._list(max_age=0.5), repo_url, app_namespace, self.namespace)
+        return refused
 
     def _list(self, max_age: float | None = None) -> list[dict]:
         with self._lock:

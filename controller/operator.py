@@ -268,7 +268,7 @@ class Scheduler:
             if refresh:
                 self._refresh_started[wanted.repo_url] = time.monotonic()
             return await self.loop.run_in_executor(self.git_pool, functools.partial(
-                self.reconciler.fetch, wanted.repo_url, wanted.revision, refresh=refresh))
+                self.reconciler.fetch, wanted, refresh=refresh))
 
     def _pass_started(self) -> None:
         self._passes_running += 1
@@ -431,14 +431,14 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     metrics = Metrics()
     # Without a refresh request, a repo's refs are reused for one poll interval: an app's pass after
     # its poll interval fetches, unless another app on the same repo just did (they share it).
-    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval,
-                   credentials=CredentialStore(client, _options.namespace),
+    credentials = CredentialStore(client, _options.namespace)
+    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval, credentials=credentials,
                    observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
     namespaced = tuple(sorted(_options.policy.namespaces)) if _options.policy else None
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
-                            policy=_options.policy)
+                            policy=_options.policy, repo_access=credentials.refusal)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)

@@ -89,6 +89,7 @@ class SourceWanted:
     repo_url: str
     revision: str
     refresh: bool  # fetch even if the repo was fetched less than a poll interval ago
+    app_namespace: str  # whose credentials the fetch may use depends on it
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,16 @@ class Reconciler:
 
     def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
                  workers: int = 8, count: Callable[[str], None] | None = None,
-                 policy: NamespacePolicy | None = None) -> None:
+                 policy: NamespacePolicy | None = None,
+                 repo_access: Callable[[str, str], str | None] | None = None) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
         policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
-        cluster-scoped objects are refused. None: cluster mode."""
+        cluster-scoped objects are refused. None: cluster mode.
+        repo_access(repo URL, app namespace): why Applications there may not read that repository
+        (another team's private one), or None (credentials.CredentialStore.refusal)."""
         self.client = client
         self.policy = policy
+        self.repo_access = repo_access
         self.git = git
         self.live = live
         self.kustomize = kustomize
@@ -185,7 +190,7 @@ class Reconciler:
 
         if source is None:
             wanted = self._source_wanted(body, request, spec, fetch_git=False)
-            source = self.fetch(wanted.repo_url, wanted.revision, refresh=wanted.refresh)
+            source = self.fetch(wanted)
         if isinstance(source, SourceError):
             outcome = self._failed(outcome, previous, "ComparisonError", str(source))
             if source.transient:
@@ -354,11 +359,17 @@ class Reconciler:
             return None
         return self._source_wanted(body, request, spec, fetch_git=fetch_git)
 
-    def fetch(self, repo_url: str, revision: str, *, refresh: bool) -> Fetched | SourceError:
-        """The commit revision names and its checked-out tree; the error as a value, for the pass."""
+    def fetch(self, wanted: SourceWanted, *, refresh: bool | None = None) -> Fetched | SourceError:
+        """The commit wanted.revision names and its checked-out tree; the error as a value, for the
+        pass. refresh overrides wanted.refresh (the operator's, when another fetch just did it)."""
         try:
-            commit = self.git.resolve(repo_url, revision, refresh=refresh)
-            return Fetched(commit, self.git.checkout(repo_url, commit))
+            if self.repo_access is not None and (refused := self.repo_access(wanted.repo_url, wanted.app_namespace)):
+                # Transient, as an authentication failure is: the Secret may change (an
+                # administrator grants the namespace) without the Application changing.
+                return SourceError(refused, transient=True)
+            commit = self.git.resolve(wanted.repo_url, wanted.revision,
+                                      refresh=wanted.refresh if refresh is None else refresh)
+            return Fetched(commit, self.git.checkout(wanted.repo_url, commit))
         except SourceError as error:
             return error
 
@@ -370,7 +381,7 @@ class Reconciler:
         previous = body.get("status") or {}
         refresh = (fetch_git or request.refresh is not None
                    or previous.get("observedGeneration") != body["metadata"].get("generation"))
-        return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh)
+        return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh, spec.namespace)
 
     @staticmethod
     def _spec(body: Manifest, request: Request) -> AppSpec:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from gitserver import WorkRepo
+from localcluster import free_port
 
 # Where the controller under test serves Applications. Another value lets two test runs share one
 # cluster without their controllers fighting over the same Applications.
@@ -62,9 +64,10 @@ class App:
     repo: WorkRepo
     repo_url: str
     created: list[str] = field(default_factory=list)
+    namespace: str = APP_NAMESPACE  # the Application's own
 
     def get(self) -> dict:
-        return json.loads(self.cluster.kubectl("get", "applications.gantry.dev", self.name, "-n", APP_NAMESPACE,
+        return json.loads(self.cluster.kubectl("get", "applications.gantry.dev", self.name, "-n", self.namespace,
                                                "-o", "json").stdout)
 
     def status(self) -> dict:
@@ -81,7 +84,7 @@ class App:
         if automated:
             spec["syncPolicy"]["automated"] = {"prune": prune, "selfHeal": self_heal}
         spec.update(extra_spec)
-        metadata = {"name": self.name, "namespace": APP_NAMESPACE}
+        metadata = {"name": self.name, "namespace": self.namespace}
         if finalizer:
             metadata["finalizers"] = ["gantry.dev/resources-finalizer"]
         manifest = {"apiVersion": "gantry.dev/v1alpha1", "kind": "Application", "metadata": metadata, "spec": spec}
@@ -97,7 +100,7 @@ class App:
         return sha
 
     def refresh(self, mode: str = "normal") -> None:
-        self.cluster.kubectl("annotate", "--overwrite", "applications.gantry.dev", self.name, "-n", APP_NAMESPACE,
+        self.cluster.kubectl("annotate", "--overwrite", "applications.gantry.dev", self.name, "-n", self.namespace,
                              f"gantry.dev/refresh={mode}")
 
     def wait(self, predicate: Callable[[dict], bool], what: str, timeout: float = 60.0) -> dict:
@@ -131,7 +134,7 @@ class App:
         return json.loads(result.stdout) if result.returncode == 0 else None
 
     def events(self) -> list[dict]:
-        listing = self.cluster.kubectl("get", "events", "-n", APP_NAMESPACE, "--field-selector",
+        listing = self.cluster.kubectl("get", "events", "-n", self.namespace, "--field-selector",
                                        f"involvedObject.name={self.name}", "-o", "json")
         return json.loads(listing.stdout)["items"]
 
@@ -149,6 +152,29 @@ def token_kubeconfig(cluster, namespace: str, service_account: str, path):
         "current-context": service_account,
     }))
     return path
+
+
+@contextmanager
+def controller_instead(cluster, controller: "Controller", work: Path, *args: str,
+                       kubeconfig: Path | None = None) -> Iterator["Controller"]:
+    """The session's controller paused (two serving one namespace would fight) and one with
+    `args` (and `kubeconfig`, else the admin's) running instead; the session's is back afterwards."""
+    address = f"127.0.0.1:{free_port()}"
+    other = Controller(cluster, work / "controller-instead.log", [
+        "--kubeconfig", str(kubeconfig or cluster.kubeconfig), "--namespace", APP_NAMESPACE,
+        "--cache-dir", str(work / "cache"), "--kustomize", str(cluster.bin_dir / "kustomize"),
+        "--metrics-address", address, *args,
+    ], metrics_url=f"http://{address}")
+    controller.stop()
+    try:
+        other.start()
+        other.wait_ready()
+        yield other
+    finally:
+        other.stop()
+        controller.start()
+        controller.wait_ready()
+        print(f"controller (instead of the session's) log: {other.log_path}")
 
 
 @dataclass

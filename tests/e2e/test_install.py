@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import APP_NAMESPACE, Controller, token_kubeconfig
-from localcluster import free_port
+from harness import APP_NAMESPACE, Controller, controller_instead, token_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -243,24 +242,10 @@ def test_namespaced_mode_grants_only_the_destination_namespaces(cluster, kustomi
 
 @contextmanager
 def controller_as_service_account(cluster, controller, tmp_path: Path, *args: str) -> Iterator[Controller]:
-    """The session's controller paused (two controllers on one namespace would fight) and one
-    running as gantry:gantry-controller instead; the session's is back afterwards."""
+    """Instead of the session's controller, one running as gantry:gantry-controller."""
     kubeconfig = token_kubeconfig(cluster, "gantry", "gantry-controller", tmp_path / "sa.kubeconfig")
-    as_sa = Controller(cluster, tmp_path / "controller-sa.log", [
-        "--kubeconfig", str(kubeconfig), "--namespace", APP_NAMESPACE, "--cache-dir", str(tmp_path / "cache"),
-        "--kustomize", str(cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{free_port()}", *args,
-    ], metrics_url="")
-    as_sa.metrics_url = "http://" + as_sa.args[as_sa.args.index("--metrics-address") + 1]
-    controller.stop()
-    try:
-        as_sa.start()
-        as_sa.wait_ready()
+    with controller_instead(cluster, controller, tmp_path, *args, kubeconfig=kubeconfig) as as_sa:
         yield as_sa
-    finally:
-        as_sa.stop()
-        controller.start()
-        controller.wait_ready()
-        print(f"controller (as the ServiceAccount) log: {as_sa.log_path}")
 
 
 def example_files() -> dict[str, str]:

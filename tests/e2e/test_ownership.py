@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import yaml
-from harness import APP_NAMESPACE, Controller, web_app_files
-from localcluster import free_port
+from harness import APP_NAMESPACE, controller_instead, web_app_files
 
 TRACKING = "gantry.dev/tracking-id"
 
@@ -109,27 +105,6 @@ def test_the_owner_takes_back_an_object_whose_tracking_id_was_rewritten(make_app
 # Namespaced mode
 
 
-@contextmanager
-def namespaced_controller(cluster, controller, tmp_path: Path, *args: str) -> Iterator[Controller]:
-    """The session's controller paused (two on one namespace would fight) and one in namespaced
-    mode instead; the session's is back afterwards."""
-    port = free_port()
-    namespaced = Controller(cluster, tmp_path / "controller-namespaced.log", [
-        "--kubeconfig", str(cluster.kubeconfig), "--namespace", APP_NAMESPACE, "--cache-dir", str(tmp_path / "cache"),
-        "--kustomize", str(cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{port}", *args,
-    ], metrics_url=f"http://127.0.0.1:{port}")
-    controller.stop()
-    try:
-        namespaced.start()
-        namespaced.wait_ready()
-        yield namespaced
-    finally:
-        namespaced.stop()
-        controller.start()
-        controller.wait_ready()
-        print(f"controller (namespaced) log: {namespaced.log_path}")
-
-
 def test_namespaced_mode_keeps_each_namespace_to_the_apps_it_admits(cluster, controller, make_app, tmp_path):
     suffix = tmp_path.name[-6:].lower().replace("_", "-")
     ns_a, ns_b = f"team-a-{suffix}", f"team-b-{suffix}"
@@ -140,7 +115,7 @@ def test_namespaced_mode_keeps_each_namespace_to_the_apps_it_admits(cluster, con
     aims_at_b.destination = ns_b
     grant = f"{ns_a}={APP_NAMESPACE}/{granted.name},{APP_NAMESPACE}/{aims_at_b.name},{APP_NAMESPACE}/{writes_into_b.name}"
     try:
-        with namespaced_controller(cluster, controller, tmp_path, "--namespaces", f"{ns_a},{ns_b}",
+        with controller_instead(cluster, controller, tmp_path, "--namespaces", f"{ns_a},{ns_b}",
                                    "--destination-apps", grant):
             for app in (granted, aims_at_b, writes_into_b):
                 app.apply()

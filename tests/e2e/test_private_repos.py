@@ -11,7 +11,7 @@ import uuid
 import pytest
 import yaml
 from gitserver import GitServer, WorkRepo
-from harness import APP_NAMESPACE, App, web_app_files
+from harness import APP_NAMESPACE, App, controller_instead, web_app_files
 from sshgit import ClientKey, SshGitServer
 
 pytestmark = pytest.mark.e2e
@@ -156,3 +156,33 @@ def test_ssh_private_key_syncs_and_a_wrong_or_missing_one_fails_clearly(cluster,
             assert not [line for line in secret_lines if line in said]
     finally:
         cleanup(cluster, [good, wrong, bare], secrets)
+
+
+def test_another_namespaces_applications_cannot_use_a_private_repos_credentials(cluster, controller, private_server,
+                                                                               tmp_path):
+    """A team serving its own Applications (--app-namespaces) cannot name another team's private
+    repository: its Secret serves the controller's namespace, and others only where it says so."""
+    suffix = uuid.uuid4().hex[:6]
+    team = f"team-{suffix}"
+    cluster.kubectl("create", "namespace", team)
+    app = private_app(cluster, private_server, tmp_path, f"other-team-{suffix}")
+    app.namespace = team
+    secret_name = f"repo-{suffix}"
+    repository_secret(cluster, secret_name, app.repo_url, USER, PASSWORD)
+    try:
+        with controller_instead(cluster, controller, tmp_path, "--app-namespaces", team) as instead:
+            app.apply()
+            message = failure_message(app)
+            assert message == (f"{app.repo_url} is a private repository whose credentials (Secret "
+                               f"{APP_NAMESPACE}/{secret_name}) Applications in namespace {team!r} may not use: an "
+                               f"administrator can list {team} in that Secret's gantry.dev/app-namespaces annotation")
+            assert app.object("deployment", "web") is None
+            cluster.kubectl("annotate", "secret", secret_name, "-n", APP_NAMESPACE,
+                            f"gantry.dev/app-namespaces={team}")
+            app.refresh()
+            app.wait_synced(app.repo.head)
+            assert PASSWORD not in everything_said(app, instead)
+    finally:
+        cleanup(cluster, [app], [secret_name])
+        cluster.kubectl("delete", "applications.gantry.dev", "--all", "-n", team, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", team, "--wait=false", check=False)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from controller.credentials import CredentialStore, select
+from controller.credentials import CredentialStore, refusal, select
 from controller.kube import KubeApiError
 from controller.source import RepoCredentials
 
@@ -179,3 +179,40 @@ def test_store_without_access_to_secrets_gives_none():
     kube = FakeKube([secret("https://h/org/", "org")])
     kube.error = KubeApiError(403, "Forbidden", 'secrets is forbidden: User "x" cannot list resource "secrets"')
     assert CredentialStore(kube, "gantry")("https://h/org/app") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# refusal(): whose Applications may use a repository Secret
+
+
+def scoped(url: str, name: str, namespaces: str | None) -> dict:
+    found = secret(url, name)
+    if namespaces is not None:
+        found["metadata"]["annotations"] = {"gantry.dev/app-namespaces": namespaces}
+    return found
+
+
+def test_the_controllers_own_applications_may_use_every_secret():
+    assert refusal([scoped("https://h/team-b/", "team-b", None)], "https://h/team-b/app", "gantry", "gantry") is None
+
+
+def test_other_namespaces_use_only_the_secrets_that_list_them():
+    secrets = [scoped("https://h/team-a/", "team-a", "team-a, ops"), scoped("https://h/team-b/", "team-b", None),
+               scoped("https://h/shared/", "shared", "*")]
+    assert refusal(secrets, "https://h/team-a/app", "team-a", "gantry") is None
+    assert refusal(secrets, "https://h/team-a/app", "ops", "gantry") is None
+    assert refusal(secrets, "https://h/shared/lib", "team-b", "gantry") is None
+    message = refusal(secrets, "https://h/team-b/app", "team-a", "gantry")
+    assert message == ("https://h/team-b/app is a private repository whose credentials (Secret gantry/team-b) "
+                       "Applications in namespace 'team-a' may not use: an administrator can list team-a in that "
+                       "Secret's gantry.dev/app-namespaces annotation")
+    assert refusal(secrets, "https://h/team-a/app", "team-b", "gantry") is not None
+
+
+def test_a_public_repository_is_anyones():
+    assert refusal([scoped("https://h/team-b/", "team-b", None)], "https://h/public/app", "team-a", "gantry") is None
+
+
+def test_the_refusal_never_shows_credentials():
+    message = refusal([scoped("https://h/b/", "b", None)], "https://user:hunter2@h/b/app", "team-a", "gantry")
+    assert "hunter2" not in message and "user" not in message
