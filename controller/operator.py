@@ -217,6 +217,9 @@ class Scheduler:
                     outcome = await self.loop.run_in_executor(self.pool, self._reconcile, body, worker.attempt, source,
                                                               worker.superseded)
                     worker.status = outcome.status
+                    # The watch event that removes the served request may come after a managed
+                    # object's wake: the next pass must not find it in our copy and run it again.
+                    worker.body = without_served_requests(worker.body, body, outcome)
                     worker.attempt = worker.attempt + 1 if outcome.retrying else 0
                     delay = outcome.requeue_after
                     if delay is not None and not outcome.retrying:
@@ -382,6 +385,23 @@ class Scheduler:
         self.client.request("PATCH", _app_path(metadata),
                             body={"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}},
                             content_type="application/merge-patch+json")
+
+
+def without_served_requests(current: Manifest, served: Manifest, outcome: Outcome) -> Manifest:
+    """`current` (the latest Application the watch gave us) without the operation and refresh
+    request the pass over `served` consumed. A request that differs from the served one is new and
+    stays."""
+    result = current
+    if outcome.consumed_operation and current.get("operation") == served.get("operation"):
+        result = {key: value for key, value in result.items() if key != "operation"}
+    annotations = (current.get("metadata") or {}).get("annotations") or {}
+    served_annotations = (served.get("metadata") or {}).get("annotations") or {}
+    if (outcome.consumed_refresh and REFRESH_ANNOTATION in annotations
+            and annotations.get(REFRESH_ANNOTATION) == served_annotations.get(REFRESH_ANNOTATION)):
+        metadata = {**result["metadata"], "annotations": {k: v for k, v in annotations.items()
+                                                           if k != REFRESH_ANNOTATION}}
+        result = {**result, "metadata": metadata}
+    return result
 
 
 def _app_path(metadata: Manifest, suffix: str = "") -> str:

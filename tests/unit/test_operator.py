@@ -146,3 +146,21 @@ def test_other_status_write_errors_are_not_hidden():
 
     with pytest.raises(KubeApiError):
         operator.Scheduler._write_status(SimpleNamespace(client=Client()), application(0), Outcome({"sync": {}}))
+
+
+def test_a_served_sync_or_refresh_is_not_served_again_from_a_stale_copy():
+    served = {**application(0), "operation": {"sync": {"prune": False}}}
+    outcome = Outcome({}, consumed_refresh=True, consumed_operation=True)
+    # A managed object's wake may come before the watch event that removes the request.
+    left = operator.without_served_requests(served, served, outcome)
+    assert "operation" not in left
+    assert "gantry.dev/refresh" not in left["metadata"]["annotations"]
+    assert left["metadata"]["annotations"]["kopf.zalando.org/last-handled-configuration"] == "{}"
+    assert served["operation"] == {"sync": {"prune": False}}, "the watch's copy is not changed in place"
+
+    # A request made since the pass began is a new one and stays.
+    newer = {**application(0), "operation": {"sync": {"prune": True}}}
+    newer["metadata"]["annotations"]["gantry.dev/refresh"] = "hard"
+    assert operator.without_served_requests(newer, served, outcome) == newer
+    # Nothing consumed, nothing dropped.
+    assert operator.without_served_requests(served, served, Outcome({})) == served
