@@ -14,8 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from . import health as health_stage
 from . import status as status_stage
@@ -42,11 +41,13 @@ from .model import (
     SyncOptions,
     SyncStatus,
 )
-from .render import render
+from .render import RenderLimits, load_yaml, render
 from .source import GitCache, redact_url
 from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
 
 logger = logging.getLogger(__name__)
+# Rendered and prepared objects kept for the next pass, in all: a few KiB each.
+CACHED_OBJECTS = 50_000
 DEFAULT_RETRY = RetryPolicy(limit=-1, backoff_seconds=10, factor=2, max_backoff_seconds=300)
 
 
@@ -124,18 +125,21 @@ class Reconciler:
     def __init__(self, client: KubeClient, git: GitCache, live: LiveCache, *, kustomize: str = "kustomize",
                  workers: int = 8, count: Callable[[str], None] | None = None,
                  policy: NamespacePolicy | None = None,
-                 repo_access: Callable[[str, str], str | None] | None = None) -> None:
+                 repo_access: Callable[[str, str], str | None] | None = None,
+                 render_limits: RenderLimits = RenderLimits()) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
         policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
         cluster-scoped objects are refused. None: cluster mode.
         repo_access(repo URL, app namespace): why Applications there may not read that repository
-        (another team's private one), or None (credentials.CredentialStore.refusal)."""
+        (another team's private one), or None (credentials.CredentialStore.refusal).
+        render_limits: what one render may read and spend (render.RenderLimits)."""
         self.client = client
         self.policy = policy
         self.repo_access = repo_access
         self.git = git
         self.live = live
         self.kustomize = kustomize
+        self.render_limits = render_limits
         self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
         self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
@@ -432,13 +436,13 @@ class Reconciler:
             cached = self._renders.get(key)
         if cached is None:
             try:
-                cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse, overrides=overrides)
+                cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse, overrides=overrides,
+                                limits=self.render_limits)
             except RenderError as error:
                 cached = error
             with self._render_lock:
                 self._renders[key] = cached
-                while len(self._renders) > 64:
-                    self._renders.popitem(last=False)
+                _trim(self._renders, entries=64)
         if isinstance(cached, RenderError):
             raise cached
         return cached
@@ -455,8 +459,7 @@ class Reconciler:
                              app_key=spec.key)
             with self._render_lock:
                 self._prepared[full_key] = cached
-                while len(self._prepared) > 256:
-                    self._prepared.popitem(last=False)
+                _trim(self._prepared, entries=256)
         return cached
 
     def _ensure_namespace(self, name: str) -> None:
@@ -686,6 +689,16 @@ def _sync_result_entry(result: ResourceResult) -> dict:
     return entry
 
 
+def _trim(cache: OrderedDict[tuple, Any], *, entries: int, objects: int = CACHED_OBJECTS) -> None:
+    """Drop the oldest of `cache` until it holds at most `entries` entries and `objects` objects in
+    all (the newest always stays): by entries alone, a few apps near the render limits would keep
+    hundreds of MiB."""
+    held = sum(len(value) for value in cache.values() if isinstance(value, list))
+    while len(cache) > 1 and (len(cache) > entries or held > objects):
+        _, dropped = cache.popitem(last=False)
+        held -= len(dropped) if isinstance(dropped, list) else 0
+
+
 def describe_failures(checkout: Path, path: str, failures: Sequence[tuple[ObjectRef, str]]) -> str:
     """`k8s/file.yaml: Kind ns/name: reason; …`: each refused object with the file that declares it,
     so the message says where to fix it (without a file when none under the path declares it)."""
@@ -699,14 +712,18 @@ def source_files(checkout: Path, path: str, refs: set[ObjectRef]) -> dict[Object
     for those some file declares; each file is read once, however many refs are asked for."""
     wanted = {(ref.kind, ref.name): ref for ref in refs}
     found: dict[ObjectRef, str] = {}
+    root = checkout.resolve()
     for file in sorted((checkout / path).rglob("*")):
         if len(found) == len(wanted):
             break
         if file.suffix not in (".yaml", ".yml", ".json") or not file.is_file():
             continue
+        # Read as render reads: within its limits, and nothing a symlink leads to outside the repo.
         try:
-            documents = list(yaml.safe_load_all(file.read_text()))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            if file.stat().st_size > RenderLimits().file_bytes or not file.resolve().is_relative_to(root):
+                continue
+            documents = load_yaml(file.read_text(encoding="utf-8"), str(file.relative_to(checkout)))
+        except (RenderError, UnicodeDecodeError, OSError):
             continue
         for document in documents:
             if not isinstance(document, dict):

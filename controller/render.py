@@ -9,8 +9,10 @@ import json
 import os
 import posixpath
 import re
+import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,38 +21,54 @@ import yaml
 
 from controller.model import KustomizeOverrides, Manifest, ObjectRef, RenderError
 
-__all__ = ["KUSTOMIZATION_FILES", "load_yaml", "render"]
+__all__ = ["KUSTOMIZATION_FILES", "RenderLimits", "load_yaml", "render"]
 
 # The names kustomize looks for, in its order.
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-# Kustomization fields whose entries may be directories kustomize builds as roots of their own:
-# its load restrictor does not confine those, so render checks they stay in the repository.
-_ROOT_FIELDS = ("resources", "bases", "components")
+# Kustomization fields whose entries may be directories kustomize builds as roots of their own, or
+# remote bases: its load restrictor confines neither, so render checks where they lead.
+_ROOT_FIELDS = ("resources", "bases", "components", "generators", "transformers", "validators")
 _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MiB = 1 << 20
+# A YAML document's aliases may make it at most this many nodes, or twice its own, whichever is
+# more: real manifests use a few (`<<: *defaults`); a "billion laughs" nests them to explode.
+ALIAS_NODES = 100_000
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one render may cost: a commit must not be able to take the controller (and so every
+    other app) down. Sizes in bytes."""
+
+    file_bytes: int = 8 * MiB  # one file of the repo that the render reads
+    total_bytes: int = 16 * MiB  # all manifests read from a plain directory, or kustomize's output
+    kustomize_memory: int = 320 * MiB  # kustomize's data segment (RLIMIT_DATA)
+    remote_bases: bool = True  # kustomize may fetch remote bases over the network (as in Argo CD)
 
 
 def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", timeout: float = 120.0,
-           recurse: bool = False, overrides: KustomizeOverrides | None = None) -> list[Manifest]:
+           recurse: bool = False, overrides: KustomizeOverrides | None = None,
+           limits: RenderLimits = RenderLimits()) -> list[Manifest]:
     """The objects at `path` (relative to the repo root) in the checked-out tree `checkout`.
 
     A directory with a kustomization is built with `kustomize build` (default load restrictor);
     any other directory gives every *.yaml, *.yml and *.json file directly in it, by name, and with
     `recurse` (Argo CD's source.directory.recurse) those of its subdirectories too. `overrides`
     (Argo CD's source.kustomize) are laid over a kustomization, from a kustomization of their own
-    outside the checkout. Every error is a RenderError naming the file relative to the repository
-    root, and the line if known.
+    outside the checkout. `limits` bound what the render may read, hold and spend. Every error is a
+    RenderError naming the file relative to the repository root, and the line if known.
     """
     root = Path(checkout).resolve()
     directory = _directory(root, path)
     kustomization = _kustomization_file(directory)
     if kustomization is not None:
-        objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout, overrides)
+        objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout, overrides, limits)
     elif overrides:
         raise RenderError(f"path {path!r} has no kustomization.yaml, so spec.source.kustomize cannot apply: add one "
                           f"that lists the manifests, or remove the kustomize block from the Application")
     else:
-        objects = _read_directory(root, directory, recurse=recurse)
+        objects = _read_directory(root, directory, _Budget(limits), recurse=recurse)
     _check(objects)
     return [located.manifest for located in objects]
 
@@ -58,7 +76,7 @@ def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", ti
 def load_yaml(text: str, path: str) -> list[Any]:
     """Every non-empty document of a YAML stream, parsed as Kubernetes tools do; `path` names the
     file in errors. Timestamps stay strings and a key given twice in one mapping is an error."""
-    return [document for document, _ in _documents(text, path)]
+    return [document for document, _, _ in _documents(text, path)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,14 +142,42 @@ def _check_symlinks(root: Path, directory: Path) -> None:
 # Plain directories
 
 
-def _read_directory(root: Path, directory: Path, *, recurse: bool = False) -> list[_Located]:
+class _Budget:
+    """The bytes a render has left to read; a file over the one-file limit is refused before it is
+    read, so what a commit holds never decides how much memory the controller takes."""
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.limits = limits
+        self.read = 0
+
+    def read_text(self, file: Path, where: str) -> str:
+        size = file.stat().st_size
+        if size > self.limits.file_bytes:
+            raise RenderError(f"is {_size(size)}, over the {_size(self.limits.file_bytes)} limit for one file the "
+                              f"controller renders: split it into smaller files", path=where)
+        self.read += size
+        if self.read > self.limits.total_bytes:
+            raise RenderError(f"the manifests read up to this file are {_size(self.read)}, over the "
+                              f"{_size(self.limits.total_bytes)} limit for one app's manifests: split the app",
+                              path=where)
+        try:
+            return file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise RenderError(f"is not UTF-8 text ({error.reason} at byte {error.start})", path=where) from None
+
+
+def _size(size: int) -> str:
+    return f"{size / MiB:.1f} MiB".replace(".0 MiB", " MiB")
+
+
+def _read_directory(root: Path, directory: Path, budget: _Budget, *, recurse: bool = False) -> list[_Located]:
     objects: list[_Located] = []
     for entry in sorted(directory.iterdir(), key=lambda p: p.name):
         if recurse and entry.is_dir():
             if entry.is_symlink() and not _inside(root, entry):
                 raise RenderError("is a symlink that leads outside the repository", path=_relative(root, entry))
             if not entry.is_symlink():  # a link to a folder inside the repo would read it twice
-                objects.extend(_read_directory(root, entry, recurse=True))
+                objects.extend(_read_directory(root, entry, budget, recurse=True))
             continue
         if not entry.name.endswith(MANIFEST_SUFFIXES):
             continue
@@ -143,10 +189,7 @@ def _read_directory(root: Path, directory: Path, *, recurse: bool = False) -> li
                 raise RenderError("is a symlink to a file that does not exist", path=where)
         if not entry.is_file():
             continue
-        try:
-            text = entry.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise RenderError(f"is not UTF-8 text ({error.reason} at byte {error.start})", path=where) from None
+        text = budget.read_text(entry, where)
         if entry.name.endswith(".json"):
             objects.extend(_json_objects(text, where))
         else:
@@ -167,13 +210,8 @@ def _json_objects(text: str, where: str) -> list[_Located]:
 
 def _yaml_objects(text: str, where: str) -> list[_Located]:
     objects: list[_Located] = []
-    for document, node in _documents(text, where):
-        item_lines = []
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == "items" and isinstance(value, yaml.SequenceNode):
-                    item_lines = [item.start_mark.line + 1 for item in value.value]
-        objects.extend(_expand(document, where, node.start_mark.line + 1, item_lines))
+    for document, line, item_lines in _documents(text, where):
+        objects.extend(_expand(document, where, line, item_lines))
     return objects
 
 
@@ -224,7 +262,11 @@ _Loader.yaml_implicit_resolvers = {
 _CONTEXT_IS_THE_PLACE = ("while scanning a simple key", "while scanning a quoted scalar")
 
 
-def _documents(text: str, where: str) -> list[tuple[Any, yaml.Node]]:
+def _documents(text: str, where: str) -> list[tuple[Any, int, list[int]]]:
+    """Each non-empty document with the line it starts at and those of its `items` (for a List).
+    A document's nodes are dropped once it is built: kept, they cost several times the objects."""
+    if "*" in text:  # no alias without one
+        _check_aliases(text, where)
     loader = _Loader(text)
     documents = []
     try:
@@ -234,7 +276,7 @@ def _documents(text: str, where: str) -> list[tuple[Any, yaml.Node]]:
                 continue
             document = loader.construct_document(node)
             if document is not None:
-                documents.append((document, node))
+                documents.append((document, node.start_mark.line + 1, _item_lines(node)))
     except yaml.MarkedYAMLError as error:
         raise _yaml_error(error, where) from None
     except yaml.YAMLError as error:
@@ -242,6 +284,63 @@ def _documents(text: str, where: str) -> list[tuple[Any, yaml.Node]]:
     finally:
         loader.dispose()
     return documents
+
+
+def _check_aliases(text: str, where: str) -> None:
+    """Refuse a document whose aliases expand it out of proportion (see ALIAS_NODES), before any
+    of it is built. PyYAML builds an alias as a second reference to one object, so the expansion
+    costs nothing until something walks it: a copy, a diff, the JSON of an apply. Counted from
+    the parser's events, so the check holds no tree; an error in the YAML is left to the loader,
+    which says it better."""
+    anchored: dict[str, int] = {}  # anchor → nodes its value expands to
+    open_nodes: list[list] = []  # per collection being read: [nodes so far, its anchor]
+    own = expanded = 0  # nodes of the current document: as written, and with aliases expanded
+    start: int | None = None  # the line of its first node
+
+    def close(nodes: int, anchor: str | None) -> None:
+        nonlocal expanded
+        if anchor:
+            anchored[anchor] = nodes
+        if open_nodes:
+            open_nodes[-1][0] += nodes
+        else:
+            expanded += nodes
+
+    try:
+        for event in yaml.parse(text, Loader=_BASE_LOADER):
+            if isinstance(event, yaml.NodeEvent) and start is None:
+                start = event.start_mark.line + 1
+            if isinstance(event, yaml.ScalarEvent):
+                own += 1
+                close(1, event.anchor)
+            elif isinstance(event, yaml.AliasEvent):
+                close(anchored.get(event.anchor, 1), None)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                own += 1
+                open_nodes.append([1, event.anchor])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                close(*open_nodes.pop())
+            elif isinstance(event, yaml.DocumentStartEvent):
+                start = None
+            elif isinstance(event, yaml.DocumentEndEvent):
+                limit = max(ALIAS_NODES, 2 * own)
+                if expanded > limit:
+                    raise RenderError(
+                        f"YAML aliases expand the document that starts here to {expanded:,} nodes from the {own:,} "
+                        f"written (the limit is {limit:,}, against \"billion laughs\" files): write the repeated "
+                        f"parts out instead of aliasing them", path=where, line=start)
+                anchored.clear()  # anchors do not cross documents
+                own = expanded = 0
+    except yaml.YAMLError:
+        return
+
+
+def _item_lines(node: yaml.Node) -> list[int]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "items" and isinstance(value, yaml.SequenceNode):
+                return [item.start_mark.line + 1 for item in value.value]
+    return []
 
 
 def _yaml_error(error: yaml.MarkedYAMLError, where: str) -> RenderError:
@@ -261,39 +360,138 @@ def _yaml_error(error: yaml.MarkedYAMLError, where: str) -> RenderError:
 
 
 def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: Path, timeout: float,
-                     overrides: KustomizeOverrides | None = None) -> list[_Located]:
-    _check_kustomization_tree(root, directory)
+                     overrides: KustomizeOverrides | None, limits: RenderLimits) -> list[_Located]:
+    _check_kustomization_tree(root, directory, limits)
     where = _relative(root, kustomization)
     with tempfile.TemporaryDirectory(prefix="gantry-kustomize-") as scratch:
         target = directory
         if overrides:
             # The checkout is shared and read-only to us: the overrides go in a kustomization of
             # their own that takes the app's directory as its one resource.
-            target = Path(scratch)
+            target = Path(scratch) / "overrides"
+            target.mkdir()
             # kustomize takes a new root only by a relative path.
             resource = os.path.relpath(directory, target.resolve())
             (target / "kustomization.yaml").write_text(yaml.safe_dump(overrides.kustomization(resource)))
-        try:
-            result = subprocess.run(
-                [str(binary), "build", str(target)],
-                cwd=target,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                # A remote base is fetched by git: never let it wait for a password.
-                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-            )
-        except subprocess.TimeoutExpired:
-            raise RenderError(f"kustomize build did not finish within {timeout:g}s", path=where) from None
-    if result.returncode != 0:
-        raise _KustomizeError(root, directory, result.stderr).mapped()
+        home = Path(scratch) / "home"
+        home.mkdir()
+        run = _run_bounded(_with_memory_limit(limits.kustomize_memory, [str(binary), "build", str(target)]),
+                           cwd=target, env=_kustomize_env(home, limits), timeout=timeout,
+                           max_output=limits.total_bytes)
+    if run.timed_out:
+        raise RenderError(f"kustomize build did not finish within {timeout:g}s", path=where)
+    if run.output_over:
+        raise RenderError(f"kustomize build printed more than the {_size(limits.total_bytes)} limit for one app's "
+                          f"manifests: split the app", path=where)
+    stderr = run.stderr.decode("utf-8", "replace")
+    if run.returncode != 0 and (_OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
+        raise RenderError(f"kustomize build ran out of memory: it may use {_size(limits.kustomize_memory)} "
+                          f"(--kustomize-memory-limit); a very large input or YAML aliases nested deep is the usual "
+                          f"cause", path=where)
+    if run.returncode is not None and run.returncode < 0:
+        raise RenderError(f"kustomize build was killed by {signal.Signals(-run.returncode).name}", path=where)
+    if run.returncode != 0:
+        raise _KustomizeError(root, directory, stderr).mapped()
     # Lines in kustomize's output are not lines of any file in the repo: name the kustomization only.
-    return [_Located(item.manifest, where, None) for item in _yaml_objects(result.stdout, where)]
+    return [_Located(item.manifest, where, None) for item in _yaml_objects(run.stdout.decode("utf-8", "replace"), where)]
 
 
-def _check_kustomization_tree(root: Path, directory: Path) -> None:
-    """What kustomize would read must stay in the repository: no symlink out, and no resources,
-    bases or components entry naming a directory outside it (those are new roots to kustomize)."""
+# How Go dies when the data segment limit (or the system) gives it no more memory: a fatal error,
+# or, when it fails where it cannot say so, a segmentation fault.
+_OUT_OF_MEMORY = re.compile(r"^fatal error: .*(?:out of memory|cannot allocate memory)|^SIGSEGV", re.M)
+
+
+def _with_memory_limit(data_bytes: int, command: list[str]) -> list[str]:
+    """`command` under a data segment limit, set by a shell between fork and exec: preexec_fn would
+    run Python in a child forked from a threaded process, which may deadlock. RLIMIT_DATA rather
+    than RLIMIT_AS: Go reserves address space far beyond what it uses, and fails to start under
+    some RLIMIT_AS values that leave it plenty."""
+    return ["/bin/sh", "-c", 'ulimit -d "$1" && shift && exec "$@"', "sh", str(data_bytes // 1024), *command]
+
+
+def _kustomize_env(home: Path, limits: RenderLimits) -> dict[str, str]:
+    """kustomize's environment: not the controller's (which may hold tokens), and a git for remote
+    bases that can reach nothing the controller holds: no config, credential helper, askpass,
+    SSH key or agent, and no local transport (a file:// submodule of a remote base included)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(home),  # kustomize clones remote bases there: gone with the render
+        "GOMEMLIMIT": str(limits.kustomize_memory * 3 // 4),  # collect hard before the hard limit
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_ALLOW_PROTOCOL": "https:http:ssh:git",
+        "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null "
+                           "-o IdentityAgent=none",
+    }
+
+
+@dataclass
+class _Run:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    output_over: bool = False
+
+
+def _run_bounded(command: list[str], *, cwd: Path, env: dict[str, str], timeout: float, max_output: int) -> _Run:
+    """Run `command`, keeping at most `max_output` bytes of its output and 64 KiB of its errors
+    (Go prints every goroutine's stack when it runs out of memory); killed once it prints more
+    or runs longer than `timeout`."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    stdout, stderr = bytearray(), bytearray()
+    over = threading.Event()
+
+    def read(stream, into: bytearray, keep: int, kill_beyond: bool) -> None:
+        received = 0
+        while chunk := stream.read(1 << 16):
+            received += len(chunk)
+            if len(into) < keep:
+                into += chunk[:keep - len(into)]
+            if kill_beyond and received > keep:
+                over.set()
+                _kill_group(process)
+                return
+
+    readers = [threading.Thread(target=read, args=(process.stdout, stdout, max_output, True), daemon=True),
+               threading.Thread(target=read, args=(process.stderr, stderr, 1 << 16, False), daemon=True)]
+    for reader in readers:
+        reader.start()
+    timed_out = False
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(process)
+    finally:
+        if process.returncode is None:  # interrupted: leave no kustomize behind
+            _kill_group(process)
+        process.wait()
+        for reader in readers:
+            reader.join()
+        process.stdout.close()
+        process.stderr.close()
+    return _Run(process.returncode, bytes(stdout), bytes(stderr), timed_out, over.is_set())
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """kustomize and any git it started for a remote base."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _check_kustomization_tree(root: Path, directory: Path, limits: RenderLimits) -> None:
+    """What kustomize would read must stay in the repository and within the limits: no symlink
+    out; no resources/bases/components/generators/transformers/validators entry naming a directory
+    outside it, a path on the controller's filesystem, or (with remote bases off) a remote base;
+    no file it names over the one-file limit or with aliases out of proportion."""
     pending, seen = [directory], set()
     while pending:
         current = pending.pop()
@@ -304,26 +502,81 @@ def _check_kustomization_tree(root: Path, directory: Path) -> None:
         kustomization = _kustomization_file(current)
         if kustomization is None:
             continue
+        where = _relative(root, kustomization)
         try:
-            data = yaml.load(kustomization.read_text(encoding="utf-8"), Loader=_Loader)
-        except (yaml.YAMLError, UnicodeDecodeError):
+            data = yaml.load(_Budget(limits).read_text(kustomization, where), Loader=_Loader)
+        except yaml.YAMLError:
             continue  # kustomize reports it, with its own words
         if not isinstance(data, dict):
             continue
         for field in _ROOT_FIELDS:
             entries = data.get(field)
             for entry in entries if isinstance(entries, list) else ():
-                if not isinstance(entry, str) or not os.path.lexists(current / entry):
-                    continue  # missing (kustomize says so) or a remote URL
-                if not _inside(root, current / entry):
-                    raise RenderError(
-                        f"{field} entry {entry!r} leads outside the repository: a kustomization may only use "
-                        f"files and directories of the same repository",
-                        path=_relative(root, kustomization),
-                        line=_line_matching(kustomization, rf"^\s*-\s*['\"]?{re.escape(entry)}['\"]?\s*(#.*)?$"),
-                    )
+                if not isinstance(entry, str) or "\n" in entry:
+                    continue  # an inline generator or transformer configuration
+                refusal = _entry_refusal(root, current, field, entry, limits)
+                if refusal:
+                    raise RenderError(refusal, path=where,
+                                      line=_line_matching(kustomization, _entry_pattern(entry)))
                 if (current / entry).is_dir():
                     pending.append((current / entry).resolve())
+        for file in sorted(_named_files(root, current, data)):
+            text = _Budget(limits).read_text(file, _relative(root, file))
+            if "*" in text:
+                _check_aliases(text, _relative(root, file))
+
+
+# kustomize takes an entry it cannot find on disk for a remote base: a URL (git::, a scheme, or
+# git@host:) or a host name with a path, as in github.com/org/repo//dir?ref=v1.
+_REMOTE = re.compile(r"^(?:git::|[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:|[\w-]+(?:\.[\w-]+)+/)", re.I)
+_CONTROLLER_FILESYSTEM = "kustomize remote bases on the controller's filesystem are not allowed"
+
+
+def _entry_refusal(root: Path, current: Path, field: str, entry: str, limits: RenderLimits) -> str | None:
+    """Why kustomize may not follow `entry` of `field` in the kustomization in `current`, or None."""
+    text = entry.strip()
+    lowered = text.lower()
+    if (text.startswith("/") or lowered.startswith("file:")
+            or (lowered.startswith("git::") and not re.match(r"git::(?:https?://|ssh://|git@)", lowered))):
+        # Another app's cached clone is a file:// URL or a path away, and reading it needs none of
+        # that app's credentials.
+        return (f"{field} entry {entry!r}: {_CONTROLLER_FILESYSTEM}; use a path relative to the kustomization, "
+                f"inside this repository, or a remote base over https or ssh")
+    if os.path.lexists(current / text):
+        if not _inside(root, current / text):
+            return (f"{field} entry {entry!r} leads outside the repository: a kustomization may only use files and "
+                    f"directories of the same repository")
+        return None
+    if _REMOTE.match(text) and not limits.remote_bases:
+        return (f"{field} entry {entry!r} is a remote base, and this controller fetches none (it runs with "
+                f"--no-remote-bases): copy the base into this repository")
+    return None  # missing: kustomize says so
+
+
+def _entry_pattern(entry: str) -> str:
+    return rf"^\s*-\s*['\"]?{re.escape(entry)}['\"]?\s*(#.*)?$"
+
+
+def _named_files(root: Path, current: Path, data: Any) -> set[Path]:
+    """Every file inside the repository that a string of the kustomization `data` names (relative
+    to its directory `current`): whatever field it is in, kustomize may read it."""
+    found: set[Path] = set()
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "\n" not in value and 0 < len(value) < 4096:
+            for candidate in {value, value.partition("=")[2]} - {""}:  # generator files: key=path
+                path = current / candidate
+                try:
+                    if path.is_file() and _inside(root, path):
+                        found.add(path.resolve())
+                except (OSError, ValueError):
+                    continue
+    return found
 
 
 class _KustomizeError:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from gitserver import WorkRepo, init_bare
 
 from controller.model import KustomizeOverrides, RenderError
-from controller.render import load_yaml, render
+from controller.render import MiB, RenderLimits, load_yaml, render
 from controller.source import GitCache
 
 
@@ -67,11 +68,12 @@ def refs(objects: list[dict]) -> list[tuple[str, str | None, str]]:
     return [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
 
 
-def render_error(tmp_path: Path, files: dict[str, str], *, path: str = "k8s", kustomize: Path | str = "kustomize") -> RenderError:
+def render_error(tmp_path: Path, files: dict[str, str], *, path: str = "k8s", kustomize: Path | str = "kustomize",
+                 limits: RenderLimits = RenderLimits()) -> RenderError:
     """The RenderError rendering `files` raises, checked to show no path of the checkout itself."""
     root = write(tmp_path / "checkout", files)
     with pytest.raises(RenderError) as caught:
-        render(root, path, kustomize=kustomize)
+        render(root, path, kustomize=kustomize, limits=limits)
     assert str(tmp_path) not in str(caught.value), "an error shows where the checkout lives"
     assert caught.value.path is None or not caught.value.path.startswith("/")
     return caught.value
@@ -530,3 +532,154 @@ def test_rendering_a_checkout_from_the_git_cache(tmp_path: Path, kustomize: Path
         render(tree, "k8s", kustomize=kustomize)
     assert (caught.value.path, caught.value.line) == ("k8s/backend.yaml", 5)
     assert str(tmp_path) not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a render may read: nothing of the controller's filesystem beyond the app's own checkout
+
+
+def cached_clone_of_another_app(tmp_path: Path) -> Path:
+    """The controller's bare clone of another team's repo, as its git cache holds it."""
+    bare = init_bare(tmp_path / "team-b.git")
+    repo = WorkRepo.create(tmp_path / "team-b", {
+        "k8s/kustomization.yaml": "resources:\n- secret.yaml\n",
+        "k8s/secret.yaml": "apiVersion: v1\nkind: Secret\nmetadata:\n  name: team-b-db\nstringData:\n  password: s3cr3t\n",
+    }, remote=bare)
+    repo.commit()
+    repo.push()
+    cache = GitCache(tmp_path / "cache")
+    cache.resolve(bare.as_uri())
+    (clone,) = (tmp_path / "cache" / "repos").iterdir()
+    return clone
+
+
+@pytest.mark.parametrize("field", ["resources", "bases", "components", "generators", "transformers", "validators"])
+@pytest.mark.parametrize("form", ["file://{clone}//k8s?ref=HEAD", "FILE://{clone}", "git::file://{clone}//k8s",
+                                  "git::{clone}//k8s", "{clone}/k8s", "/{missing}"])
+def test_no_kustomization_field_reaches_the_controllers_filesystem(tmp_path: Path, kustomize: Path, field: str,
+                                                                   form: str):
+    entry = form.format(clone=cached_clone_of_another_app(tmp_path / "controller"), missing="nowhere/at/all")
+    error = render_error(tmp_path / "app", {
+        "k8s/kustomization.yaml": f"namespace: team-a\n{field}:\n- {entry}\n",
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 3)
+    assert f"{field} entry {entry!r}: kustomize remote bases on the controller's filesystem are not allowed" in str(error)
+
+
+def test_the_refused_file_url_is_one_kustomize_itself_would_follow(tmp_path: Path, kustomize: Path):
+    """The check above is what stops it: kustomize alone reads another repo's Secret this way."""
+    clone = cached_clone_of_another_app(tmp_path)
+    root = write(tmp_path / "checkout", {"k8s/kustomization.yaml": f"resources:\n- file://{clone}//k8s?ref=main\n"})
+    built = subprocess.run([str(kustomize), "build", str(root / "k8s")], capture_output=True, text=True)
+    assert "team-b-db" in built.stdout, built.stderr
+
+
+def test_a_kustomization_in_a_base_is_checked_too(tmp_path: Path, kustomize: Path):
+    clone = cached_clone_of_another_app(tmp_path / "controller")
+    error = render_error(tmp_path / "app", {
+        "k8s/kustomization.yaml": "resources:\n- ../base\n",
+        "base/kustomization.yaml": f"components:\n- ./c\ngenerators:\n- file://{clone}//k8s\n",
+        "base/c/kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n",
+    }, kustomize=kustomize)
+    assert (error.path, error.line) == ("base/kustomization.yaml", 4)
+    assert "kustomize remote bases on the controller's filesystem are not allowed" in str(error)
+
+
+@pytest.mark.parametrize("entry", ["https://github.com/acme/shop//k8s?ref=v1", "github.com/acme/shop/k8s?ref=v1",
+                                   "git@github.com:acme/shop.git//k8s", "ssh://git@github.com/acme/shop//k8s"])
+def test_remote_bases_over_the_network_can_be_turned_off(tmp_path: Path, kustomize: Path, entry: str):
+    error = render_error(tmp_path, {"k8s/kustomization.yaml": f"resources:\n- {entry}\n"}, kustomize=kustomize,
+                         limits=RenderLimits(remote_bases=False))
+    assert (error.path, error.line) == ("k8s/kustomization.yaml", 2)
+    assert f"resources entry {entry!r} is a remote base, and this controller fetches none" in str(error)
+    assert "--no-remote-bases" in str(error)
+
+
+def test_remote_bases_over_the_network_are_fetched_by_default_with_nothing_of_the_controllers(
+        tmp_path: Path, kustomize: Path, monkeypatch: pytest.MonkeyPatch):
+    # A git config of the controller's user that would hand out a password: kustomize's git must
+    # not read it (nor see the controller's environment).
+    home = write(tmp_path / "home", {".gitconfig": "[credential]\n\thelper = store\n",
+                                     ".git-credentials": "http://gantry:hunter2@127.0.0.1\n"})
+    monkeypatch.setenv("HOME", str(home))
+    error = render_error(tmp_path, {"k8s/kustomization.yaml": "resources:\n- http://127.0.0.1:9/acme/shop.git//k8s\n"},
+                         kustomize=kustomize)
+    assert "kustomize build failed" in str(error) and "127.0.0.1:9" in str(error)
+    assert "is a remote base" not in str(error) and "hunter2" not in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a render may cost
+
+
+def billion_laughs(levels: int = 9) -> str:
+    lines = ["apiVersion: v1", "kind: ConfigMap", "metadata:", "  name: lol", "data:",
+             '  l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"  l{n}: &l{n} [{','.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_that_explode_are_refused_before_anything_is_built(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.yaml": configmap("fine"), "k8s/lol.yaml": "---\n" + billion_laughs()})
+    assert (error.path, error.line) == ("k8s/lol.yaml", 2)
+    assert "YAML aliases expand the document that starts here to 490,329,074 nodes from the 38 written" in str(error)
+    assert "the limit is 100,000" in str(error)
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path):
+    root = write(tmp_path / "checkout", {"k8s/a.yaml": billion_laughs(levels=3) + "  again: *l2\n"})
+    (lol,) = render(root, "k8s")
+    assert lol["data"]["again"] == lol["data"]["l2"] and len(lol["data"]["l2"]) == 9
+
+
+@pytest.mark.parametrize("name", ["lol.yaml", "lol.txt"])
+def test_exploding_aliases_are_refused_before_kustomize_reads_them(tmp_path: Path, kustomize: Path, name: str):
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- ../base\n",
+        "base/kustomization.yaml": f"resources:\n- {name}\n",
+        f"base/{name}": billion_laughs(),
+    }, kustomize=kustomize)
+    assert error.path == f"base/{name}" and "YAML aliases expand" in str(error)
+
+
+def big_configmaps(count: int, size: int) -> str:
+    return "".join(f"---\n{configmap(f'c{i}', blob='x' * size)}" for i in range(count))
+
+
+def test_kustomize_runs_under_a_memory_limit(tmp_path: Path, kustomize: Path):
+    small = RenderLimits(kustomize_memory=100 * MiB, file_bytes=16 * MiB, total_bytes=64 * MiB)
+    fine = write(tmp_path / "fine", {"k8s/kustomization.yaml": "resources:\n- a.yaml\n", "k8s/a.yaml": configmap("a")})
+    assert refs(render(fine, "k8s", kustomize=kustomize, limits=small)) == [("ConfigMap", None, "a")]
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- a.yaml\n- b.yaml\n",
+        "k8s/a.yaml": big_configmaps(2000, 4000),
+        "k8s/b.yaml": big_configmaps(2000, 4000).replace("name: c", "name: d"),
+    }, kustomize=kustomize, limits=small)
+    assert error.path == "k8s/kustomization.yaml"
+    assert "kustomize build ran out of memory: it may use 100 MiB" in str(error)
+
+
+def test_a_file_over_the_limit_is_refused_unread(tmp_path: Path, kustomize: Path):
+    limits = RenderLimits(file_bytes=1 * MiB)
+    files = {"k8s/a.yaml": configmap("a"), "k8s/big.yaml": big_configmaps(300, 4000)}
+    error = render_error(tmp_path, files, limits=limits)
+    assert error.path == "k8s/big.yaml"
+    assert "is 1.2 MiB, over the 1 MiB limit for one file the controller renders" in str(error)
+    # Through kustomize, and whatever the field that names it.
+    error = render_error(tmp_path / "k", {**files, "k8s/kustomization.yaml": "resources:\n- a.yaml\n"
+                                          "configMapGenerator:\n- name: g\n  files:\n  - key=big.yaml\n"},
+                         kustomize=kustomize, limits=limits)
+    assert error.path == "k8s/big.yaml" and "over the 1 MiB limit" in str(error)
+
+
+def test_an_app_over_the_total_limit_is_refused(tmp_path: Path, kustomize: Path):
+    limits = RenderLimits(file_bytes=1 * MiB, total_bytes=2 * MiB)
+    files = {f"k8s/{n}.yaml": big_configmaps(200, 4000).replace("name: c", f"name: {n}") for n in "abc"}
+    error = render_error(tmp_path, files, limits=limits)
+    assert error.path == "k8s/c.yaml"
+    assert "over the 2 MiB limit for one app's manifests" in str(error)
+    # kustomize's output counts the same way: it may repeat one file many times.
+    error = render_error(tmp_path / "k", {**files, "k8s/kustomization.yaml": "resources:\n- a.yaml\n- b.yaml\n- c.yaml\n"},
+                         kustomize=kustomize, limits=limits)
+    assert error.path == "k8s/kustomization.yaml"
+    assert "kustomize build printed more than the 2 MiB limit for one app's manifests" in str(error)
