@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import yaml
-from kubernetes.config import ConfigException
 
 from . import health as health_stage
 from .credentials import CredentialStore
 from .diff import Differ, prepare, unified_diff, unserved_message
-from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
+from .kube import KubeApiError, KubeClient, KubeconfigError, Resource, UnservedApiError, describe_kube_error
 from .model import (
     API_GROUP,
     API_VERSION,
@@ -693,20 +691,6 @@ def format_operation(state: dict, *, colour: bool = False) -> str:
     return text
 
 
-def describe_kube_error(error: KubeApiError, host: str) -> str:
-    """One line for an API failure: an unreachable server names itself and the reason only."""
-    if error.status == 0:
-        match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", error.message) or \
-            re.search(r"(certificate verify failed[^'\")]*|timed out|Connection refused)", error.message)
-        reason = match.group(1).strip() if match else error.message.replace("cannot reach the API server: ", "")
-        return f"cannot reach the API server at {host}: {' '.join(reason.split())}"
-    if error.status == 401:
-        return f"the API server at {host} did not accept the credentials of the kubeconfig (401 Unauthorized)"
-    if error.status == 403:
-        return f"forbidden: {error.message}"
-    return " ".join(str(error).split())
-
-
 # =============================================================================================
 # The edge: the API server, git, kustomize.
 
@@ -915,10 +899,8 @@ class Context:
             kubeconfig = self.args.kubeconfig or os.environ.get("KUBECONFIG") or None
             try:
                 self._client = KubeClient.from_kubeconfig(kubeconfig, context=self.args.context)
-            except (ConfigException, OSError, ValueError) as error:
-                where = kubeconfig or "~/.kube/config"
-                reason = " ".join(str(error).split())
-                raise CliError(f"cannot load the kubeconfig {where}: {reason} (use --kubeconfig or set KUBECONFIG)") from None
+            except KubeconfigError as error:
+                raise CliError(f"{error} (use --kubeconfig or set KUBECONFIG)") from None
         return self._client
 
     @property

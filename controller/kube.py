@@ -6,6 +6,8 @@ both what the stages compare and several times faster than the generated client 
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,24 @@ class KubeApiError(GantryError):
         # Conflicts on resourceVersion, throttling, timeouts and server errors go away on retry;
         # validation (422), not found (404) and forbidden (403) need a change by a human.
         return self.status in (0, 409, 429, 500, 502, 503, 504) and self.reason != "AlreadyExists"
+
+
+class KubeconfigError(GantryError):
+    """The kubeconfig is missing, unreadable or not a kubeconfig; the message names the file."""
+
+
+def describe_kube_error(error: KubeApiError, host: str) -> str:
+    """One line for an API failure: an unreachable server names itself and the reason only."""
+    if error.status == 0:
+        match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", error.message) or \
+            re.search(r"(certificate verify failed[^'\")]*|timed out|Connection refused)", error.message)
+        reason = match.group(1).strip() if match else error.message.replace("cannot reach the API server: ", "")
+        return f"cannot reach the API server at {host}: {' '.join(reason.split())}"
+    if error.status == 401:
+        return f"the API server at {host} did not accept the credentials of the kubeconfig (401 Unauthorized)"
+    if error.status == 403:
+        return f"forbidden: {error.message}"
+    return " ".join(str(error).split())
 
 
 class UnservedApiError(GantryError):
@@ -98,7 +118,8 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> "KubeClient":
-        """In-cluster when running in a pod (and no kubeconfig is named), else the kubeconfig."""
+        """In-cluster when running in a pod (and no kubeconfig is named), else the kubeconfig.
+        Raises KubeconfigError when neither can be loaded."""
         configuration = k8s_client.Configuration()
         if kubeconfig is None:
             try:
@@ -106,7 +127,17 @@ class KubeClient:
                 return cls(configuration)
             except k8s_config.ConfigException:
                 pass
-        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        if kubeconfig and not os.path.exists(kubeconfig):
+            # The loader skips a missing file and only says "No configuration found".
+            raise KubeconfigError(f"cannot load the kubeconfig {where}: no such file")
+        try:
+            k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        except Exception as error:
+            # The loader raises ConfigException for a missing key, yaml's errors for a file that does
+            # not parse, OSError for one it cannot read, and TypeError or AttributeError for YAML of
+            # another shape: to the user all are the same broken file.
+            raise KubeconfigError(f"cannot load the kubeconfig {where}: {' '.join(str(error).split())}") from error
         return cls(configuration)
 
     # ------------------------------------------------------------------ HTTP
