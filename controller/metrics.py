@@ -1,5 +1,5 @@
-"""Metrics and the controller's HTTP endpoint: /metrics (Prometheus), /healthz, and room for more
-routes (the webhook). Names follow Argo CD's where one exists, with `gantry_` for `argocd_`.
+"""Metrics and the controller's HTTP endpoints: /metrics (Prometheus) and the probes on one server,
+the webhook on another (operator.py wires it). Names follow Argo CD's, with `gantry_` for `argocd_`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -70,7 +70,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-Route = Callable[[BaseHTTPRequestHandler, bytes], tuple[int, str, bytes]]
+Answer = tuple[int, str, bytes]  # status, content type, body
+GetRoute = Callable[[], Answer]
+Route = Callable[[BaseHTTPRequestHandler, bytes], Answer]  # a POST route: the handler (headers) and the body
 
 
 class RequestTimeout(TimeoutError):
@@ -168,24 +170,31 @@ _BUSY = _plain(503, "too many connections; try again\n")
 
 
 class HttpServer:
-    """One small threaded HTTP server for /metrics, /healthz and POST routes added by others.
+    """One small threaded HTTP server with fixed GET and POST routes. The controller runs two, each
+    with a port and a connection limit of its own: `metrics_server()` for /metrics and the probes,
+    and one for the webhook, so a client flooding the webhook cannot starve the liveness probe.
 
-    `timeout` is the time a client has to send a whole request, headers and body (408 after it), and
-    to take each write of our answer; `max_connections` bounds the connections served at once (503
-    beyond). A route that raises is answered 500, with a message that tells nothing of the error.
+    `timeout` is the time a client has to send a whole request, headers and body, from the moment
+    its connection is accepted (408 after it), and to take each write of our answer; a connection
+    carries one request, so this bounds how long it holds one of the `max_connections` slots (503
+    beyond them). A route that raises is answered 500, with a message that tells nothing of the
+    error. The constructor binds the socket, so a port in use is an error before `start()`.
     """
 
-    def __init__(self, metrics: Metrics, address: str = ":8080", *, healthy: Callable[[], bool] = lambda: True,
-                 max_body: int = 1 << 20, timeout: float = 10.0, max_connections: int = 32) -> None:
+    def __init__(self, address: str, *, get_routes: Mapping[str, GetRoute] | None = None,
+                 post_routes: Mapping[str, Route] | None = None, max_body: int = 1 << 20, timeout: float = 10.0,
+                 max_connections: int = 32, name: str = "http") -> None:
         host, _, port = address.rpartition(":")
-        self.metrics = metrics
-        self.healthy = healthy
         self.max_body = max_body
-        self.post_routes: dict[str, Route] = {}
+        self.get_routes: dict[str, GetRoute] = dict(get_routes or {})
+        self.post_routes: dict[str, Route] = dict(post_routes or {})
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "gantry"
+            # One request per connection (HTTP/1.0 closes after the answer): no keep-alive lets a
+            # client hold a slot beyond one request's deadline.
+            protocol_version = "HTTP/1.0"
             # Headers and body are two writes: with Nagle's algorithm the body would wait for the
             # client's delayed ACK (40 ms on Linux) before leaving.
             disable_nagle_algorithm = True
@@ -198,15 +207,12 @@ class HttpServer:
                 self.answered = False
 
             def handle_one_request(self) -> None:
-                # The deadline counts from the end of the previous request, so an idle keep-alive
-                # connection is closed after `timeout` as well.
                 self.reader.start(timeout)
                 self.answered = False
                 super().handle_one_request()  # closes the connection on a TimeoutError
                 if self.reader.expired and self.reader.received and not self.answered:
-                    # Part of a request came, not all of it in time. (Nothing at all: an idle
-                    # keep-alive connection, which is closed without a word a client could take
-                    # for the answer to its next request.)
+                    # Part of a request came, not all of it in time. (Nothing at all: a client
+                    # that connected and said nothing, closed without a word.)
                     try:
                         self.connection.settimeout(timeout)
                         self.wfile.write(_plain(408, f"request not received within {timeout:g} s\n"))
@@ -228,7 +234,7 @@ class HttpServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _answer(self, route: Callable[[], tuple[int, str, bytes]]) -> None:
+            def _answer(self, route: GetRoute) -> None:
                 try:
                     status, content_type, payload = route()
                 except Exception:
@@ -251,14 +257,11 @@ class HttpServer:
                     return
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._answer(lambda: (200, CONTENT_TYPE_LATEST, outer.metrics.render()))
-                elif path in ("/healthz", "/readyz"):
-                    self._answer(lambda: (200, "text/plain; charset=utf-8", b"ok\n") if outer.healthy()
-                                 else (503, "text/plain; charset=utf-8", b"not ready\n"))
-                else:
+                route = outer.get_routes.get(self.path.split("?", 1)[0])
+                if route is None:
                     self._send(404, "text/plain; charset=utf-8", b"not found\n")
+                    return
+                self._answer(route)
 
             def do_POST(self) -> None:
                 route = outer.post_routes.get(self.path.split("?", 1)[0])
@@ -288,7 +291,7 @@ class HttpServer:
                 self._answer(lambda: route(self, body))
 
         self._server = _Server((host or "0.0.0.0", int(port)), Handler, max_connections)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
     @property
     def port(self) -> int:
@@ -299,5 +302,21 @@ class HttpServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever() that never began
+            self._server.shutdown()
         self._server.server_close()
+
+
+def metrics_server(metrics: Metrics, address: str, *, healthy: Callable[[], bool] = lambda: True,
+                   timeout: float = 10.0, max_connections: int = 32) -> HttpServer:
+    """/metrics, and /healthz and /readyz (200 while `healthy()`, else 503); no POST routes."""
+    def health() -> Answer:
+        if healthy():
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        return 503, "text/plain; charset=utf-8", b"not ready\n"
+
+    return HttpServer(address, get_routes={
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.render()),
+        "/healthz": health,
+        "/readyz": health,
+    }, timeout=timeout, max_connections=max_connections, name="metrics-http")

@@ -29,7 +29,7 @@ from .cache import LiveCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import webhook
-from .metrics import HttpServer, Metrics
+from .metrics import HttpServer, Metrics, metrics_server
 from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
                     SourceError, SpecError)
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
@@ -463,7 +463,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
     if _options.metrics_address:
-        _http = HttpServer(metrics, _options.metrics_address, healthy=lambda: _scheduler is not None and _scheduler.responsive())
+        _http = metrics_server(metrics, _options.metrics_address,
+                               healthy=lambda: _scheduler is not None and _scheduler.responsive())
         _http.post_routes["/api/webhook"] = _scheduler.webhook_route
         _http.start()
         logger.info("serving /metrics and /healthz on %s", _options.metrics_address)

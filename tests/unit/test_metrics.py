@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from controller.metrics import HttpServer, Metrics
+from controller.metrics import HttpServer, Metrics, metrics_server
 
 
 @pytest.fixture
@@ -19,8 +19,7 @@ def server():
         received.append(body)
         return 202, "text/plain", b"got %d\n" % len(body)
 
-    http = HttpServer(Metrics(), "127.0.0.1:0", max_body=1024, timeout=30.0)
-    http.post_routes["/hook"] = echo
+    http = HttpServer("127.0.0.1:0", post_routes={"/hook": echo}, max_body=1024, timeout=30.0)
     http.received = received
     http.start()
     yield http
@@ -48,15 +47,27 @@ def test_metrics_lists_an_apps_current_state_only():
     assert 'name="shop"' not in metrics.render().decode()
 
 
-def test_get_routes(server):
-    status, body = request(server, "/metrics")
-    assert status == 200 and b"gantry_app_sync_total" in body
-    assert request(server, "/healthz") == (200, b"ok\n")
-    assert request(server, "/nowhere")[0] == 404
+def test_the_metrics_server_serves_metrics_and_probes_and_no_post():
+    http = metrics_server(Metrics(), "127.0.0.1:0").start()
+    try:
+        status, body = request(http, "/metrics")
+        assert status == 200 and b"gantry_app_sync_total" in body
+        assert request(http, "/healthz") == (200, b"ok\n")
+        assert request(http, "/readyz") == (200, b"ok\n")
+        assert request(http, "/nowhere")[0] == 404
+        assert request(http, "/healthz", b"{}")[0] == 404
+    finally:
+        http.stop()
+
+
+def test_a_server_answers_only_its_own_routes(server):
+    assert request(server, "/metrics")[0] == 404
+    assert request(server, "/healthz")[0] == 404
+    assert request(server, "/hook", b"{}")[0] == 202
 
 
 def test_healthz_reports_not_ready():
-    http = HttpServer(Metrics(), "127.0.0.1:0", healthy=lambda: False).start()
+    http = metrics_server(Metrics(), "127.0.0.1:0", healthy=lambda: False).start()
     try:
         assert request(http, "/healthz") == (503, b"not ready\n")
     finally:
@@ -72,8 +83,8 @@ def test_a_post_route_receives_the_body(server):
 def test_an_oversized_body_is_answered_400_not_cut_off():
     # The client is still sending when the server decides: it must read our answer, not a broken
     # pipe. The body is larger than loopback's socket buffers, so an early close would be seen.
-    http = HttpServer(Metrics(), "127.0.0.1:0", max_body=1 << 20, timeout=30.0)
-    http.post_routes["/hook"] = lambda _handler, _body: pytest.fail("an oversized body reached the route")
+    http = HttpServer("127.0.0.1:0", max_body=1 << 20, timeout=30.0,
+                      post_routes={"/hook": lambda _handler, _body: pytest.fail("an oversized body reached the route")})
     http.start()
     try:
         status, body = request(http, "/hook", b" " * (6 << 20))
@@ -137,8 +148,8 @@ def test_a_short_body_is_400_not_passed_on(server):
 @pytest.fixture
 def quick():
     """A server that gives a request one second, headers and body together."""
-    http = HttpServer(Metrics(), "127.0.0.1:0", timeout=1.0)
-    http.post_routes["/hook"] = lambda _handler, _body: pytest.fail("a timed-out request reached the route")
+    http = HttpServer("127.0.0.1:0", timeout=1.0,
+                      post_routes={"/hook": lambda _handler, _body: pytest.fail("a timed-out request reached the route")})
     http.start()
     yield http
     http.stop()
@@ -165,7 +176,7 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(quick):
 
 
 def test_connections_beyond_the_limit_get_503_until_one_ends():
-    http = HttpServer(Metrics(), "127.0.0.1:0", timeout=30.0, max_connections=2).start()
+    http = metrics_server(Metrics(), "127.0.0.1:0", timeout=30.0, max_connections=2).start()
     slow = [socket.create_connection(("127.0.0.1", http.port), timeout=30) for _ in range(2)]
     try:
         for conn in slow:
@@ -198,9 +209,7 @@ def test_a_route_that_raises_is_answered_500_without_its_message(error):
     def broken(_handler, _body):
         raise error
 
-    http = HttpServer(Metrics(), "127.0.0.1:0")
-    http.post_routes["/hook"] = broken
-    http.start()
+    http = HttpServer("127.0.0.1:0", post_routes={"/hook": broken}).start()
     try:
         status, body = request(http, "/hook", b"{}")
     finally:
@@ -213,7 +222,7 @@ def test_a_failing_health_check_is_answered_500():
     def healthy() -> bool:
         raise RuntimeError("scheduler gone")
 
-    http = HttpServer(Metrics(), "127.0.0.1:0", healthy=healthy).start()
+    http = metrics_server(Metrics(), "127.0.0.1:0", healthy=healthy).start()
     try:
         assert request(http, "/healthz") == (500, b"internal error; see the controller's log\n")
     finally:
