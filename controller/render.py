@@ -43,7 +43,7 @@ class RenderLimits:
 
     file_bytes: int = 8 * MiB  # one file of the repo that the render reads
     total_bytes: int = 16 * MiB  # all manifests read from a plain directory, or kustomize's output
-    kustomize_memory: int = 320 * MiB  # kustomize's data segment (RLIMIT_DATA)
+    kustomize_memory: int = 256 * MiB  # kustomize's data segment (RLIMIT_DATA)
     remote_bases: bool = True  # kustomize may fetch remote bases over the network (as in Argo CD)
 
 

@@ -5,8 +5,10 @@ Credentials never show in status, events or the controller's log."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -186,3 +188,75 @@ def test_another_namespaces_applications_cannot_use_a_private_repos_credentials(
         cleanup(cluster, [app], [secret_name])
         cluster.kubectl("delete", "applications.gantry.dev", "--all", "-n", team, "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", team, "--wait=false", check=False)
+
+
+def controller_cache(controller) -> Path:
+    return Path(controller.args[controller.args.index("--cache-dir") + 1])
+
+
+def team_b_with_a_secret(cluster, private_server, tmp_path, suffix: str) -> tuple[App, str]:
+    """Team-b's private app, synced: its repo holds a Secret, and the controller caches its clone."""
+    team_b = private_app(cluster, private_server, tmp_path, f"team-b-{suffix}")
+    team_b.push({"k8s/secret.yaml": yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                                                    "stringData": {"password": "team-b-only"}}),
+                 "k8s/kustomization.yaml": "resources:\n- deployment.yaml\n- service.yaml\n- config.yaml\n"
+                                           "- secret.yaml\n"}, message="a secret")
+    secret_name = f"repo-{suffix}"
+    repository_secret(cluster, secret_name, team_b.repo_url, USER, PASSWORD)
+    team_b.apply()
+    team_b.wait_synced(team_b.repo.head)
+    return team_b, secret_name
+
+
+def test_a_kustomization_cannot_read_another_teams_cached_clone(cluster, controller, private_server, git_server,
+                                                                make_app, tmp_path):
+    """The cached clone of team-b's private repo is a file:// URL or a path away on the controller's
+    disk; a kustomization of team-a that names it is refused, whatever field names it, and what
+    team-a runs stays as it was."""
+    suffix = uuid.uuid4().hex[:6]
+    team_b, secret_name = team_b_with_a_secret(cluster, private_server, tmp_path, suffix)
+    try:
+        (clone,) = [path for path in (controller_cache(controller) / "git" / "repos").iterdir()
+                    if path.name == hashlib.sha256(team_b.repo_url.encode()).hexdigest()[:32]]
+        team_a = make_app()
+        team_a.apply()
+        team_a.wait_synced(team_a.repo.head)
+        web = team_a.object("deployment", "web")["metadata"]["resourceVersion"]
+        for field, entry in (("resources", f"file://{clone}//k8s?ref=main"), ("components", f"{clone}/k8s"),
+                             ("generators", f"git::file://{clone}//k8s?ref=main")):
+            team_a.push({"k8s/kustomization.yaml": f"resources:\n- deployment.yaml\n- service.yaml\n- config.yaml\n"
+                                                   f"{'' if field == 'resources' else field + ':' + chr(10)}- {entry}\n"},
+                        message=f"read team-b through {field}")
+            team_a.refresh()
+            status = team_a.wait(lambda s: (s.get("sync") or {}).get("revision") == team_a.repo.head
+                                 and s["sync"]["status"] == "Failed", f"Failed at the {field} commit")
+            message = status["conditions"][0]["message"]
+            assert message.startswith(f"k8s/kustomization.yaml:{5 if field == 'resources' else 6}: {field} entry "
+                                      f"{entry!r}: kustomize remote bases on the controller's filesystem are not "
+                                      f"allowed"), message
+            assert team_a.object("secret", "db") is None
+            assert team_a.object("deployment", "web")["metadata"]["resourceVersion"] == web
+        assert team_b.object("secret", "db") is not None
+        assert "team-b-only" not in controller.log()
+    finally:
+        cleanup(cluster, [team_b], [secret_name])
+
+
+def test_a_remote_base_never_gets_another_repositorys_credentials(cluster, controller, private_server, make_app,
+                                                                  tmp_path):
+    """Remote bases over the network are allowed (as in Argo CD), but kustomize fetches them with
+    no credentials of the controller's: team-b's private repo, named as a base, is not readable."""
+    suffix = uuid.uuid4().hex[:6]
+    team_b, secret_name = team_b_with_a_secret(cluster, private_server, tmp_path, suffix)
+    try:
+        team_a = make_app()
+        team_a.push({"k8s/kustomization.yaml": "resources:\n- deployment.yaml\n- service.yaml\n- config.yaml\n"
+                                               f"- {team_b.repo_url}//k8s?ref=main\n"}, message="team-b as a base")
+        team_a.apply()
+        message = failure_message(team_a)
+        assert message.startswith("k8s/kustomization.yaml: kustomize build failed:"), message
+        assert team_b.repo_url in message and "could not read Username" in message, message
+        assert team_a.object("secret", "db") is None and team_a.object("deployment", "web") is None
+        assert PASSWORD not in everything_said(team_a, controller)
+    finally:
+        cleanup(cluster, [team_b], [secret_name])
