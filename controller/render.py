@@ -204,6 +204,8 @@ def _json_objects(text: str, where: str) -> list[_Located]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise RenderError(f"invalid JSON: {error.msg}", path=where, line=error.lineno) from None
+    except RecursionError:
+        raise RenderError("JSON nested too deeply to read", path=where) from None
     documents = data if isinstance(data, list) else [data]
     return [item for document in documents for item in _expand(document, where, None, [])]
 

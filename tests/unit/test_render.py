@@ -683,3 +683,10 @@ def test_an_app_over_the_total_limit_is_refused(tmp_path: Path, kustomize: Path)
                          kustomize=kustomize, limits=limits)
     assert error.path == "k8s/kustomization.yaml"
     assert "kustomize build printed more than the 2 MiB limit for one app's manifests" in str(error)
+
+
+@pytest.mark.parametrize("name, text", [("deep.json", "[" * 100_000 + "]" * 100_000),
+                                        ("deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000)])
+def test_nesting_too_deep_to_read_is_a_render_error(tmp_path: Path, name: str, text: str):
+    error = render_error(tmp_path, {f"k8s/{name}": text})
+    assert error.path == f"k8s/{name}" and "nest" in str(error)
