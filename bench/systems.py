@@ -80,6 +80,7 @@ class Gantry:
         self.options = {"--workers": workers, "--poll-interval": poll_interval}
         self.process: Process | None = None
         self.metrics_url = ""
+        self.webhook_url = ""
         self.starts = 0
         self.webhook_secret = secrets.token_hex(16)
 
@@ -94,11 +95,13 @@ class Gantry:
     def start(self) -> float:
         """Start the controller with an empty git cache (a cold start); returns when it began."""
         self.starts += 1
-        port = free_port()
+        port, webhook_port = free_port(), free_port()
         self.metrics_url = f"http://127.0.0.1:{port}"
+        self.webhook_url = f"http://127.0.0.1:{webhook_port}"
         argv = [sys.executable, "-m", "bench.probe", "--kubeconfig", str(self.cluster.kubeconfig),
                 "--namespace", self.namespace, "--cache-dir", str(self.work / f"gantry-cache-{self.starts}"),
-                "--kustomize", str(self.cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{port}"]
+                "--kustomize", str(self.cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{port}",
+                "--webhook-address", f"127.0.0.1:{webhook_port}"]
         for flag, value in self.options.items():
             if value is not None:
                 argv += [flag, str(value)]
@@ -171,7 +174,7 @@ class Gantry:
             "head_commit": {"id": commit},
         }).encode()
         signature = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-        request = urllib.request.Request(self.metrics_url + "/api/webhook", data=body, method="POST", headers={
+        request = urllib.request.Request(self.webhook_url + "/api/webhook", data=body, method="POST", headers={
             "Content-Type": "application/json", "X-GitHub-Event": "push",
             "X-Hub-Signature-256": f"sha256={signature}"})
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from .cache import LiveCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import webhook
-from .metrics import HttpServer, Metrics, metrics_server
+from .metrics import HttpServer, Metrics, Route, metrics_server
 from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
                     SourceError, SpecError)
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
@@ -39,6 +40,7 @@ from .status import merge_patch, slimmed
 
 logger = logging.getLogger("gantry")
 PLURAL = "applications"
+WEBHOOK_PATH = "/api/webhook"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class Options:
     workers: int = 8
     kubeconfig: str | None = None
     kustomize: str = "kustomize"
-    metrics_address: str = ":8080"
+    metrics_address: str = ":8080"  # /metrics, /healthz, /readyz
+    # The webhook is what gets exposed beyond the cluster: a port of its own, so a flood of it cannot
+    # starve the probes, and a shorter deadline and fewer connections than they have.
+    webhook_address: str = ":8081"
+    webhook_timeout: float = 5.0
+    webhook_connections: int = 16
     cache_dir: Path = Path(os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"))
 
 
@@ -427,11 +434,43 @@ def post_event(client: KubeClient, app: Manifest, event: Event) -> None:
         logger.warning("could not post event %s for %s: %s", event.reason, metadata["name"], error)
 
 
+@dataclass(frozen=True)
+class HttpServers:
+    """The metrics server and the webhook server, either None when its address is empty."""
+
+    metrics: HttpServer | None
+    webhook: HttpServer | None
+
+    def start(self) -> None:
+        for server in (self.metrics, self.webhook):
+            if server is not None:
+                server.start()
+
+    def stop(self) -> None:
+        for server in (self.metrics, self.webhook):
+            if server is not None:
+                server.stop()
+
+
+def bind_http(options: Options, metrics: Metrics, *, healthy: Callable[[], bool], webhook_route: Route) -> HttpServers:
+    """Both servers bound to their addresses, not serving yet."""
+    metrics_http = metrics_server(metrics, options.metrics_address, healthy=healthy) if options.metrics_address else None
+    try:
+        webhook_http = HttpServer(options.webhook_address, post_routes={WEBHOOK_PATH: webhook_route},
+                                  timeout=options.webhook_timeout, max_connections=options.webhook_connections,
+                                  name="webhook-http") if options.webhook_address else None
+    except BaseException:
+        if metrics_http is not None:
+            metrics_http.stop()
+        raise
+    return HttpServers(metrics_http, webhook_http)
+
+
 # ------------------------------------------------------------------------------------------------
 # kopf handlers: thin.
 
 _scheduler: Scheduler | None = None
-_http: HttpServer | None = None
+_http: HttpServers | None = None
 _options = Options()
 
 
@@ -462,12 +501,12 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
+    _http = bind_http(_options, metrics, healthy=_scheduler.responsive, webhook_route=_scheduler.webhook_route)
+    _http.start()
     if _options.metrics_address:
-        _http = metrics_server(metrics, _options.metrics_address,
-                               healthy=lambda: _scheduler is not None and _scheduler.responsive())
-        _http.post_routes["/api/webhook"] = _scheduler.webhook_route
-        _http.start()
         logger.info("serving /metrics and /healthz on %s", _options.metrics_address)
+    if _options.webhook_address:
+        logger.info("serving the webhook POST %s on %s", WEBHOOK_PATH, _options.webhook_address)
     logger.info("gantry controller started: apps in %s, poll every %.0fs, %d workers",
                 "all namespaces" if _options.all_namespaces else ", ".join(_served_namespaces(_options)),
                 _options.poll_interval, _options.workers)
@@ -556,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"),
                         help="where git clones are cached")
     parser.add_argument("--metrics-address", default=":8080",
-                        help="host:port of /metrics, /healthz (and the webhook); empty to disable (default :8080)")
+                        help="host:port of /metrics, /healthz and /readyz; empty to disable (default :8080)")
+    parser.add_argument("--webhook-address", default=":8081",
+                        help=f"host:port of the git webhook, POST {WEBHOOK_PATH}; empty to disable (default :8081)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     # Absolute, and checked now: kustomize runs inside each checkout, where a relative path or a
@@ -581,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         kubeconfig=args.kubeconfig,
         kustomize=os.path.abspath(kustomize),
         metrics_address=args.metrics_address,
+        webhook_address=args.webhook_address,
         cache_dir=Path(args.cache_dir),
     )
     limit_malloc_arenas()

@@ -56,13 +56,14 @@ def start_controller() -> None:
         kubectl("create", "namespace", "gantry")
     if localcluster.running("controller"):
         return
-    port = localcluster.free_port()
+    port, webhook_port = localcluster.free_port(), localcluster.free_port()
     (DEMO / "metrics-port").write_text(str(port))
+    (DEMO / "webhook-port").write_text(str(webhook_port))
     localcluster.start("controller", [
         sys.executable, "-m", "controller.operator", "--kubeconfig", str(localcluster.KUBECONFIG),
         "--namespace", "gantry", "--cache-dir", str(DEMO / "cache"),
         "--kustomize", str(localcluster.BIN / "kustomize"),
-        "--metrics-address", f"127.0.0.1:{port}",
+        "--metrics-address", f"127.0.0.1:{port}", "--webhook-address", f"127.0.0.1:{webhook_port}",
     ], cwd=ROOT)
 
 
@@ -93,6 +94,7 @@ def main() -> int:
   kubectl -n krampoline scale deployment/backend --replicas=3   # drift: Gantry undoes it in seconds
 Controller log: {localcluster.LOGS / 'controller.log'}
 Metrics: curl http://127.0.0.1:{(DEMO / 'metrics-port').read_text().strip()}/metrics
+Webhook: POST http://127.0.0.1:{(DEMO / 'webhook-port').read_text().strip()}/api/webhook
 Stop everything: make cluster-down""")
     return 0
 

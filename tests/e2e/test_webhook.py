@@ -1,5 +1,6 @@
 """Git push webhooks: a signed push refreshes exactly the matching Application; unsigned, badly
-signed, oversized or malformed deliveries refresh nothing."""
+signed, oversized or malformed deliveries refresh nothing; a flood of the webhook port leaves the
+probes answering."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import base64
 import hashlib
 import hmac
 import json
+import select
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -81,7 +86,7 @@ def forgejo_signed(secret: str, body: bytes) -> dict[str, str]:
 
 
 def post(controller, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    request = urllib.request.Request(controller.metrics_url + "/api/webhook", data=body, method="POST",
+    request = urllib.request.Request(controller.webhook_url + "/api/webhook", data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -194,3 +199,69 @@ def test_a_push_to_another_branch_refreshes_nothing(make_app, controller, git_se
     app.wait_synced(new_main, timeout=30)
     assert git_server.fetches(app.name) > fetches
     assert app.object("deployment", "web")["spec"]["replicas"] == 2
+
+
+def slowloris(address: tuple[str, int], stop: threading.Event, answers: list[bytes]) -> None:
+    """One attacker's connection: a request line, then a header byte every half second, never the
+    end; when the server answers or hangs up, a moment's pause and the next connection. Until `stop`."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(address, timeout=10) as conn:
+                conn.sendall(b"POST /api/webhook HTTP/1.1\r\nHost: gantry\r\nX-Slow: ")
+                while not stop.is_set():
+                    readable, _, _ = select.select([conn], [], [], 0.5)
+                    if readable:
+                        answers.append(conn.recv(12))
+                        break
+                    conn.sendall(b"x")
+        except OSError:
+            pass
+        stop.wait(0.1)
+
+
+def health_status(controller) -> int | str:
+    try:
+        with urllib.request.urlopen(controller.metrics_url + "/healthz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError as error:
+        return type(error).__name__
+
+
+def test_a_slowloris_on_the_webhook_port_leaves_healthz_answering(make_app, controller, webhook_secrets):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    webhook = urlsplit(controller.webhook_url)
+    stop, answers = threading.Event(), []
+    attackers = [threading.Thread(target=slowloris, args=((webhook.hostname, webhook.port), stop, answers))
+                 for _ in range(40)]
+    for attacker in attackers:
+        attacker.start()
+    health = []
+    try:
+        # Longer than the webhook's deadline (5 s): slow requests are cut and their slots retaken.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            health.append(health_status(controller))
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        for attacker in attackers:
+            attacker.join()
+    assert health and set(health) == {200}, f"/healthz during the flood: {health}"
+    # The flood did fill the webhook's connections, and slow requests were cut at its deadline.
+    assert b"HTTP/1.1 503" in answers and b"HTTP/1.1 408" in answers, set(answers)
+
+    # The attackers gone, a signed push is served and deploys.
+    new = app.push(web_app_files(replicas=2), message="scale")
+    body = github_push(app.repo_url, new)
+    deadline = time.monotonic() + 15
+    while (result := post(controller, body, signed(webhook_secrets["github"], body)))[0] == 503:
+        assert time.monotonic() < deadline, "the webhook still refuses connections after the flood"
+        time.sleep(0.2)
+    status, answer = result
+    assert status == 200, answer
+    assert json.loads(answer)["refreshed"] == [f"{APP_NAMESPACE}/{app.name}"]
+    app.wait_synced(new, timeout=30)

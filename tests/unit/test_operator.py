@@ -1,6 +1,12 @@
 """The kopf wiring's pieces that need no cluster."""
 
 import asyncio
+import select
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 
 import kopf
@@ -164,3 +170,82 @@ def test_a_served_sync_or_refresh_is_not_served_again_from_a_stale_copy():
     assert operator.without_served_requests(newer, served, outcome) == newer
     # Nothing consumed, nothing dropped.
     assert operator.without_served_requests(served, served, Outcome({})) == served
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP servers: /metrics and the probes on one port, the webhook on another, each with its
+# own connections, so a client flooding the webhook port cannot make the liveness probe fail.
+
+
+def get(port: int, path: str, body: bytes | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture
+def servers():
+    options = operator.Options(metrics_address="127.0.0.1:0", webhook_address="127.0.0.1:0",
+                               webhook_timeout=0.5, webhook_connections=4)
+    http = operator.bind_http(options, Metrics(), healthy=lambda: True,
+                              webhook_route=lambda _handler, _body: (200, "text/plain", b"refreshed\n"))
+    http.start()
+    yield http
+    http.stop()
+
+
+def test_metrics_and_webhook_are_served_on_their_own_ports(servers):
+    metrics, webhook = servers.metrics.port, servers.webhook.port
+    assert metrics != webhook
+    assert get(metrics, "/healthz") == 200 and get(metrics, "/metrics") == 200
+    assert get(metrics, operator.WEBHOOK_PATH, b"{}") == 404
+    assert get(webhook, operator.WEBHOOK_PATH, b"{}") == 200
+    assert get(webhook, "/healthz") == 404 and get(webhook, "/metrics") == 404
+
+
+def slowloris(port: int, stop: threading.Event, answers: list[bytes]) -> None:
+    """Connect, send a request line and then header bytes one at a time, never the end; when the
+    server answers or hangs up, connect again. Until `stop`."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(f"POST {operator.WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+                while not stop.is_set():
+                    readable, _, _ = select.select([conn], [], [], 0.05)
+                    if readable:
+                        answers.append(conn.recv(12))
+                        break
+                    conn.sendall(b"x")
+        except OSError:
+            pass
+        stop.wait(0.02)  # reconnect, but not in a loop that would only measure the CPU
+
+
+def test_a_flooded_webhook_port_leaves_healthz_answering_and_serves_again_after(servers):
+    stop, answers = threading.Event(), []
+    flood = [threading.Thread(target=slowloris, args=(servers.webhook.port, stop, answers)) for _ in range(12)]
+    for thread in flood:
+        thread.start()
+    health = []
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            health.append(get(servers.metrics.port, "/healthz"))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in flood:
+            thread.join()
+    assert health and set(health) == {200}, health
+    # The flood did fill the webhook's connections (503), and its slow requests were cut at the
+    # webhook's deadline (408), not held for as long as they trickled.
+    assert b"HTTP/1.1 503" in answers and b"HTTP/1.1 408" in answers, set(answers)
+    # The slow clients have hung up: a delivery is served again.
+    deadline = time.monotonic() + 5
+    while (status := get(servers.webhook.port, operator.WEBHOOK_PATH, b"{}")) == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status == 200
