@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,10 +37,11 @@ from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZ
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
 from .webhook import PushEvent
 from .source import GitCache, redact_url
-from .status import merge_patch, slimmed
+from .startup import APPLICATIONS, EXIT_CODE, StartupError, check_cluster, listen, load_client
+from .status import merge_patch, one_line, slimmed
 
 logger = logging.getLogger("gantry")
-PLURAL = "applications"
+PLURAL = APPLICATIONS  # the CRD the startup checks found served
 WEBHOOK_PATH = "/api/webhook"
 
 
@@ -434,6 +436,11 @@ def post_event(client: KubeClient, app: Manifest, event: Event) -> None:
         logger.warning("could not post event %s for %s: %s", event.reason, metadata["name"], error)
 
 
+# ------------------------------------------------------------------------------------------------
+# Before kopf runs: the sockets bound and the cluster checked, so a controller that cannot work
+# exits at once with one line (kopf would retry its startup for ever).
+
+
 @dataclass(frozen=True)
 class HttpServers:
     """The metrics server and the webhook server, either None when its address is empty."""
@@ -453,30 +460,80 @@ class HttpServers:
 
 
 def bind_http(options: Options, metrics: Metrics, *, healthy: Callable[[], bool], webhook_route: Route) -> HttpServers:
-    """Both servers bound to their addresses, not serving yet."""
-    metrics_http = metrics_server(metrics, options.metrics_address, healthy=healthy) if options.metrics_address else None
+    """Both servers bound to their addresses, not serving yet; a StartupError names the address
+    that cannot be listened on."""
+    metrics_http = webhook_http = None
     try:
-        webhook_http = HttpServer(options.webhook_address, post_routes={WEBHOOK_PATH: webhook_route},
-                                  timeout=options.webhook_timeout, max_connections=options.webhook_connections,
-                                  name="webhook-http") if options.webhook_address else None
-    except BaseException:
+        if options.metrics_address:
+            metrics_http = listen("--metrics-address", options.metrics_address,
+                                  lambda address: metrics_server(metrics, address, healthy=healthy))
+        if options.webhook_address:
+            webhook_http = listen("--webhook-address", options.webhook_address, lambda address: HttpServer(
+                address, post_routes={WEBHOOK_PATH: webhook_route}, timeout=options.webhook_timeout,
+                max_connections=options.webhook_connections, name="webhook-http"))
+    except StartupError:
         if metrics_http is not None:
             metrics_http.stop()
         raise
     return HttpServers(metrics_http, webhook_http)
 
 
+@dataclass
+class Prepared:
+    """What main() has made sure of before kopf starts, handed to the handlers as kopf's memo: the
+    HTTP sockets are bound, and the client's API server serves Applications and lets us watch them."""
+
+    client: KubeClient
+    metrics: Metrics
+    http: HttpServers
+    failure: str | None = None  # why the startup handler could not finish, for main() to print
+
+
+def prepare(options: Options) -> Prepared:
+    """Every check that can fail before kopf runs, in the order a user would fix them. Raises
+    StartupError."""
+    metrics = Metrics()
+    http = bind_http(options, metrics, healthy=_healthy, webhook_route=_webhook_route)
+    try:
+        client = load_client(options.kubeconfig)
+        check_cluster(client, None if options.all_namespaces else _served_namespaces(options))
+    except StartupError:
+        http.stop()
+        raise
+    return Prepared(client, metrics, http)
+
+
+def _healthy() -> bool:
+    return _scheduler is not None and _scheduler.responsive()
+
+
+def _webhook_route(handler, body: bytes) -> tuple[int, str, bytes]:
+    # The server starts only once the scheduler exists; the check is for the type checker.
+    if _scheduler is None:
+        return 503, "text/plain; charset=utf-8", b"starting\n"
+    return _scheduler.webhook_route(handler, body)
+
+
 # ------------------------------------------------------------------------------------------------
 # kopf handlers: thin.
 
 _scheduler: Scheduler | None = None
-_http: HttpServers | None = None
 _options = Options()
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
-    global _scheduler, _http
+async def startup(settings: kopf.OperatorSettings, memo: Prepared, logger: logging.Logger, **_) -> None:
+    try:
+        _start(settings, memo, logger)
+    except Exception as error:
+        # kopf would retry the handler for ever, the process up and serving nothing: stop instead,
+        # and let main() say why in one line.
+        memo.failure = _reason(error)
+        raise kopf.PermanentError(memo.failure) from error
+
+
+def _start(settings: kopf.OperatorSettings, prepared: Prepared, logger: logging.Logger) -> None:
+    global _scheduler
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     # kopf waits this long after an Application's event for a newer one; the default 0.1 s is
@@ -486,13 +543,16 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     # We always name the namespaces to serve; kopf's scan of all namespaces would only be refused
     # (and retried for a minute) under namespaced-mode RBAC.
     settings.scanning.disabled = not _options.all_namespaces
-    client = KubeClient.from_kubeconfig(_options.kubeconfig)
-    metrics = Metrics()
+    client, metrics = prepared.client, prepared.metrics
     # Without a refresh request, a repo's refs are reused for one poll interval: an app's pass after
     # its poll interval fetches, unless another app on the same repo just did (they share it).
     credentials = CredentialStore(client, _options.namespace)
-    git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval, credentials=credentials,
-                   observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
+    try:
+        git = GitCache(_options.cache_dir / "git", min_fetch_interval=_options.poll_interval, credentials=credentials,
+                       observe=lambda repo, kind, seconds: metrics.git_request_duration.labels(repo, kind).observe(seconds))
+    except OSError as error:
+        raise StartupError(f"cannot use --cache-dir {_options.cache_dir}: {error.strerror}: {error.filename}; "
+                           f"pass a directory the controller can write") from error
     namespaced = tuple(sorted(_options.policy.namespaces)) if _options.policy else None
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
@@ -501,8 +561,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
-    _http = bind_http(_options, metrics, healthy=_scheduler.responsive, webhook_route=_scheduler.webhook_route)
-    _http.start()
+    prepared.http.start()
     if _options.metrics_address:
         logger.info("serving /metrics and /healthz on %s", _options.metrics_address)
     if _options.webhook_address:
@@ -513,9 +572,9 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) 
 
 
 @kopf.on.login()
-def login(**_) -> kopf.ConnectionInfo:
+def login(memo: Prepared, **_) -> kopf.ConnectionInfo:
     """kopf talks to the same cluster, with the same credentials, as our own client."""
-    configuration = KubeClient.from_kubeconfig(_options.kubeconfig).configuration
+    configuration = memo.client.configuration
     token = (configuration.api_key or {}).get("BearerToken") or (configuration.api_key or {}).get("authorization")
     scheme, _, token = (token or "").rpartition(" ") if token and " " in token else ("Bearer", "", token)
     return kopf.ConnectionInfo(
@@ -530,11 +589,10 @@ def login(**_) -> kopf.ConnectionInfo:
 
 
 @kopf.on.cleanup()
-async def cleanup(**_) -> None:
+async def cleanup(memo: Prepared, **_) -> None:
     if _scheduler is not None:
         _scheduler.stop()
-    if _http is not None:
-        _http.stop()
+    memo.http.stop()
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
@@ -630,12 +688,37 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kopf.objects", "kopf.activities.startup", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    kopf.run(
-        standalone=True,
-        clusterwide=args.all_namespaces,
-        namespaces=[] if args.all_namespaces else _served_namespaces(_options),
-    )
+    try:
+        prepared = prepare(_options)
+    except StartupError as error:
+        return _cannot_start(str(error))
+    except Exception as error:  # a failure no check foresaw: still one line, the traceback with -v
+        logger.debug("startup failed", exc_info=True)
+        return _cannot_start(_reason(error))
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=args.all_namespaces,
+            namespaces=[] if args.all_namespaces else _served_namespaces(_options),
+            memo=prepared,
+        )
+    except Exception:
+        if prepared.failure is None:
+            raise
+    if prepared.failure is not None:
+        return _cannot_start(prepared.failure)
     return 0
+
+
+def _reason(error: Exception) -> str:
+    """A StartupError's message is written for the user; any other error is named with its type."""
+    return one_line(str(error) if isinstance(error, StartupError) else f"{type(error).__name__}: {error}", limit=1000)
+
+
+def _cannot_start(reason: str) -> int:
+    """The last line on stderr, for a user or a supervisor: what failed and how to fix it."""
+    print(f"gantry-controller: cannot start: {reason}", file=sys.stderr, flush=True)
+    return EXIT_CODE
 
 
 if __name__ == "__main__":

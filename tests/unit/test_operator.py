@@ -1,6 +1,7 @@
 """The kopf wiring's pieces that need no cluster."""
 
 import asyncio
+import logging
 import select
 import socket
 import threading
@@ -17,6 +18,7 @@ from controller.kube import KubeApiError
 from controller.metrics import Metrics
 from controller.operator import DiffBaseWithoutStatus, _plain
 from controller.reconcile import Outcome
+from controller.startup import StartupError
 
 
 def application(resources: int) -> dict:
@@ -249,3 +251,36 @@ def test_a_flooded_webhook_port_leaves_healthz_answering_and_serves_again_after(
     while (status := get(servers.webhook.port, operator.WEBHOOK_PATH, b"{}")) == 503 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status == 200
+
+
+def test_an_address_in_use_is_a_startup_error_naming_its_flag():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for options, flag in ((operator.Options(metrics_address=f"127.0.0.1:{port}", webhook_address="127.0.0.1:0"),
+                               "--metrics-address"),
+                              (operator.Options(metrics_address="127.0.0.1:0", webhook_address=f"127.0.0.1:{port}"),
+                               "--webhook-address")):
+            with pytest.raises(StartupError) as error:
+                operator.bind_http(options, Metrics(), healthy=lambda: True, webhook_route=lambda _h, _b: (200, "", b""))
+            assert str(error.value).startswith(f"cannot listen on {flag}=127.0.0.1:{port}: Address already in use")
+
+
+def test_an_empty_address_serves_nothing():
+    http = operator.bind_http(operator.Options(metrics_address="", webhook_address=""), Metrics(),
+                              healthy=lambda: True, webhook_route=lambda _h, _b: (200, "", b""))
+    assert http == operator.HttpServers(None, None)
+
+
+def test_a_failing_startup_handler_stops_kopf_and_leaves_main_its_line(tmp_path, monkeypatch):
+    cache = tmp_path / "a-file"
+    cache.write_text("")
+    monkeypatch.setattr(operator, "_options", operator.Options(cache_dir=cache))
+    http = operator.bind_http(operator.Options(metrics_address="", webhook_address=""), Metrics(),
+                              healthy=lambda: True, webhook_route=lambda _h, _b: (200, "", b""))
+    prepared = operator.Prepared(client=SimpleNamespace(host="https://k"), metrics=Metrics(), http=http)
+    settings = kopf.OperatorSettings()
+    with pytest.raises(kopf.PermanentError):  # not retried by kopf, which ends the operator
+        asyncio.run(operator.startup(settings=settings, memo=prepared, logger=logging.getLogger("test")))
+    assert prepared.failure.startswith(f"cannot use --cache-dir {cache}: Not a directory")
