@@ -35,6 +35,7 @@ from .metrics import HttpServer, Metrics, Route, metrics_server
 from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
                     SourceError, SpecError)
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
+from .render import MiB, RenderLimits
 from .webhook import PushEvent
 from .source import GitCache, redact_url
 from .startup import APPLICATIONS, EXIT_CODE, StartupError, check_cluster, listen, load_client
@@ -62,6 +63,7 @@ class Options:
     webhook_timeout: float = 5.0
     webhook_connections: int = 16
     cache_dir: Path = Path(os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"))
+    render_limits: RenderLimits = RenderLimits()
 
 
 @dataclass
@@ -557,7 +559,8 @@ def _start(settings: kopf.OperatorSettings, prepared: Prepared, logger: logging.
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
-                            policy=_options.policy, repo_access=credentials.refusal)
+                            policy=_options.policy, repo_access=credentials.refusal,
+                            render_limits=_options.render_limits)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
@@ -629,6 +632,16 @@ def _served_namespaces(options: Options) -> list[str]:
     return [options.namespace, *[n for n in options.app_namespaces if n != options.namespace]]
 
 
+def _mebibytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of MiB")
+    return int(value * MiB)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gantry-controller", description="Gantry GitOps controller")
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
@@ -656,6 +669,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="host:port of /metrics, /healthz and /readyz; empty to disable (default :8080)")
     parser.add_argument("--webhook-address", default=":8081",
                         help=f"host:port of the git webhook, POST {WEBHOOK_PATH}; empty to disable (default :8081)")
+    defaults = RenderLimits()
+    parser.add_argument("--no-remote-bases", action="store_true",
+                        help="refuse kustomize remote bases (by default they are fetched over the network, with none "
+                             "of the controller's credentials)")
+    parser.add_argument("--max-file-size", type=_mebibytes, default=defaults.file_bytes, metavar="MIB",
+                        help=f"largest file a render reads (default {defaults.file_bytes // MiB})")
+    parser.add_argument("--max-render-size", type=_mebibytes, default=defaults.total_bytes, metavar="MIB",
+                        help=f"most manifests one app renders: a plain folder's files, or kustomize's output "
+                             f"(default {defaults.total_bytes // MiB})")
+    parser.add_argument("--kustomize-memory-limit", type=_mebibytes, default=defaults.kustomize_memory, metavar="MIB",
+                        help=f"memory one kustomize build may use (default {defaults.kustomize_memory // MiB})")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     # Absolute, and checked now: kustomize runs inside each checkout, where a relative path or a
@@ -682,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_address=args.metrics_address,
         webhook_address=args.webhook_address,
         cache_dir=Path(args.cache_dir),
+        render_limits=RenderLimits(file_bytes=args.max_file_size, total_bytes=args.max_render_size,
+                                   kustomize_memory=args.kustomize_memory_limit, remote_bases=not args.no_remote_bases),
     )
     limit_malloc_arenas()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,13 +1,14 @@
-"""What one commit may make a render cost (the security issue's parts 3 and 4): YAML whose aliases
-explode, and files too large to hold, fail their own app with a message naming the file and the
-limit, while the controller stays healthy and the other apps go on syncing."""
+"""What one commit may make a render read and cost (the security issue's parts 1, 3 and 4): YAML
+whose aliases explode, and files too large to hold, fail their own app with a message naming the
+file and the limit, while the controller stays healthy and the other apps go on syncing; with
+--no-remote-bases, a remote base is refused before kustomize runs."""
 
 from __future__ import annotations
 
 import urllib.request
 
 import yaml
-from harness import web_app_files
+from harness import controller_instead, web_app_files
 
 # Nine levels of nine aliases: 10 lines that expand to half a billion nodes.
 BILLION_LAUGHS = "\n".join(
@@ -96,3 +97,23 @@ def test_a_file_too_large_to_render_is_refused_unread(make_app, controller):
     changed = bystander.push(web_app_files(replicas=2), message="scale")
     bystander.refresh()
     bystander.wait_synced(changed)
+
+
+def test_remote_bases_can_be_refused(cluster, controller, make_app, git_server, tmp_path):
+    base = make_app()  # a public repo on the loopback server, fetchable as a remote base
+    app = make_app()
+    entry = f"{git_server.url(base.name)}//k8s?ref=main"
+    files = web_app_files()
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": [entry], "namePrefix": "remote-"})
+    app.push(files, message="a remote base")
+    with controller_instead(cluster, controller, tmp_path, "--no-remote-bases"):
+        app.apply()
+        message = app.wait_sync_status("Failed")["conditions"][0]["message"]
+        assert message == (f"k8s/kustomization.yaml:3: resources entry {entry!r} is a remote base, and this "
+                           f"controller fetches none (it runs with --no-remote-bases): copy the base into this "
+                           f"repository"), message
+        assert app.object("service", "remote-web") is None
+    # By default kustomize fetches it (as Argo CD does).
+    app.refresh()
+    app.wait_synced(app.repo.head)
+    assert app.object("deployment", "remote-web") is not None
