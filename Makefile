@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
 export PATH := $(CURDIR)/.cluster/bin:$(PATH)
 
-.PHONY: all venv binaries cluster-up cluster-down cluster-status test unit e2e demo run bench clean
+.PHONY: all venv chromium binaries cluster-up cluster-down cluster-status test unit e2e demo run bench clean
 
 all: test
 
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used). As root
+# (CI) it is installed here; recommends are left out, as they would pull in and upgrade systemd.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	  else \
+	    echo "the browser tests need $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; \
+	  fi; }
 
 binaries:
 	bash hack/build-binaries.sh
@@ -34,13 +47,13 @@ cluster-status: $(STAMP)
 
 # All tests: unit tests and the end-to-end ones (the session fixture brings the local control
 # plane up, or uses $$KUBECONFIG when set). pytest's exit code 5 (no tests collected) fails too.
-test: $(STAMP) binaries
+test: $(STAMP) chromium binaries
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-e2e: $(STAMP) binaries
+e2e: $(STAMP) chromium binaries
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The local control plane, the controller and the example app served from a loopback git repo;
