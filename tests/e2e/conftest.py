@@ -9,6 +9,7 @@ from pathlib import Path
 
 import localcluster
 import pytest
+from browser import browser, page, page_errors  # noqa: F401  (fixtures: Chromium, a page per test)
 from gitserver import GitServer, WorkRepo
 from harness import APP_NAMESPACE, App, Controller, web_app_files
 
