@@ -67,9 +67,12 @@ class PageErrors:
             raise AssertionError(f"{len(errors)} JavaScript error(s) on the page:\n" + "\n".join(errors))
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started, its event loop counts as
+# running in this thread, so asyncio.run() fails in any later test of the run (tests/unit's kopf
+# ones come after tests/e2e). Stopped at the end of each module, a launch costs well under a second.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Debian Chromium for the whole run."""
+    """A headless Debian Chromium for the test module."""
     if not CHROMIUM.is_file():
         pytest.fail(f"the browser tests need {CHROMIUM}: run `make test` as root, or sudo apt-get install chromium")
     from playwright.sync_api import sync_playwright
