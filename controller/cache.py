@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from .diff import owner_of
-from .kube import KubeApiError, KubeClient, Resource
+from .kube import KubeClient, Resource, list_and_watch
 from .model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, Manifest, ObjectRef
 
 logger = logging.getLogger(__name__)
@@ -161,45 +160,15 @@ class LiveCache:
         return all(event.wait(wait) for event in events)
 
     def _run(self, resource: Resource, namespace: str | None, synced: threading.Event) -> None:
-        backoff = 1.0
-        while not self._stopped.is_set():
-            try:
-                listing = self.client.list(resource, namespace, label_selector=_SELECTOR)
-                seen = set()
-                for item in listing["items"]:
-                    item.setdefault("apiVersion", resource.api_version)
-                    item.setdefault("kind", resource.kind)
-                    seen.add(ObjectRef.of(item))
-                    self._store("ADDED", item, notify=synced.is_set())
-                self._drop_missing(resource, namespace, seen)
-                synced.set()
-                version = listing["metadata"].get("resourceVersion")
-                backoff = 1.0
-                while not self._stopped.is_set():
-                    query = {"labelSelector": _SELECTOR, "timeoutSeconds": self.watch_timeout,
-                             "allowWatchBookmarks": "true"}
-                    if version:
-                        query["resourceVersion"] = version
-                    for event in self.client.stream(resource.collection_path(namespace), query,
-                                                    timeout=self.watch_timeout):
-                        kind, obj = event.get("type"), event.get("object") or {}
-                        if kind == "ERROR":
-                            raise KubeApiError(obj.get("code", 0), obj.get("reason", ""), obj.get("message", ""))
-                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                        if kind == "BOOKMARK":
-                            continue
-                        obj.setdefault("apiVersion", resource.api_version)
-                        obj.setdefault("kind", resource.kind)
-                        self._store(kind, obj, notify=True)
-            except KubeApiError as error:
-                if error.status != 410:  # 410 Gone: our resourceVersion is too old, relist at once
-                    logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 30)
-            except Exception as error:  # connection reset, API server restart …
-                logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+        def listed(items: list[Manifest]) -> None:
+            for item in items:
+                self._store("ADDED", item, notify=synced.is_set())
+            self._drop_missing(resource, namespace, {ObjectRef.of(item) for item in items})
+            synced.set()
+
+        list_and_watch(self.client, resource, namespace, label_selector=_SELECTOR, timeout=self.watch_timeout,
+                       stopped=self._stopped, on_list=listed,
+                       on_event=lambda kind, obj: self._store(kind, obj, notify=True))
 
     def _store(self, event_type: str, obj: Manifest, *, notify: bool) -> None:
         ref = ObjectRef.of(obj)

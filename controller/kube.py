@@ -6,10 +6,11 @@ both what the stages compare and several times faster than the generated client 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,6 +20,8 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from .model import GantryError, Manifest
+
+logger = logging.getLogger(__name__)
 
 
 class KubeApiError(GantryError):
@@ -115,6 +118,16 @@ class KubeClient:
         self._discovery: dict[str, dict[str, Resource] | None] = {}
         self._discovery_lock = threading.Lock()
         self.requests_made = 0  # read by benchmarks: API requests since start
+
+    def as_user(self, token: str) -> "KubeClient":
+        """A client for the same API server that authenticates with `token` only (no client
+        certificate of ours): what the UI uses to act as the user who signed in."""
+        configuration = k8s_client.Configuration()
+        configuration.host = self.configuration.host
+        configuration.ssl_ca_cert = self.configuration.ssl_ca_cert
+        configuration.verify_ssl = self.configuration.verify_ssl
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+        return KubeClient(configuration, pool_size=4)
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> "KubeClient":
@@ -258,3 +271,47 @@ class KubeClient:
             if not token:
                 return {"items": items, "metadata": page.get("metadata") or {}}
             query["continue"] = token
+
+
+def list_and_watch(client: KubeClient, resource: Resource, namespace: str | None, *,
+                   on_list: Callable[[list[Manifest]], None], on_event: Callable[[str, Manifest], None],
+                   stopped: threading.Event, label_selector: str | None = None, timeout: int = 300) -> None:
+    """List `resource` (in `namespace`, or everywhere), hand the items to `on_list`, then each watch
+    event's type and object to `on_event`, until `stopped`; a watch too old to resume (410) lists
+    again at once, any other failure after a backoff of up to 30 s. Items and objects carry their
+    apiVersion and kind. Blocks: run it in a thread of its own."""
+    backoff = 1.0
+    while not stopped.is_set():
+        try:
+            listing = client.list(resource, namespace, label_selector=label_selector)
+            for item in listing["items"]:
+                item.setdefault("apiVersion", resource.api_version)
+                item.setdefault("kind", resource.kind)
+            on_list(listing["items"])
+            version = listing["metadata"].get("resourceVersion")
+            backoff = 1.0
+            while not stopped.is_set():
+                query: dict[str, Any] = {"timeoutSeconds": timeout, "allowWatchBookmarks": "true"}
+                if label_selector:
+                    query["labelSelector"] = label_selector
+                if version:
+                    query["resourceVersion"] = version
+                for event in client.stream(resource.collection_path(namespace), query, timeout=timeout):
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise KubeApiError(obj.get("code", 0), obj.get("reason", ""), obj.get("message", ""))
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if kind == "BOOKMARK":
+                        continue
+                    obj.setdefault("apiVersion", resource.api_version)
+                    obj.setdefault("kind", resource.kind)
+                    on_event(kind, obj)
+        except KubeApiError as error:
+            if error.status != 410:  # 410 Gone: our resourceVersion is too old, relist at once
+                logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
+                stopped.wait(backoff)
+                backoff = min(backoff * 2, 30)
+        except Exception as error:  # connection reset, API server restart …
+            logger.warning("watch %s: %s; retrying in %.0fs", resource.plural, error, backoff)
+            stopped.wait(backoff)
+            backoff = min(backoff * 2, 30)
