@@ -101,7 +101,7 @@ class Gantry:
         argv = [sys.executable, "-m", "bench.probe", "--kubeconfig", str(self.cluster.kubeconfig),
                 "--namespace", self.namespace, "--cache-dir", str(self.work / f"gantry-cache-{self.starts}"),
                 "--kustomize", str(self.cluster.bin_dir / "kustomize"), "--metrics-address", f"127.0.0.1:{port}",
-                "--webhook-address", f"127.0.0.1:{webhook_port}"]
+                "--webhook-address", f"127.0.0.1:{webhook_port}", "--ui-address", ""]
         for flag, value in self.options.items():
             if value is not None:
                 argv += [flag, str(value)]

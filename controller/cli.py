@@ -44,7 +44,13 @@ from .model import (
 )
 from .diff import crd_kinds  # (group, kind) → Resource of the CRDs in a render
 from .render import render
-from .source import GitCache, redact_url
+from .source import GitCache
+from .application import automated_enabled, destination_namespace, health_status, refresh_request, repo_url
+from .application import name_of as _name
+from .application import rollback_request
+from .application import spec_of as _spec
+from .application import status_of as _status
+from .application import sync_request, sync_status
 from .status import short_revision, timestamp
 from .sync import inventory_of
 
@@ -162,35 +168,6 @@ def dump(data: Any, output: str) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def _status(app: Manifest) -> dict:
-    return app.get("status") or {}
-
-
-def _spec(app: Manifest) -> dict:
-    return app.get("spec") or {}
-
-
-def _name(app: Manifest) -> str:
-    return (app.get("metadata") or {}).get("name", "")
-
-
-def sync_status(app: Manifest) -> str:
-    return (_status(app).get("sync") or {}).get("status") or "Unknown"
-
-
-def health_status(app: Manifest) -> str:
-    return (_status(app).get("health") or {}).get("status") or "Unknown"
-
-
-def destination_namespace(app: Manifest) -> str:
-    return (_spec(app).get("destination") or {}).get("namespace") or (app.get("metadata") or {}).get("namespace", "")
-
-
-def repo_url(app: Manifest) -> str:
-    """The repository URL without any credentials it embeds: never print a token."""
-    return redact_url(str((_spec(app).get("source") or {}).get("repoURL") or ""))
-
-
 LIST_HEADERS = ("NAME", "SYNC", "HEALTH", "REVISION", "REPO", "PATH", "DEST", "MESSAGE")
 
 
@@ -208,12 +185,6 @@ def app_row(app: Manifest) -> list[str]:
 def format_app_list(apps: Sequence[Manifest], *, colour: bool = False) -> str:
     rows = [app_row(app) for app in sorted(apps, key=_name)]
     return format_table(LIST_HEADERS, rows, colour=colour, state_columns=(1, 2))
-
-
-def automated_enabled(app: Manifest) -> bool:
-    """spec.syncPolicy.automated is there and not switched off with `enabled: false` (as AppSpec reads it)."""
-    automated = (_spec(app).get("syncPolicy") or {}).get("automated")
-    return automated is not None and automated.get("enabled") is not False
 
 
 def sync_policy_text(app: Manifest) -> str:
@@ -300,29 +271,6 @@ def history_entry(app: Manifest, entry_id: int) -> dict:
     known = ", ".join(str(e.get("id")) for e in history) or "none yet"
     raise CliError(f'application "{_name(app)}" has no history entry {entry_id} (IDs: {known}; '
                    f"see `gantry app history {_name(app)}`)")
-
-
-def sync_request(revision: str | None = None, prune: bool = False, source: dict | None = None) -> dict:
-    """The merge patch that asks the controller for a sync (Argo CD's `operation.sync`).
-
-    `source` ({repoURL, path, targetRevision}, as a history entry records it) makes the controller
-    render that source at `revision` instead of the app's current spec.source: a rollback goes back
-    to what was deployed then, even if the path or repository has changed since, as in Argo CD.
-    """
-    sync: dict[str, Any] = {}
-    if revision:
-        sync["revision"] = revision
-    if source:
-        sync["source"] = dict(source)
-    if prune:
-        sync["prune"] = True
-    return {"operation": {"sync": sync}}
-
-
-def rollback_request(entry: dict, prune: bool = False) -> dict:
-    """The sync request that re-applies a status.history entry: its revision, and its source when
-    it recorded one (entries written before sources were recorded have only the revision)."""
-    return sync_request(entry["revision"], prune, entry.get("source") or None)
 
 
 # ---------------------------------------------------------------------------------- delete
@@ -1048,9 +996,8 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_refresh(ctx: Context, args: argparse.Namespace) -> int:
     apps = ctx.apps
-    mode = "hard" if args.hard else "normal"
     before = _status(apps.get(args.name)).get("reconciledAt") or ""
-    apps.patch(args.name, {"metadata": {"annotations": {REFRESH_ANNOTATION: mode}}})
+    apps.patch(args.name, refresh_request(hard=args.hard))
 
     def check(current: Manifest | None, _waited: float) -> Manifest | None:
         if current is None:
@@ -1244,7 +1191,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="wait until the Application is gone (default: yes)")
     sub.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal")
     timeout(sub)
+
+    ui = commands.add_parser("ui", help="serve the web UI on loopback, as your kubeconfig's user",
+                             description="Serve Gantry's web UI on 127.0.0.1 with your kubeconfig's identity (as "
+                                         "`argocd admin dashboard` does) and print its URL; Ctrl-C stops it.")
+    connection(ui, False)
+    ui.set_defaults(handler=cmd_ui, parser=ui)
+    ui.add_argument("--port", type=int, default=8090, help="port on 127.0.0.1 (default 8090; 0: any free one)")
+    ui.add_argument("-A", "--all-namespaces", action="store_true", help="Applications of every namespace")
     return parser
+
+
+def cmd_ui(ctx: Context, args: argparse.Namespace) -> int:
+    from .ui import UiServer  # aiohttp is only needed here
+
+    namespaces = None if args.all_namespaces else (args.namespace,)
+    try:
+        server = UiServer(ctx.client, f"127.0.0.1:{args.port}", namespaces=namespaces, local=True).start()
+    except OSError as error:
+        raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}; pass another --port") from None
+    ctx.write(f"Gantry UI: {server.url}  (Ctrl-C stops it)\n")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZ
                     SourceError, SpecError)
 from .reconcile import Event, Fetched, Outcome, Reconciler, now
 from .render import MiB, RenderLimits
+from .ui import UiServer
 from .webhook import PushEvent
 from .source import GitCache, redact_url
 from .startup import APPLICATIONS, EXIT_CODE, StartupError, check_cluster, listen, load_client
@@ -64,6 +65,8 @@ class Options:
     webhook_connections: int = 16
     cache_dir: Path = Path(os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"))
     render_limits: RenderLimits = RenderLimits()
+    ui_address: str = ":8082"  # the web UI; its streams live long, so not beside the probes either
+    ui_anonymous_read: bool = False
 
 
 @dataclass
@@ -488,6 +491,7 @@ class Prepared:
     client: KubeClient
     metrics: Metrics
     http: HttpServers
+    ui: UiServer | None = None
     failure: str | None = None  # why the startup handler could not finish, for main() to print
 
 
@@ -498,11 +502,16 @@ def prepare(options: Options) -> Prepared:
     http = bind_http(options, metrics, healthy=_healthy, webhook_route=_webhook_route)
     try:
         client = load_client(options.kubeconfig)
-        check_cluster(client, None if options.all_namespaces else _served_namespaces(options))
+        served = None if options.all_namespaces else tuple(_served_namespaces(options))
+        check_cluster(client, served)
+        ui = None
+        if options.ui_address:
+            ui = listen("--ui-address", options.ui_address, lambda address: UiServer(
+                client, address, namespaces=served, anonymous_read=options.ui_anonymous_read).start())
     except StartupError:
         http.stop()
         raise
-    return Prepared(client, metrics, http)
+    return Prepared(client, metrics, http, ui)
 
 
 def _healthy() -> bool:
@@ -669,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="host:port of /metrics, /healthz and /readyz; empty to disable (default :8080)")
     parser.add_argument("--webhook-address", default=":8081",
                         help=f"host:port of the git webhook, POST {WEBHOOK_PATH}; empty to disable (default :8081)")
+    parser.add_argument("--ui-address", default=":8082",
+                        help="host:port of the web UI; empty to disable (default :8082)")
+    parser.add_argument("--ui-anonymous-read", action="store_true",
+                        help="let the UI show, without signing in, what the controller may read (no actions)")
     defaults = RenderLimits()
     parser.add_argument("--no-remote-bases", action="store_true",
                         help="refuse kustomize remote bases (by default they are fetched over the network, with none "
@@ -706,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_address=args.metrics_address,
         webhook_address=args.webhook_address,
         cache_dir=Path(args.cache_dir),
+        ui_address=args.ui_address,
+        ui_anonymous_read=args.ui_anonymous_read,
         render_limits=RenderLimits(file_bytes=args.max_file_size, total_bytes=args.max_render_size,
                                    kustomize_memory=args.kustomize_memory_limit, remote_bases=not args.no_remote_bases),
     )

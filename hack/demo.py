@@ -64,7 +64,18 @@ def start_controller() -> None:
         "--namespace", "gantry", "--cache-dir", str(DEMO / "cache"),
         "--kustomize", str(localcluster.BIN / "kustomize"),
         "--metrics-address", f"127.0.0.1:{port}", "--webhook-address", f"127.0.0.1:{webhook_port}",
+        "--ui-address", "",  # the demo's UI is `gantry ui`: no sign-in, the kubeconfig's identity
     ], cwd=ROOT)
+
+
+def start_ui() -> str:
+    """`gantry ui` on loopback, as a user runs it; its URL."""
+    if not localcluster.running("ui"):
+        port = localcluster.free_port()
+        (DEMO / "ui-port").write_text(str(port))
+        localcluster.start("ui", [sys.executable, "-m", "controller.cli", "--kubeconfig", str(localcluster.KUBECONFIG),
+                                  "-n", "gantry", "ui", "--port", str(port)], cwd=ROOT)
+    return f"http://127.0.0.1:{(DEMO / 'ui-port').read_text().strip()}/"
 
 
 def main() -> int:
@@ -88,7 +99,9 @@ def main() -> int:
                  f"controller log: {localcluster.LOGS / 'controller.log'}")
     print(kubectl("get", "apps", "-A", "-o", "wide"))
     print(kubectl("get", "deployments,statefulsets,services,pvc,ingress", "-n", "krampoline"))
+    ui = start_ui()
     print(f"""The demo keeps running. Explore it:
+  open {ui} in a browser: the web UI (as the kubeconfig's user)
   source {localcluster.STATE / 'env'}          # kubectl and KUBECONFIG for this shell
   kubectl get apps -n gantry -o wide
   kubectl -n krampoline scale deployment/backend --replicas=3   # drift: Gantry undoes it in seconds

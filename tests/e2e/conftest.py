@@ -33,12 +33,12 @@ def controller(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
     if cluster.kubectl("get", "namespace", APP_NAMESPACE, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", APP_NAMESPACE)
     work = tmp_path_factory.mktemp("controller")
-    metrics, webhook = f"127.0.0.1:{localcluster.free_port()}", f"127.0.0.1:{localcluster.free_port()}"
+    metrics, webhook, ui = (f"127.0.0.1:{localcluster.free_port()}" for _ in range(3))
     ctl = Controller(cluster, work / "controller.log", [
         "--kubeconfig", str(cluster.kubeconfig), "--namespace", APP_NAMESPACE,
         "--cache-dir", str(work / "cache"), "--kustomize", str(cluster.bin_dir / "kustomize"),
-        "--metrics-address", metrics, "--webhook-address", webhook,
-    ], metrics_url=f"http://{metrics}", webhook_url=f"http://{webhook}")
+        "--metrics-address", metrics, "--webhook-address", webhook, "--ui-address", ui,
+    ], metrics_url=f"http://{metrics}", webhook_url=f"http://{webhook}", ui_url=f"http://{ui}")
     ctl.start()
     ctl.wait_ready()
     yield ctl

@@ -159,12 +159,12 @@ def controller_instead(cluster, controller: "Controller", work: Path, *args: str
                        kubeconfig: Path | None = None) -> Iterator["Controller"]:
     """The session's controller paused (two serving one namespace would fight) and one with
     `args` (and `kubeconfig`, else the admin's) running instead; the session's is back afterwards."""
-    metrics, webhook = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    metrics, webhook, ui = (f"127.0.0.1:{free_port()}" for _ in range(3))
     other = Controller(cluster, work / "controller-instead.log", [
         "--kubeconfig", str(kubeconfig or cluster.kubeconfig), "--namespace", APP_NAMESPACE,
         "--cache-dir", str(work / "cache"), "--kustomize", str(cluster.bin_dir / "kustomize"),
-        "--metrics-address", metrics, "--webhook-address", webhook, *args,
-    ], metrics_url=f"http://{metrics}", webhook_url=f"http://{webhook}")
+        "--metrics-address", metrics, "--webhook-address", webhook, "--ui-address", ui, *args,
+    ], metrics_url=f"http://{metrics}", webhook_url=f"http://{webhook}", ui_url=f"http://{ui}")
     controller.stop()
     try:
         other.start()
@@ -186,6 +186,7 @@ class Controller:
     args: list[str]
     metrics_url: str  # http://127.0.0.1:PORT, serving /metrics and /healthz
     webhook_url: str  # http://127.0.0.1:PORT, serving POST /api/webhook
+    ui_url: str = ""  # http://127.0.0.1:PORT, the web UI
     process: subprocess.Popen | None = None
 
     def start(self) -> None:

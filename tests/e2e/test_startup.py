@@ -46,7 +46,8 @@ def run_controller(cluster, tmp_path: Path, *args: str, kubeconfig: Path | None 
     argv = [sys.executable, "-m", "controller.operator", "--kubeconfig", str(kubeconfig or cluster.kubeconfig),
             "--namespace", APP_NAMESPACE, "--cache-dir", str(tmp_path / "cache"),
             "--kustomize", str(cluster.bin_dir / "kustomize"),
-            "--metrics-address", f"127.0.0.1:{free_port()}", "--webhook-address", f"127.0.0.1:{free_port()}", *args]
+            "--metrics-address", f"127.0.0.1:{free_port()}", "--webhook-address", f"127.0.0.1:{free_port()}",
+            "--ui-address", f"127.0.0.1:{free_port()}", *args]
     started = time.monotonic()
     try:
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=WITHIN,

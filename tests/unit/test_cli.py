@@ -525,7 +525,7 @@ def test_global_options_work_before_and_after_the_command():
      "'sync', 'refresh', 'history', 'rollback', 'wait', 'delete') (try 'gantry app --help')"),
     (["app"], "gantry app: error: a verb is required: one of list, get, diff, sync, refresh, history, rollback, wait, "
      "delete (try 'gantry app --help')"),
-    ([], "gantry: error: a command is required: one of app (try 'gantry --help')"),
+    ([], "gantry: error: a command is required: one of app, ui (try 'gantry --help')"),
     (["--bogus"], "gantry: error: unrecognized arguments: --bogus (try 'gantry --help')"),
 ])
 def test_usage_errors_are_one_line_on_stderr_and_exit_2(argv, line, capsys):

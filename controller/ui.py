@@ -1,0 +1,589 @@
+"""The web UI's server: the browser's view of what the flow did (Applications, their resources and
+pods) and the actions it may ask for (refresh, sync), each done as the signed-in user.
+
+aiohttp, on a port of its own (--ui-address), in a thread with its own event loop: its long-lived
+streams must neither block kopf's loop nor hold the connections of the probes. One watch of
+Applications feeds every browser tab (Server-Sent Events); everything else a page shows is read
+with the user's own credentials, so Kubernetes RBAC decides what each user sees and may do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import health as health_stage
+from .application import app_summary, refresh_request, sync_request
+from .kube import KubeApiError, KubeClient, Resource, list_and_watch
+from .model import API_GROUP, API_VERSION, Manifest
+
+__all__ = ["AppFeed", "UiServer", "build_tree"]
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("ui_static")
+SESSION_COOKIE = "gantry_session"
+CSRF_HEADER = "X-Gantry-CSRF"
+SESSION_SECONDS = 8 * 3600
+PERMISSION_SECONDS = 30.0  # how long an answer of RBAC is trusted before it is asked again
+# Nothing but our own files: no inline script or style, no other host, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# One watch of Applications for every tab
+
+
+class AppFeed:
+    """The Applications of the served namespaces (every namespace: None), kept by a list+watch in
+    threads of their own; each change goes to every subscriber's queue as ("app", Application) or
+    ("delete", Application)."""
+
+    def __init__(self, client: KubeClient, namespaces: tuple[str, ...] | None) -> None:
+        self.client = client
+        self.namespaces = namespaces
+        self._apps: dict[tuple[str, str], Manifest] = {}
+        self._lock = threading.Lock()
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._stopped = threading.Event()
+        self.ready = threading.Event()
+
+    def start(self) -> "AppFeed":
+        resource = self.client.resource(f"{API_GROUP}/{API_VERSION}", "Application")
+        scopes: tuple[str | None, ...] = self.namespaces if self.namespaces is not None else (None,)
+        listed = {scope: threading.Event() for scope in scopes}
+        for scope in scopes:
+            threading.Thread(target=list_and_watch, daemon=True, name=f"ui-watch-{scope or 'all'}", args=(
+                self.client, resource, scope), kwargs={
+                "on_list": lambda items, scope=scope: self._listed(scope, items, listed),
+                "on_event": self._changed, "stopped": self._stopped}).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def snapshot(self) -> list[Manifest]:
+        with self._lock:
+            return list(self._apps.values())
+
+    def get(self, namespace: str, name: str) -> Manifest | None:
+        with self._lock:
+            return self._apps.get((namespace, name))
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        with self._lock:
+            self._subscribers.append((asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        with self._lock:
+            self._subscribers = [(loop, q) for loop, q in self._subscribers if q is not queue]
+
+    def _listed(self, scope: str | None, items: list[Manifest], listed: dict[str | None, threading.Event]) -> None:
+        keys = {_key(item) for item in items}
+        with self._lock:
+            gone = [app for key, app in self._apps.items()
+                    if key not in keys and (scope is None or key[0] == scope)]
+        for app in gone:
+            self._changed("DELETED", app)
+        for item in items:
+            self._changed("ADDED", item)
+        listed[scope].set()
+        if all(event.is_set() for event in listed.values()):
+            self.ready.set()
+
+    def _changed(self, event_type: str, app: Manifest) -> None:
+        key = _key(app)
+        with self._lock:
+            if event_type == "DELETED":
+                self._apps.pop(key, None)
+            else:
+                self._apps[key] = app
+            subscribers = list(self._subscribers)
+        message = ("delete" if event_type == "DELETED" else "app", app)
+        for loop, queue in subscribers:
+            loop.call_soon_threadsafe(_offer, queue, message)
+
+
+def _offer(queue: asyncio.Queue, message: tuple[str, Manifest]) -> None:
+    try:
+        queue.put_nowait(message)
+    except asyncio.QueueFull:  # a tab that stopped reading: it reloads when its stream ends
+        pass
+
+
+def _key(app: Manifest) -> tuple[str, str]:
+    metadata = app.get("metadata") or {}
+    return metadata.get("namespace", ""), metadata.get("name", "")
+
+
+# --------------------------------------------------------------------------------------------
+# Who is asking
+
+
+@dataclass
+class Session:
+    """A signed-in user: their token (never logged, never sent back), their name, the CSRF token
+    their page must send with every action, and what RBAC last answered for them."""
+
+    client: KubeClient
+    user: str
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    read_only: bool = False
+    expires: float = field(default_factory=lambda: time.monotonic() + SESSION_SECONDS)
+    answers: dict[tuple[str, str, str, str], tuple[float, bool]] = field(default_factory=dict)
+
+    def can(self, verb: str, namespace: str, resource: str = "applications", group: str = API_GROUP) -> bool:
+        """Whether RBAC lets this user `verb` `resource` in `namespace` (a SelfSubjectAccessReview
+        sent with the user's own credentials, remembered for PERMISSION_SECONDS)."""
+        if self.read_only and verb not in ("get", "list", "watch"):
+            return False
+        key = (verb, namespace, resource, group)
+        cached = self.answers.get(key)
+        if cached and time.monotonic() - cached[0] < PERMISSION_SECONDS:
+            return cached[1]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb,
+                                                  "namespace": namespace}}}
+        try:
+            answer = self.client.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                         body=review)
+            allowed = bool((answer.get("status") or {}).get("allowed"))
+        except KubeApiError:
+            allowed = False
+        self.answers[key] = (time.monotonic(), allowed)
+        return allowed
+
+
+def who_is(client: KubeClient) -> str:
+    """The user name the API server sees for `client` (a SelfSubjectReview); raises KubeApiError
+    (401) for a token it does not accept."""
+    review = client.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    return str(((review.get("status") or {}).get("userInfo") or {}).get("username") or "unknown")
+
+
+# --------------------------------------------------------------------------------------------
+# The resource tree
+
+
+# Kinds whose objects the tree shows below the app's own: what controllers make from them.
+CHILD_KINDS = (("apps/v1", "ReplicaSet"), ("v1", "Pod"), ("v1", "PersistentVolumeClaim"), ("batch/v1", "Job"))
+PARENT_KINDS = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"),
+                ("batch/v1", "CronJob"))
+
+
+def build_tree(app: Manifest, lives: list[Manifest]) -> list[dict[str, Any]]:
+    """The app's resources (from its status) and, below them, the live objects made from them
+    (ReplicaSets, Pods, Jobs by ownerReferences; PVCs under the Pods that mount them), each a
+    node {id, parent, group, kind, namespace, name, sync, health, message}. `lives`: the live
+    objects of the app's namespaces, of the kinds above. Pure: the server lists, this links."""
+    by_uid = {(obj.get("metadata") or {}).get("uid"): obj for obj in lives}
+    by_ref = {(obj.get("kind"), (obj.get("metadata") or {}).get("namespace") or "",
+               (obj.get("metadata") or {}).get("name")): obj for obj in lives}
+    nodes: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for entry in (app.get("status") or {}).get("resources") or []:
+        node_id = _node_id(entry.get("group") or "", entry.get("kind") or "", entry.get("namespace") or "",
+                           entry.get("name") or "")
+        health = entry.get("health") or {}
+        nodes.append({"id": node_id, "parent": None, "group": entry.get("group") or "", "kind": entry.get("kind"),
+                      "namespace": entry.get("namespace") or "", "name": entry.get("name"),
+                      "sync": entry.get("status") or "", "health": health.get("status") or "",
+                      "message": health.get("message") or ""})
+        live = by_ref.get((entry.get("kind"), entry.get("namespace") or "", entry.get("name")))
+        if live is not None:
+            placed.add(node_id)
+            _children(live, node_id, lives, by_uid, nodes, placed)
+    return nodes
+
+
+def _children(parent: Manifest, parent_id: str, lives: list[Manifest], by_uid: dict, nodes: list[dict],
+              placed: set[str]) -> None:
+    uid = (parent.get("metadata") or {}).get("uid")
+    for obj in lives:
+        metadata = obj.get("metadata") or {}
+        if not any(ref.get("uid") == uid for ref in metadata.get("ownerReferences") or []):
+            continue
+        node_id = _node_id(_group(obj), obj.get("kind", ""), metadata.get("namespace") or "", metadata.get("name", ""))
+        if node_id in placed:
+            continue
+        placed.add(node_id)
+        nodes.append(_live_node(obj, node_id, parent_id))
+        _children(obj, node_id, lives, by_uid, nodes, placed)
+        if obj.get("kind") == "Pod":
+            for volume in (obj.get("spec") or {}).get("volumes") or []:
+                claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+                pvc = next((o for o in lives if o.get("kind") == "PersistentVolumeClaim"
+                            and (o.get("metadata") or {}).get("name") == claim
+                            and (o.get("metadata") or {}).get("namespace") == metadata.get("namespace")), None)
+                if pvc is not None:
+                    pvc_id = _node_id("", "PersistentVolumeClaim", metadata.get("namespace") or "", claim)
+                    if pvc_id not in placed:
+                        placed.add(pvc_id)
+                        nodes.append(_live_node(pvc, pvc_id, node_id))
+
+
+def _live_node(obj: Manifest, node_id: str, parent_id: str) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    assessed = health_stage.assess(obj)
+    return {"id": node_id, "parent": parent_id, "group": _group(obj), "kind": obj.get("kind"),
+            "namespace": metadata.get("namespace") or "", "name": metadata.get("name"), "sync": "",
+            "health": assessed.status.value if assessed else "", "message": assessed.message if assessed else ""}
+
+
+def _group(obj: Manifest) -> str:
+    api_version = obj.get("apiVersion") or ""
+    return api_version.rpartition("/")[0] if "/" in api_version else ""
+
+
+def _node_id(group: str, kind: str, namespace: str, name: str) -> str:
+    return f"{group}/{kind}/{namespace}/{name}"
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+class UiServer:
+    """The UI on `address`. `client`: the controller's (or, with `local`, the kubeconfig's)
+    identity, used for the Application watch; with `local` every request acts as that identity
+    (`gantry ui` on loopback), otherwise each user signs in with a bearer token the API server
+    accepts and acts as themselves. `anonymous_read`: without signing in, a user may read what
+    the controller may read, and do nothing."""
+
+    def __init__(self, client: KubeClient, address: str, *, namespaces: tuple[str, ...] | None = None,
+                 local: bool = False, anonymous_read: bool = False,
+                 client_for_token: Callable[[str], KubeClient] | None = None) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host or "0.0.0.0", int(port)
+        self.client = client
+        self.local = local
+        self.anonymous_read = anonymous_read
+        self.client_for_token = client_for_token or client.as_user
+        self.feed = AppFeed(client, namespaces)
+        self.sessions: dict[str, Session] = {}
+        self.local_session = Session(client, "kubeconfig") if local else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> "UiServer":
+        """Bind and serve in a thread of its own; raises OSError when the address cannot be bound."""
+        if self.local_session is not None:
+            try:
+                self.local_session.user = who_is(self.client)
+            except KubeApiError:
+                pass
+        self.feed.start()
+        self._thread = threading.Thread(target=self._serve, name="ui", daemon=True)
+        self._thread.start()
+        self._started.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _serve(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self._runner = web.AppRunner(self.application(), access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=64)
+            loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # the real one when 0 was asked
+        except BaseException as error:  # noqa: BLE001: handed to start(), which raises it
+            self._error = error
+            self._started.set()
+            return
+        self._started.set()
+        loop.run_forever()
+
+    def stop(self) -> None:
+        self.feed.stop()
+        if self._loop is not None and self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}/"
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app.add_routes([
+            web.get("/", self._page), web.get("/apps/{namespace}/{name}", self._page), web.get("/login", self._page),
+            web.get("/static/{file}", self._static),
+            web.post("/api/v1/login", self._login), web.post("/api/v1/logout", self._logout),
+            web.get("/api/v1/session", self._session_info),
+            web.get("/api/v1/applications", self._list),
+            web.get("/api/v1/stream", self._stream),
+            web.get("/api/v1/applications/{namespace}/{name}", self._detail),
+            web.get("/api/v1/applications/{namespace}/{name}/tree", self._tree),
+            web.post("/api/v1/applications/{namespace}/{name}/refresh", self._refresh),
+            web.post("/api/v1/applications/{namespace}/{name}/sync", self._sync),
+        ])
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            response = error
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    # ---------------------------------------------------------------- sessions
+
+    def _session(self, request: web.Request) -> Session | None:
+        if self.local_session is not None:
+            return self.local_session
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if session is not None and session.expires < time.monotonic():
+            self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+            session = None
+        if session is None and self.anonymous_read:
+            return Session(self.client, "anonymous", read_only=True)
+        return session
+
+    def _require(self, request: web.Request) -> Session:
+        session = self._session(request)
+        if session is None:
+            raise _error(401, "sign in first: POST a bearer token to /api/v1/login")
+        return session
+
+    def _require_action(self, request: web.Request) -> Session:
+        """A session whose page sent its CSRF token, from our own origin."""
+        session = self._require(request)
+        origin = request.headers.get("Origin")
+        if origin and origin.split("://", 1)[-1] != request.host:
+            raise _error(403, "cross-origin request refused")
+        if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
+            raise _error(403, f"missing or wrong {CSRF_HEADER} header (reload the page)")
+        return session
+
+    async def _login(self, request: web.Request) -> web.Response:
+        if self.local:
+            raise _error(400, "this UI acts with the kubeconfig's identity; there is nothing to sign in to")
+        try:
+            token = str((await request.json()).get("token") or "").strip()
+        except (json.JSONDecodeError, AttributeError):
+            token = ""
+        if not token:
+            raise _error(400, 'give {"token": "…"}: a ServiceAccount token (kubectl create token NAME) or an '
+                              "OIDC id token the cluster accepts")
+        client = self.client_for_token(token)
+        try:
+            user = await asyncio.to_thread(who_is, client)
+        except KubeApiError as error:
+            raise _error(401 if error.status == 401 else 502, "the API server did not accept this token"
+                         if error.status == 401 else f"cannot ask the API server who this is: {error.reason}")
+        session_id = secrets.token_urlsafe(32)
+        self.sessions[session_id] = Session(client, user)
+        logger.info("ui: %s signed in", user)
+        response = web.json_response({"user": user})
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", max_age=SESSION_SECONDS,
+                            secure=request.secure, path="/")
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        response = web.json_response({})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def _session_info(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if session is None:
+            return web.json_response({"user": None, "local": self.local})
+        return web.json_response({"user": session.user, "csrf": session.csrf, "readOnly": session.read_only,
+                                  "local": self.local})
+
+    # ---------------------------------------------------------------- reads
+
+    async def _visible(self, session: Session, apps: list[Manifest]) -> list[Manifest]:
+        namespaces = {_key(app)[0] for app in apps}
+        allowed = {ns for ns in namespaces if await asyncio.to_thread(session.can, "list", ns)}
+        return [app for app in apps if _key(app)[0] in allowed]
+
+    async def _list(self, request: web.Request) -> web.Response:
+        session = self._require(request)
+        apps = await self._visible(session, self.feed.snapshot())
+        return web.json_response({"items": [app_summary(app) for app in sorted(apps, key=_key)]})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: every visible app once (`app`), then each change as it comes
+        (`app`, `delete`); a comment every 15 s keeps proxies from closing the stream."""
+        session = self._require(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        queue = self.feed.subscribe()
+        try:
+            for app in await self._visible(session, self.feed.snapshot()):
+                await response.write(_event("app", app_summary(app)))
+            await response.write(_event("ready", {}))
+            while True:
+                try:
+                    kind, app = await asyncio.wait_for(queue.get(), timeout=15)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if not await asyncio.to_thread(session.can, "list", _key(app)[0]):
+                    continue
+                await response.write(_event(kind, app_summary(app) if kind == "app"
+                                            else {"namespace": _key(app)[0], "name": _key(app)[1]}))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.feed.unsubscribe(queue)
+        return response
+
+    async def _application(self, session: Session, request: web.Request) -> Manifest:
+        """The Application read with the user's own credentials (so RBAC applies to it)."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/applications/{name}"
+        try:
+            return await asyncio.to_thread(session.client.request, "GET", path)
+        except KubeApiError as error:
+            raise _error(error.status if error.status in (401, 403, 404) else 502,
+                         error.message or error.reason) from None
+
+    async def _detail(self, request: web.Request) -> web.Response:
+        session = self._require(request)
+        app = await self._application(session, request)
+        namespace = _key(app)[0]
+        status = app.get("status") or {}
+        can = {verb: await asyncio.to_thread(session.can, verb, namespace) for verb in ("patch", "delete")}
+        return web.json_response({
+            "summary": app_summary(app),
+            "conditions": status.get("conditions") or [],
+            "operationState": status.get("operationState"),
+            "history": status.get("history") or [],
+            "operation": app.get("operation"),
+            "can": {"refresh": can["patch"], "sync": can["patch"], "delete": can["delete"]},
+        })
+
+    async def _tree(self, request: web.Request) -> web.Response:
+        session = self._require(request)
+        app = await self._application(session, request)
+        namespaces = sorted({entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []
+                             if entry.get("namespace")})
+        lives, hidden = await asyncio.to_thread(self._list_children, session.client, namespaces)
+        return web.json_response({"nodes": build_tree(app, lives), "hidden": hidden})
+
+    def _list_children(self, client: KubeClient, namespaces: list[str]) -> tuple[list[Manifest], list[str]]:
+        """The live objects the tree links, read as the user; the kinds they may not list, named."""
+        lives: list[Manifest] = []
+        hidden: list[str] = []
+        for api_version, kind in PARENT_KINDS + CHILD_KINDS:
+            try:
+                resource: Resource = client.resource(api_version, kind)
+            except KubeApiError:
+                continue
+            for namespace in namespaces:
+                try:
+                    items = client.list(resource, namespace)["items"]
+                except KubeApiError as error:
+                    if error.status in (401, 403):
+                        hidden.append(f"{kind} in {namespace}")
+                        continue
+                    raise
+                for item in items:
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                lives.extend(items)
+        return lives, hidden
+
+    # ---------------------------------------------------------------- actions
+
+    async def _patch_application(self, request: web.Request, patch: dict, what: str) -> web.Response:
+        session = self._require_action(request)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if not await asyncio.to_thread(session.can, "patch", namespace):
+            raise _error(403, f"{session.user} may not patch applications in namespace {namespace!r}")
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/applications/{name}"
+        try:
+            await asyncio.to_thread(session.client.request, "PATCH", path, body=patch,
+                                    content_type="application/merge-patch+json")
+        except KubeApiError as error:
+            raise _error(error.status if 400 <= error.status < 500 else 502, error.message or error.reason) from None
+        logger.info("ui: %s asked for %s of %s/%s", session.user, what, namespace, name)
+        return web.json_response({"requested": what})
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        hard = bool(body.get("hard"))
+        return await self._patch_application(request, refresh_request(hard=hard), "hard refresh" if hard else "refresh")
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        session = self._require_action(request)
+        app = await self._application(session, request)
+        if app.get("operation"):
+            raise _error(409, "another operation is already in progress on this app: wait for it")
+        revision = str(body.get("revision") or "").strip() or None
+        return await self._patch_application(request, sync_request(revision, bool(body.get("prune"))), "sync")
+
+    # ---------------------------------------------------------------- files
+
+    async def _page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+    async def _static(self, request: web.Request) -> web.FileResponse:
+        name = request.match_info["file"]
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file() or name == "index.html":
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+
+def _event(kind: str, data: dict) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _error(status: int, message: str) -> web.HTTPException:
+    """An error answer the page shows as it is: {"error": message}."""
+    return _STATUS.get(status, web.HTTPBadGateway)(text=json.dumps({"error": message}), content_type="application/json")
+
+
+_STATUS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity, 502: web.HTTPBadGateway,
+}
+
+
+async def _json_body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        raise _error(400, "the body is not JSON") from None
+    return body if isinstance(body, dict) else {}
+

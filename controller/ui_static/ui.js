@@ -1,0 +1,375 @@
+// Gantry's UI: plain ES modules, no build step, no library. Every text from the server goes into the
+// page as text (never as HTML), and the page talks only to the server that served it.
+
+const STATE_ICONS = {
+  Synced: "✔", OutOfSync: "↻", Failed: "✖", Healthy: "♥", Progressing: "◔", Degraded: "✖",
+  Suspended: "⏸", Missing: "?", Unknown: "?", Succeeded: "✔", Running: "◔", Error: "✖",
+};
+
+let session = null;  // {user, csrf, readOnly, local}
+let stream = null;   // the EventSource of the page shown
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function state(value) {
+  const word = value || "Unknown";
+  return el("span", { class: `state s-${word}` },
+    el("span", { class: "icon", "aria-hidden": "true" }, STATE_ICONS[word] || "•"), " ", word);
+}
+
+function announce(text) {
+  document.getElementById("announce").textContent = text;
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  if (options.method && options.method !== "GET" && session && session.csrf) headers["X-Gantry-CSRF"] = session.csrf;
+  const response = await fetch(path, {
+    method: options.method || "GET", headers, credentials: "same-origin",
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(data.error || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+function since(timestamp) {
+  if (!timestamp) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(timestamp)) / 1000);
+  if (seconds < 60) return `${Math.round(seconds)}s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)}m ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)}h ago`;
+  return `${Math.round(seconds / 86400)}d ago`;
+}
+
+function appPath(app) {
+  return `/apps/${encodeURIComponent(app.namespace)}/${encodeURIComponent(app.name)}`;
+}
+
+function urlLinks(urls) {
+  return (urls || []).map((url) => el("div", {}, /^https?:\/\//.test(url) ? el("a", { href: url, rel: "noreferrer" }, url) : url));
+}
+
+function go(path) {
+  history.pushState({}, "", path);
+  route();
+}
+
+function link(path, text) {
+  return el("a", {
+    href: path,
+    onclick: (event) => {
+      if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+      event.preventDefault();
+      go(path);
+    },
+  }, text);
+}
+
+function show(...children) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...children);
+}
+
+// ------------------------------------------------------------------------------ session
+
+async function loadSession() {
+  session = await api("/api/v1/session");
+  const nav = document.getElementById("session");
+  nav.replaceChildren();
+  if (session.user) {
+    nav.append(el("span", {}, `Signed in as ${session.user}${session.readOnly ? " (read-only)" : ""}`));
+    if (!session.local && !session.readOnly) {
+      nav.append(el("button", { class: "link", type: "button", onclick: signOut }, "Sign out"));
+    }
+  }
+}
+
+async function signOut() {
+  await api("/api/v1/logout", { method: "POST", body: {} });
+  session = null;
+  go("/login");
+}
+
+function loginPage() {
+  document.title = "Sign in · Gantry";
+  const token = el("textarea", { id: "token", name: "token", required: true, autocomplete: "off", spellcheck: "false" });
+  const problem = el("div", { role: "alert" });
+  const form = el("form", {
+    class: "login",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      problem.replaceChildren();
+      try {
+        await api("/api/v1/login", { method: "POST", body: { token: token.value } });
+        await loadSession();
+        go("/");
+      } catch (error) {
+        problem.replaceChildren(el("p", { class: "alert" }, error.message));
+      }
+    },
+  },
+  el("label", { for: "token" }, "Bearer token (a ServiceAccount token from `kubectl create token NAME`, or an OIDC id token your cluster accepts)"),
+  token, problem, el("div", {}, el("button", { class: "primary", type: "submit" }, "Sign in")));
+  show(el("h1", {}, "Sign in to Gantry"),
+    el("p", { class: "note" }, "Gantry acts as you: what you may see and do is what Kubernetes RBAC lets your token do."),
+    form);
+}
+
+// ------------------------------------------------------------------------------ the list
+
+function listPage() {
+  document.title = "Applications · Gantry";
+  const apps = new Map();
+  const filters = { text: "", sync: "", health: "", namespace: "", repo: "" };
+  const count = el("p", { class: "count", "aria-live": "polite" });
+  const body = el("tbody");
+  const selects = {};
+
+  function option(value, label) { return el("option", { value }, label); }
+
+  function filterSelect(key, label, values) {
+    const select = selects[key] || el("select", {
+      id: `filter-${key}`, onchange: (event) => { filters[key] = event.target.value; render(); },
+    });
+    const current = select.value;
+    select.replaceChildren(option("", "All"), ...[...values].sort().map((value) => option(value, value)));
+    select.value = [...values].includes(current) ? current : "";
+    filters[key] = select.value;
+    if (!selects[key]) {
+      selects[key] = select;
+      return el("label", { for: select.id }, label, select);
+    }
+    return null;
+  }
+
+  const search = el("input", {
+    id: "filter-text", type: "search", placeholder: "name", autocomplete: "off",
+    oninput: (event) => { filters.text = event.target.value.trim().toLowerCase(); render(); },
+  });
+  const bar = el("div", { class: "filters", role: "search" }, el("label", { for: "filter-text" }, "Search", search));
+  for (const [key, label] of [["sync", "Sync"], ["health", "Health"], ["namespace", "Namespace"], ["repo", "Repository"]]) {
+    bar.append(filterSelect(key, label, new Set()));
+  }
+
+  function refreshChoices() {
+    const values = { sync: new Set(), health: new Set(), namespace: new Set(), repo: new Set() };
+    for (const app of apps.values()) {
+      values.sync.add(app.sync); values.health.add(app.health);
+      values.namespace.add(app.namespace); values.repo.add(app.repo);
+    }
+    for (const key of Object.keys(values)) filterSelect(key, "", values[key]);
+  }
+
+  function row(app) {
+    return el("tr", { "data-app": `${app.namespace}/${app.name}` },
+      el("td", {}, link(appPath(app), app.name), el("div", { class: "note" }, app.namespace)),
+      el("td", {}, state(app.sync)),
+      el("td", {}, state(app.health)),
+      el("td", {}, el("code", { title: app.revision }, app.shortRevision || "-")),
+      el("td", {}, app.repo, el("div", { class: "note" }, app.path)),
+      el("td", {}, app.destination),
+      el("td", {}, urlLinks(app.urls)),
+      el("td", {}, since(app.lastSync)),
+      el("td", { class: "message" }, app.message));
+  }
+
+  let scheduled = false;
+  function render() {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      const shown = [...apps.values()].filter((app) =>
+        (!filters.text || app.name.toLowerCase().includes(filters.text))
+        && (!filters.sync || app.sync === filters.sync) && (!filters.health || app.health === filters.health)
+        && (!filters.namespace || app.namespace === filters.namespace) && (!filters.repo || app.repo === filters.repo))
+        .sort((a, b) => (a.namespace + "/" + a.name).localeCompare(b.namespace + "/" + b.name));
+      const fragment = document.createDocumentFragment();
+      for (const app of shown) fragment.append(row(app));
+      body.replaceChildren(fragment);
+      count.textContent = `${shown.length} of ${apps.size} applications`;
+    });
+  }
+
+  const table = el("table", {},
+    el("caption", { class: "visually-hidden" }, "Applications"),
+    el("thead", {}, el("tr", {}, ...["Name", "Sync", "Health", "Revision", "Repository", "Destination", "URL",
+      "Last sync", "Message"].map((title) => el("th", { scope: "col" }, title)))),
+    body);
+  show(el("h1", {}, "Applications"), bar, count, table);
+
+  stream = new EventSource("/api/v1/stream");
+  stream.addEventListener("app", (event) => {
+    const app = JSON.parse(event.data);
+    apps.set(`${app.namespace}/${app.name}`, app);
+    refreshChoices();
+    render();
+  });
+  stream.addEventListener("delete", (event) => {
+    const app = JSON.parse(event.data);
+    apps.delete(`${app.namespace}/${app.name}`);
+    refreshChoices();
+    render();
+  });
+  stream.addEventListener("ready", () => render());
+}
+
+// ------------------------------------------------------------------------------ one app
+
+function appPage(namespace, name) {
+  document.title = `${name} · Gantry`;
+  const header = el("section", { "aria-labelledby": "app-title" });
+  const problem = el("div", { role: "alert" });
+  const tree = el("section", { "aria-labelledby": "tree-title" });
+  const historySection = el("section", { "aria-labelledby": "history-title" });
+  const base = `/api/v1/applications/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`;
+  let detail = null;
+
+  async function act(what, body, button) {
+    button.disabled = true;
+    problem.replaceChildren();
+    try {
+      await api(`${base}/${what}`, { method: "POST", body });
+      announce(`${what} requested for ${name}`);
+    } catch (error) {
+      problem.replaceChildren(el("p", { class: "alert" }, `${what} failed: ${error.message}`));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function renderHeader() {
+    const app = detail.summary;
+    const facts = el("dl", { class: "facts" },
+      el("dt", {}, "Sync"), el("dd", { id: "app-sync" }, state(app.sync), app.shortRevision ? ` at ${app.shortRevision}` : ""),
+      el("dt", {}, "Health"), el("dd", { id: "app-health" }, state(app.health), app.healthMessage ? ` ${app.healthMessage}` : ""),
+      el("dt", {}, "Repository"), el("dd", {}, `${app.repo} (${app.path} at ${app.targetRevision})`),
+      el("dt", {}, "Destination"), el("dd", {}, app.destination),
+      el("dt", {}, "URL"), el("dd", {}, urlLinks(app.urls).length ? urlLinks(app.urls) : "-"),
+      el("dt", {}, "Sync policy"), el("dd", {}, app.automated ? "Automated" : "Manual"),
+      el("dt", {}, "Last sync"), el("dd", {}, app.lastSync ? `${app.lastSync} (${since(app.lastSync)})` : "-"),
+      el("dt", {}, "Operation"), el("dd", { id: "app-operation" }, detail.operationState
+        ? [state(detail.operationState.phase), " ", detail.operationState.message || ""] : "-"));
+    const failures = (detail.conditions || []).map((condition) =>
+      el("div", { class: "alert", id: "app-error" }, `${condition.type}: ${condition.message}`));
+    const actions = el("div", { class: "actions" });
+    if (detail.can.refresh) {
+      const refresh = el("button", { type: "button", id: "refresh", onclick: () => act("refresh", { hard: false }, refresh) }, "Refresh");
+      const hard = el("button", { type: "button", id: "hard-refresh", onclick: () => act("refresh", { hard: true }, hard) }, "Hard refresh");
+      actions.append(refresh, hard);
+    }
+    if (detail.can.sync) {
+      const prune = el("input", { type: "checkbox", id: "sync-prune" });
+      const revision = el("input", { type: "text", id: "sync-revision", placeholder: "revision (default: the app's)", size: 24 });
+      const sync = el("button", {
+        type: "button", id: "sync", class: "primary",
+        onclick: () => act("sync", { prune: prune.checked, revision: revision.value.trim() }, sync),
+      }, "Sync");
+      actions.append(sync, el("label", { for: "sync-prune" }, prune, " prune"),
+        el("label", { for: "sync-revision", class: "visually-hidden" }, "Revision to sync"), revision);
+    }
+    if (!detail.can.refresh && !detail.can.sync) actions.append(el("span", { class: "note" }, "You may look at this app, not act on it."));
+    header.replaceChildren(el("h1", { id: "app-title" }, name, el("span", { class: "note" }, ` in ${namespace}`)),
+      facts, ...failures, actions, problem);
+  }
+
+  function renderTree(data) {
+    const children = new Map();
+    for (const node of data.nodes) {
+      const key = node.parent || "";
+      if (!children.has(key)) children.set(key, []);
+      children.get(key).push(node);
+    }
+    function branch(parent) {
+      const nodes = children.get(parent) || [];
+      if (!nodes.length) return null;
+      return el("ul", { class: parent ? "" : "tree" }, nodes.map((node) => {
+        const below = branch(node.id);
+        const box = el("span", { class: "node", "data-kind": node.kind, "data-name": node.name },
+          el("span", { class: "kind" }, node.kind), el("span", { class: "name" }, node.name),
+          node.sync ? state(node.sync) : null, node.health ? state(node.health) : null,
+          node.message ? el("span", { class: "msg" }, node.message) : null);
+        if (!below) return el("li", {}, box);
+        return el("li", {}, el("details", { open: true }, el("summary", {}, box), below));
+      }));
+    }
+    const list = branch("") || el("p", { class: "note" }, "No resources yet.");
+    const hidden = data.hidden.length ? el("p", { class: "note" }, `Not shown (no permission to list): ${data.hidden.join(", ")}`) : null;
+    tree.replaceChildren(el("h2", { id: "tree-title" }, "Resources"), list, hidden);
+  }
+
+  function renderHistory() {
+    const rows = [...(detail.history || [])].reverse().map((entry) => el("tr", {},
+      el("td", {}, String(entry.id)), el("td", {}, entry.deployedAt || ""),
+      el("td", {}, el("code", {}, (entry.revision || "").slice(0, 7)))));
+    historySection.replaceChildren(el("h2", { id: "history-title" }, "History"), rows.length
+      ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision"].map((t) => el("th", { scope: "col" }, t)))),
+        el("tbody", {}, rows))
+      : el("p", { class: "note" }, "No sync yet."));
+  }
+
+  let loading = null;
+  async function load() {
+    if (loading) { loading.again = true; return; }
+    loading = { again: false };
+    try {
+      const [fresh, treeData] = await Promise.all([api(base), api(`${base}/tree`)]);
+      detail = fresh;
+      renderHeader();
+      renderTree(treeData);
+      renderHistory();
+    } catch (error) {
+      show(el("h1", {}, name), el("p", { class: "alert" }, error.message), link("/", "All applications"));
+    } finally {
+      const again = loading.again;
+      loading = null;
+      if (again) load();
+    }
+  }
+
+  show(el("p", {}, link("/", "← All applications")), header, tree, historySection);
+  load();
+  stream = new EventSource("/api/v1/stream");
+  stream.addEventListener("app", (event) => {
+    const app = JSON.parse(event.data);
+    if (app.namespace === namespace && app.name === name && detail) load();
+  });
+}
+
+// ------------------------------------------------------------------------------ routing
+
+async function route() {
+  if (stream) { stream.close(); stream = null; }
+  if (!session) {
+    try { await loadSession(); } catch (error) { show(el("p", { class: "alert" }, error.message)); return; }
+  }
+  const path = location.pathname;
+  if (!session.user && path !== "/login") { go("/login"); return; }
+  const match = path.match(/^\/apps\/([^/]+)\/([^/]+)$/);
+  if (path === "/login") loginPage();
+  else if (match) appPage(decodeURIComponent(match[1]), decodeURIComponent(match[2]));
+  else listPage();
+  document.getElementById("main").focus({ preventScroll: true });
+}
+
+window.addEventListener("popstate", route);
+route();

@@ -1,0 +1,236 @@
+"""The web UI's server on the real controller (issue 12), spoken to as a browser does: sign in
+with a ServiceAccount token, read the list, the app and its resource tree, follow the live
+stream, ask for a refresh. RBAC decides: a reader sees no actions and gets 403 from them."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from browser import assert_accessible, assert_keyboard_usable
+from harness import APP_NAMESPACE, web_app_files
+
+
+class Browser:
+    """A cookie-keeping HTTP client of the UI."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.csrf = ""
+
+    def call(self, method: str, path: str, body: dict | None = None, *, csrf: bool = True) -> tuple[int, dict, dict]:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if csrf and self.csrf:
+            headers["X-Gantry-CSRF"] = self.csrf
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                return response.status, dict(response.headers), json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+    def sign_in(self, token: str) -> str:
+        status, _, body = self.call("POST", "/api/v1/login", {"token": token})
+        assert status == 200, body
+        self.csrf = self.call("GET", "/api/v1/session")[2]["csrf"]
+        return body["user"]
+
+    def events(self) -> Iterator[tuple[str, dict]]:
+        """The live stream's events, as they come."""
+        response = self.opener.open(urllib.request.Request(self.base + "/api/v1/stream"), timeout=60)
+        kind = None
+        for raw in response:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind:
+                yield kind, json.loads(line[6:])
+                kind = None
+
+
+@pytest.fixture(scope="module")
+def accounts(cluster):
+    """Two ServiceAccounts: one may read Applications and what they deploy, one may also patch
+    Applications; their user names and tokens (as a user would paste them)."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {"reader": f"ui-reader-{suffix}", "operator": f"ui-operator-{suffix}"}
+    rules = {
+        "reader": [{"apiGroups": ["gantry.dev"], "resources": ["applications"], "verbs": ["get", "list", "watch"]},
+                   {"apiGroups": ["", "apps"], "resources": ["pods", "replicasets", "deployments", "statefulsets",
+                                                             "persistentvolumeclaims"], "verbs": ["get", "list"]}],
+    }
+    rules["operator"] = [*rules["reader"], {"apiGroups": ["gantry.dev"], "resources": ["applications"],
+                                            "verbs": ["patch"]}]
+    documents = []
+    for role, name in names.items():
+        documents += [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": APP_NAMESPACE}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+             "rules": rules[role]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": APP_NAMESPACE}]},
+        ]
+    cluster.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in documents))
+    yield {role: (f"system:serviceaccount:{APP_NAMESPACE}:{name}",
+                  cluster.kubectl("create", "token", name, "-n", APP_NAMESPACE).stdout.strip())
+           for role, name in names.items()}
+    for name in names.values():
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", name, check=False)
+        cluster.kubectl("delete", "serviceaccount", name, "-n", APP_NAMESPACE, check=False)
+
+
+def test_nothing_is_shown_before_signing_in_and_pages_allow_only_their_own_scripts(controller):
+    browser = Browser(controller.ui_url)
+    status, headers, body = browser.call("GET", "/api/v1/applications")
+    assert status == 401 and "sign in" in body["error"]
+    with urllib.request.urlopen(controller.ui_url + "/", timeout=10) as response:
+        page = response.read().decode()
+        csp = response.headers["Content-Security-Policy"]
+    assert '<script type="module" src="/static/ui.js">' in page
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert browser.call("POST", "/api/v1/login", {"token": "not-a-token"})[0] == 401
+
+
+def test_a_reader_sees_the_app_and_its_tree_but_no_actions(controller, make_app, accounts):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    browser = Browser(controller.ui_url)
+    user, token = accounts["reader"]
+    assert browser.sign_in(token) == user
+
+    items = {(i["namespace"], i["name"]): i for i in browser.call("GET", "/api/v1/applications")[2]["items"]}
+    row = items[(APP_NAMESPACE, app.name)]
+    assert (row["sync"], row["health"], row["revision"]) == ("Synced", "Healthy", app.repo.head)
+    assert row["urls"] == ["http://shop.example.test"] and row["destination"] == app.destination
+
+    status, _, detail = browser.call("GET", f"/api/v1/applications/{APP_NAMESPACE}/{app.name}")
+    assert status == 200 and detail["can"] == {"refresh": False, "sync": False, "delete": False}
+    nodes = browser.call("GET", f"/api/v1/applications/{APP_NAMESPACE}/{app.name}/tree")[2]["nodes"]
+    by_id = {node["id"]: node for node in nodes}
+    pods = [node for node in nodes if node["kind"] == "Pod"]
+    assert pods, nodes
+    chain = [pods[0]["kind"], by_id[pods[0]["parent"]]["kind"], by_id[by_id[pods[0]["parent"]]["parent"]]["kind"]]
+    assert chain == ["Pod", "ReplicaSet", "Deployment"]
+    assert {node["kind"] for node in nodes if node["parent"] is None} >= {"Deployment", "Service", "ConfigMap", "Ingress"}
+
+    status, _, body = browser.call("POST", f"/api/v1/applications/{APP_NAMESPACE}/{app.name}/refresh", {})
+    assert status == 403 and "may not patch" in body["error"]
+
+
+def test_an_operator_refreshes_and_the_stream_shows_the_new_revision(controller, make_app, accounts):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    browser = Browser(controller.ui_url)
+    browser.sign_in(accounts["operator"][1])
+    path = f"/api/v1/applications/{APP_NAMESPACE}/{app.name}"
+    assert browser.call("GET", path)[2]["can"]["sync"] is True
+
+    # An action without the page's CSRF token is refused, whoever's cookie comes with it.
+    assert browser.call("POST", path + "/refresh", {}, csrf=False)[0] == 403
+
+    seen: list[dict] = []
+    ready = threading.Event()
+    new_head: dict[str, str] = {}
+
+    def follow() -> None:
+        for kind, data in browser.events():
+            if kind == "ready":
+                ready.set()
+            if kind == "app" and data["name"] == app.name:
+                seen.append(data)
+                if new_head and data["revision"] == new_head["sha"] and data["sync"] == "Synced":
+                    return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert ready.wait(30)
+    new_head["sha"] = app.push(web_app_files(replicas=2), message="two replicas")
+    status, _, body = browser.call("POST", path + "/refresh", {})
+    assert status == 200, body
+    reader.join(60)
+    assert not reader.is_alive(), f"the stream never showed {new_head['sha'][:7]} Synced: {seen[-3:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# In Chromium, clicking as a user does
+
+
+def signed_in(page, controller, token: str) -> None:
+    page.goto(controller.ui_url + "/")
+    page.get_by_label("Bearer token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Applications").wait_for()
+
+
+def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page, controller, make_app, accounts):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    signed_in(page, controller, accounts["operator"][1])
+    row = page.locator(f'tr[data-app="{APP_NAMESPACE}/{app.name}"]')
+    expect_text(row, "Synced")
+    expect_text(row, "Healthy")
+    expect_text(row, app.repo.head[:7])
+    assert row.get_by_role("link", name="http://shop.example.test").count() == 1
+    assert_accessible(page)
+    assert_keyboard_usable(page)
+
+    row.get_by_role("link", name=app.name).click()
+    page.get_by_role("heading", name=app.name).wait_for()
+    tree = page.locator("ul.tree")
+    expect_text(tree.locator('[data-kind="Pod"]').first, "Healthy")
+    assert tree.locator('[data-kind="ReplicaSet"]').count() >= 1
+    assert_accessible(page)
+    assert_keyboard_usable(page)
+
+    pushed = app.push(web_app_files(replicas=2), message="two replicas")
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    expect_text(page.locator("#app-sync"), pushed[:7], timeout=60)
+    expect_text(page.locator("#app-sync"), "Synced")
+
+
+def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(page, controller, make_app, accounts):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    signed_in(page, controller, accounts["reader"][1])
+    row = page.locator(f'tr[data-app="{APP_NAMESPACE}/{app.name}"]')
+    expect_text(row, "Synced")
+    app.push({"k8s/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata\n  a: b\n"},
+             message="broken")
+    app.refresh()
+    expect_text(row, "Failed", timeout=60)  # live: no reload
+    expect_text(row, "k8s/config.yaml:5")
+    row.get_by_role("link", name=app.name).click()
+    expect_text(page.locator("#app-error"), "k8s/config.yaml:5")
+    # A reader: no action on the page, and the objects still run.
+    assert page.get_by_role("button", name="Sync").count() == 0
+    assert page.get_by_role("button", name="Refresh", exact=True).count() == 0
+    expect_text(page.locator("main"), "You may look at this app, not act on it.")
+
+
+def expect_text(locator, text: str, *, timeout: float = 20) -> None:
+    """Until the element holds `text` (the page updates itself: no reload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = locator.text_content(timeout=timeout * 1000) or ""
+        if text in content:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in {content!r} after {timeout:.0f}s")
+        time.sleep(0.2)

@@ -1,0 +1,97 @@
+"""The web UI's pieces that need no cluster: the resource tree, the app summary, permissions."""
+
+from __future__ import annotations
+
+from controller.application import app_summary
+from controller.ui import Session, build_tree
+
+
+def obj(api_version: str, kind: str, name: str, uid: str, *, owner: str | None = None, **extra) -> dict:
+    metadata = {"name": name, "namespace": "shop", "uid": uid}
+    if owner:
+        metadata["ownerReferences"] = [{"uid": owner, "controller": True}]
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, **extra}
+
+
+APP = {
+    "metadata": {"namespace": "gantry", "name": "shop"},
+    "spec": {"source": {"repoURL": "https://deployer:s3cret@git.example/shop.git", "path": "k8s"},
+             "destination": {"namespace": "shop"}, "syncPolicy": {"automated": {}}},
+    "status": {
+        "sync": {"status": "Synced", "revision": "0123456789abcdef0123456789abcdef01234567"},
+        "health": {"status": "Degraded", "message": "Deployment web: 0/1 ready"},
+        "summary": {"externalURLs": ["http://shop.example.test/"]},
+        "operationState": {"phase": "Succeeded", "finishedAt": "2026-12-03T06:00:00Z"},
+        "message": "synced",
+        "resources": [
+            {"group": "apps", "kind": "Deployment", "namespace": "shop", "name": "web", "status": "Synced",
+             "health": {"status": "Degraded", "message": "0/1 ready"}},
+            {"group": "apps", "kind": "StatefulSet", "namespace": "shop", "name": "db", "status": "Synced",
+             "health": {"status": "Healthy"}},
+            {"group": "", "kind": "Service", "namespace": "shop", "name": "web", "status": "OutOfSync"},
+        ],
+    },
+}
+
+NOT_READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+             "containerStatuses": [{"name": "web", "ready": False, "started": True, "state": {"running": {}}}]}
+
+
+def test_the_tree_hangs_what_controllers_made_below_the_apps_resources():
+    lives = [
+        obj("apps/v1", "Deployment", "web", "d1"),
+        obj("apps/v1", "ReplicaSet", "web-7d9", "r1", owner="d1"),
+        obj("v1", "Pod", "web-7d9-abc", "p1", owner="r1", spec={"containers": [{"name": "web"}]}, status=NOT_READY),
+        obj("apps/v1", "StatefulSet", "db", "s1"),
+        obj("v1", "Pod", "db-0", "p2", owner="s1",
+            spec={"containers": [{"name": "db"}], "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]},
+            status={"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+        obj("v1", "PersistentVolumeClaim", "data-db-0", "c1", status={"phase": "Bound"}),
+        obj("v1", "Pod", "someone-elses", "p3", owner="other"),
+    ]
+    nodes = {node["id"]: node for node in build_tree(APP, lives)}
+    parents = {node["name"]: nodes[node["parent"]]["name"] if node["parent"] else None for node in nodes.values()}
+    assert parents == {"web": None, "db": "db", "web-7d9": "web", "web-7d9-abc": "web-7d9", "db-0": "db",
+                       "data-db-0": "db-0"} | {"db": None}
+    assert [n["kind"] for n in nodes.values() if n["name"] == "web"] == ["Deployment", "Service"]
+    pod = nodes["/Pod/shop/web-7d9-abc"]
+    assert pod["health"] == "Progressing" and pod["message"], pod
+    assert nodes["/PersistentVolumeClaim/shop/data-db-0"]["health"] == "Healthy"
+    assert nodes["apps/Deployment/shop/web"]["message"] == "0/1 ready", "the status's health message is on the node"
+    assert "someone-elses" not in parents
+
+
+def test_the_summary_says_what_the_list_shows_and_no_credentials():
+    summary = app_summary(APP)
+    assert summary["repo"] == "https://git.example/shop.git"
+    assert (summary["sync"], summary["health"], summary["shortRevision"]) == ("Synced", "Degraded", "0123456")
+    assert summary["urls"] == ["http://shop.example.test/"] and summary["automated"] is True
+    assert summary["lastSync"] == "2026-12-03T06:00:00Z" and summary["destination"] == "shop"
+    assert "s3cret" not in repr(summary)
+
+
+class Reviews:
+    """Answers SelfSubjectAccessReviews as an API server would for a user allowed `allowed`."""
+
+    def __init__(self, allowed: set[tuple[str, str]]):
+        self.allowed, self.asked = allowed, []
+
+    def request(self, method, path, body=None, **_):
+        attributes = body["spec"]["resourceAttributes"]
+        self.asked.append((attributes["verb"], attributes["namespace"]))
+        return {"status": {"allowed": (attributes["verb"], attributes["namespace"]) in self.allowed}}
+
+
+def test_permissions_are_asked_as_the_user_and_remembered():
+    client = Reviews({("list", "team-a"), ("patch", "team-a")})
+    session = Session(client, "alice")
+    assert session.can("patch", "team-a") and session.can("patch", "team-a")
+    assert not session.can("patch", "team-b")
+    assert client.asked == [("patch", "team-a"), ("patch", "team-b")]
+
+
+def test_a_read_only_session_may_only_read():
+    client = Reviews({("list", "team-a"), ("patch", "team-a")})
+    session = Session(client, "anonymous", read_only=True)
+    assert session.can("list", "team-a") and not session.can("patch", "team-a")
+    assert client.asked == [("list", "team-a")]
