@@ -352,6 +352,10 @@ class UiServer:
     @web.middleware
     async def _headers(self, request: web.Request, handler) -> web.StreamResponse:
         try:
+            if self.local and request.host.rpartition(":")[0] not in ("127.0.0.1", "localhost"):
+                # A page of another site whose name was rebound to 127.0.0.1 would otherwise be
+                # "same origin" with us, and act as the kubeconfig's user.
+                raise _error(403, f"gantry ui answers only to 127.0.0.1 and localhost, not {request.host!r}")
             response = await handler(request)
         except web.HTTPException as error:
             response = error

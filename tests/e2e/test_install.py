@@ -121,7 +121,8 @@ def check_controller_pod(cluster, deployment: dict) -> list[str]:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["runAsNonRoot"] is True
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
-                                  {"name": "webhook", "containerPort": 8081, "protocol": "TCP"}]
+                                  {"name": "webhook", "containerPort": 8081, "protocol": "TCP"},
+                                  {"name": "ui", "containerPort": 8082, "protocol": "TCP"}]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz", probe
         assert container[probe]["httpGet"]["port"] == "http", probe
@@ -135,6 +136,7 @@ def check_controller_pod(cluster, deployment: dict) -> list[str]:
     assert "--cache-dir=/var/cache/gantry" in container["args"]
     assert "--metrics-address=:8080" in container["args"]
     assert "--webhook-address=:8081" in container["args"]
+    assert "--ui-address=:8082" in container["args"]
     return container["args"]
 
 
@@ -142,9 +144,9 @@ def check_service(service: dict) -> None:
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "8080"
-    # The probes' port and the webhook's, apart: only the webhook's is meant to be exposed.
+    # The probes' port, the webhook's and the UI's, apart: the probes' is not meant to be exposed.
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
-        ("http", 8080, "http"), ("webhook", 8081, "webhook")]
+        ("http", 8080, "http"), ("webhook", 8081, "webhook"), ("ui", 8082, "ui")]
     assert service["spec"]["selector"] == dict(pair.split("=") for pair in SELECTOR.split(","))
 
 

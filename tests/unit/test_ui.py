@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
 from controller.application import app_summary
-from controller.ui import Session, build_tree
+from controller.ui import Session, UiServer, build_tree
 
 
 def obj(api_version: str, kind: str, name: str, uid: str, *, owner: str | None = None, **extra) -> dict:
@@ -95,3 +100,26 @@ def test_a_read_only_session_may_only_read():
     session = Session(client, "anonymous", read_only=True)
     assert session.can("list", "team-a") and not session.can("patch", "team-a")
     assert client.asked == [("list", "team-a")]
+
+
+def test_the_local_ui_answers_only_to_loopback_names():
+    """DNS rebinding: another site's name pointed at 127.0.0.1 must not reach `gantry ui`."""
+    class Client:
+        def request(self, *args, **kwargs):
+            raise AssertionError("no API request expected")
+
+        def as_user(self, token):
+            raise AssertionError("no sign-in expected")
+
+    server = UiServer(Client(), "127.0.0.1:0", local=True)
+
+    async def ok(_request):
+        return web.Response(text="ok")
+
+    async def answer(host: str) -> int:
+        request = make_mocked_request("GET", "/api/v1/session", headers={"Host": host})
+        return (await server._headers(request, ok)).status
+
+    assert asyncio.run(answer("127.0.0.1:8090")) == 200
+    assert asyncio.run(answer("localhost:8090")) == 200
+    assert asyncio.run(answer("evil.example:8090")) == 403
