@@ -1207,7 +1207,9 @@ def cmd_ui(ctx: Context, args: argparse.Namespace) -> int:
 
     namespaces = None if args.all_namespaces else (args.namespace,)
     try:
-        server = UiServer(ctx.client, f"127.0.0.1:{args.port}", namespaces=namespaces, local=True).start()
+        server = UiServer(ctx.client, f"127.0.0.1:{args.port}", namespaces=namespaces, local=True,
+                          diff=lambda app: compute_diff(ctx.client, app, kustomize=kustomize_binary(None),
+                                                        cache_dir=default_cache_dir())).start()
     except OSError as error:
         raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}; pass another --port") from None
     ctx.write(f"Gantry UI: {server.url}  (Ctrl-C stops it)\n")

@@ -191,7 +191,18 @@ class KubeClient:
 
     def stream(self, path: str, query: dict[str, Any], *, timeout: float) -> Iterator[Manifest]:
         """Watch events (one JSON object a line) until the server closes the stream."""
-        url = self.host + path + "?" + urlencode({**query, "watch": "true"})
+        buffer = b""
+        for chunk in self.read_stream(path, {**query, "watch": "true"}, timeout=timeout):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+
+    def read_stream(self, path: str, query: dict[str, Any], *, timeout: float) -> Iterator[bytes]:
+        """The body of a GET as it comes (a watch, a pod's log), until the server ends it or sends
+        nothing for `timeout` seconds more than it was asked to wait."""
+        url = self.host + path + "?" + urlencode(query)
         self.requests_made += 1
         response = self._pool.request(
             "GET", url, headers=self._headers(None), preload_content=False,
@@ -201,13 +212,7 @@ class KubeClient:
             if response.status >= 400:
                 data = _decode(response.read())
                 raise KubeApiError(response.status, data.get("reason", ""), data.get("message", ""))
-            buffer = b""
-            for chunk in response.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
+            yield from response.stream(65536, decode_content=True)
         finally:
             response.release_conn()
 

@@ -507,11 +507,20 @@ def prepare(options: Options) -> Prepared:
         ui = None
         if options.ui_address:
             ui = listen("--ui-address", options.ui_address, lambda address: UiServer(
-                client, address, namespaces=served, anonymous_read=options.ui_anonymous_read).start())
+                client, address, namespaces=served, anonymous_read=options.ui_anonymous_read,
+                diff=functools.partial(_ui_diff, client, options)).start())
     except StartupError:
         http.stop()
         raise
     return Prepared(client, metrics, http, ui)
+
+
+def _ui_diff(client: KubeClient, options: Options, app: Manifest):
+    """What a sync of `app` would change, for the UI: `gantry app diff`'s report, computed with the
+    controller's identity, git cache of its own and kustomize (the browser needs none of them)."""
+    from .cli import compute_diff  # until the planner serves the controller, the CLI and the UI alike
+
+    return compute_diff(client, app, kustomize=options.kustomize, cache_dir=options.cache_dir / "ui-git")
 
 
 def _healthy() -> bool:

@@ -24,9 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from . import health as health_stage
-from .application import app_summary, refresh_request, sync_request
+from .application import app_summary, automated_enabled, refresh_request, rollback_request, sync_request
 from .kube import KubeApiError, KubeClient, Resource, list_and_watch
-from .model import API_GROUP, API_VERSION, Manifest
+from .model import API_GROUP, API_VERSION, FINALIZER as RESOURCES_FINALIZER, RESOURCE_FINALIZERS, Manifest
 
 __all__ = ["AppFeed", "UiServer", "build_tree"]
 
@@ -269,17 +269,21 @@ class UiServer:
     identity, used for the Application watch; with `local` every request acts as that identity
     (`gantry ui` on loopback), otherwise each user signs in with a bearer token the API server
     accepts and acts as themselves. `anonymous_read`: without signing in, a user may read what
-    the controller may read, and do nothing."""
+    the controller may read, and do nothing. `diff(app)`: what a sync would change (a report of
+    the CLI's `gantry app diff`, Secret values masked), computed here, with the server's identity,
+    for users who may read the app."""
 
     def __init__(self, client: KubeClient, address: str, *, namespaces: tuple[str, ...] | None = None,
                  local: bool = False, anonymous_read: bool = False,
-                 client_for_token: Callable[[str], KubeClient] | None = None) -> None:
+                 client_for_token: Callable[[str], KubeClient] | None = None,
+                 diff: Callable[[Manifest], Any] | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or "0.0.0.0", int(port)
         self.client = client
         self.local = local
         self.anonymous_read = anonymous_read
         self.client_for_token = client_for_token or client.as_user
+        self.compute_diff = diff
         self.feed = AppFeed(client, namespaces)
         self.sessions: dict[str, Session] = {}
         self.local_session = Session(client, "kubeconfig") if local else None
@@ -344,8 +348,13 @@ class UiServer:
             web.get("/api/v1/stream", self._stream),
             web.get("/api/v1/applications/{namespace}/{name}", self._detail),
             web.get("/api/v1/applications/{namespace}/{name}/tree", self._tree),
+            web.get("/api/v1/applications/{namespace}/{name}/resource", self._resource),
+            web.get("/api/v1/applications/{namespace}/{name}/diff", self._diff),
+            web.get("/api/v1/applications/{namespace}/{name}/logs", self._logs),
             web.post("/api/v1/applications/{namespace}/{name}/refresh", self._refresh),
             web.post("/api/v1/applications/{namespace}/{name}/sync", self._sync),
+            web.post("/api/v1/applications/{namespace}/{name}/rollback", self._rollback),
+            web.post("/api/v1/applications/{namespace}/{name}/delete", self._delete),
         ])
         return app
 
@@ -515,7 +524,8 @@ class UiServer:
                     items = client.list(resource, namespace)["items"]
                 except KubeApiError as error:
                     if error.status in (401, 403):
-                        hidden.append(f"{kind} in {namespace}")
+                        if (api_version, kind) in CHILD_KINDS[:3]:  # what the tree would show, not link by
+                            hidden.append(f"{kind} in {namespace}")
                         continue
                     raise
                 for item in items:
@@ -523,6 +533,97 @@ class UiServer:
                     item.setdefault("kind", kind)
                 lives.extend(items)
         return lives, hidden
+
+    def _member(self, app: Manifest, request: web.Request) -> tuple[str, str, str, str]:
+        """The (group, kind, namespace, name) the query names, refused unless the app's tree holds
+        it: these endpoints show the app's objects, not anything the user could name."""
+        query = request.query
+        wanted = (query.get("group", ""), query.get("kind", ""), query.get("namespace", ""), query.get("name", ""))
+        namespaces = {entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []}
+        if not wanted[1] or not wanted[3] or (wanted[2] and wanted[2] not in namespaces):
+            raise _error(404, f"{wanted[1] or '?'} {wanted[2]}/{wanted[3]} is not one of this app's resources")
+        return wanted
+
+    async def _resource(self, request: web.Request) -> web.Response:
+        """One object of the app as the user may read it: its live manifest (Secret values
+        masked) and its events."""
+        session = self._require(request)
+        app = await self._application(session, request)
+        group, kind, namespace, name = self._member(app, request)
+
+        def read() -> dict:
+            entry = next((e for e in (app.get("status") or {}).get("resources") or []
+                          if (e.get("group") or "", e.get("kind"), e.get("namespace") or "", e.get("name"))
+                          == (group, kind, namespace, name)), {})
+            version = entry.get("version")
+            resource = _resource_for(session.client, group, kind,
+                                     (f"{group}/{version}" if group else version) if version else None)
+            live = session.client.get(resource, name, namespace or None)
+            events = []
+            if namespace:
+                try:
+                    listing = session.client.request("GET", f"/api/v1/namespaces/{namespace}/events", query={
+                        "fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"})
+                    events = [{"type": e.get("type"), "reason": e.get("reason"), "message": e.get("message"),
+                               "count": e.get("count"), "last": e.get("lastTimestamp") or e.get("eventTime")}
+                              for e in listing.get("items") or []]
+                except KubeApiError:
+                    events = []
+            return {"live": masked(live) if live else None, "events": events}
+
+        try:
+            return web.json_response(await asyncio.to_thread(read))
+        except KubeApiError as error:
+            raise _error(error.status if error.status in (401, 403, 404) else 502, error.message or error.reason) from None
+
+    async def _diff(self, request: web.Request) -> web.Response:
+        session = self._require(request)
+        app = await self._application(session, request)
+        if self.compute_diff is None:
+            raise _error(404, "this server computes no diffs")
+        try:
+            report = await asyncio.to_thread(self.compute_diff, app)
+        except Exception as error:  # noqa: BLE001: a render or git failure is the answer, in one line
+            raise _error(422, str(error)) from None
+        return web.json_response({"revision": report.revision,
+                                  "resources": [entry.to_dict() for entry in report.entries],
+                                  "failures": [str(failure) for failure in report.failures]})
+
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        """A pod's log, streamed from the API's pods/log as the user: `container`, `tailLines`
+        (default 500), `previous` (the container before its last restart), `follow`."""
+        session = self._require(request)
+        app = await self._application(session, request)
+        namespaces = {entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []}
+        namespace, pod = request.query.get("namespace", ""), request.query.get("pod", "")
+        if not pod or namespace not in namespaces:
+            raise _error(404, f"pod {namespace}/{pod} is not in this app's namespaces")
+        query: dict[str, Any] = {"tailLines": max(1, min(int(request.query.get("tailLines") or 500), 10_000))}
+        if request.query.get("container"):
+            query["container"] = request.query["container"]
+        for flag in ("previous", "follow", "timestamps"):
+            if request.query.get(flag) in ("1", "true"):
+                query[flag] = "true"
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        chunks = session.client.read_stream(path, query, timeout=3600 if "follow" in query else 60)
+        loop = asyncio.get_running_loop()
+        try:
+            first = await loop.run_in_executor(None, next, chunks, b"")
+        except KubeApiError as error:
+            raise _error(error.status if error.status in (400, 401, 403, 404) else 502,
+                         error.message or error.reason) from None
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        try:
+            chunk = first
+            while chunk:
+                await response.write(chunk)
+                chunk = await loop.run_in_executor(None, next, chunks, b"")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            chunks.close()
+        return response
 
     # ---------------------------------------------------------------- actions
 
@@ -554,6 +655,48 @@ class UiServer:
         revision = str(body.get("revision") or "").strip() or None
         return await self._patch_application(request, sync_request(revision, bool(body.get("prune"))), "sync")
 
+    async def _rollback(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        session = self._require_action(request)
+        app = await self._application(session, request)
+        if automated_enabled(app):
+            raise _error(409, "automated sync is enabled, and would undo the rollback: disable it first "
+                              "(as in Argo CD)")
+        if app.get("operation"):
+            raise _error(409, "another operation is already in progress on this app: wait for it")
+        entry = next((e for e in (app.get("status") or {}).get("history") or [] if e.get("id") == body.get("id")), None)
+        if entry is None:
+            raise _error(404, f"no history entry {body.get('id')!r}")
+        return await self._patch_application(request, rollback_request(entry, bool(body.get("prune"))),
+                                             f"rollback to {entry['revision'][:7]}")
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        """Delete the app, cascading to its resources (the finalizer) or not; the body must name
+        the app, as a user confirms by typing it (as in Argo CD)."""
+        body = await _json_body(request)
+        session = self._require_action(request)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if body.get("confirm") != name:
+            raise _error(400, f"type the app's name ({name}) to confirm its deletion")
+        if not await asyncio.to_thread(session.can, "delete", namespace):
+            raise _error(403, f"{session.user} may not delete applications in namespace {namespace!r}")
+        app = await self._application(session, request)
+        cascade = bool(body.get("cascade", True))
+        finalizers = list((app.get("metadata") or {}).get("finalizers") or [])
+        wanted = ([*finalizers, RESOURCES_FINALIZER] if cascade and RESOURCES_FINALIZER not in finalizers
+                  else [f for f in finalizers if f not in RESOURCE_FINALIZERS] if not cascade else None)
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/applications/{name}"
+        try:
+            if wanted is not None and wanted != finalizers:
+                await asyncio.to_thread(session.client.request, "PATCH", path, body={"metadata": {
+                    "finalizers": wanted, "resourceVersion": app["metadata"]["resourceVersion"]}},
+                    content_type="application/merge-patch+json")
+            await asyncio.to_thread(session.client.request, "DELETE", path)
+        except KubeApiError as error:
+            raise _error(error.status if 400 <= error.status < 500 else 502, error.message or error.reason) from None
+        logger.info("ui: %s deleted %s/%s (cascade: %s)", session.user, namespace, name, cascade)
+        return web.json_response({"deleted": name, "cascade": cascade})
+
     # ---------------------------------------------------------------- files
 
     async def _page(self, request: web.Request) -> web.FileResponse:
@@ -565,6 +708,37 @@ class UiServer:
         if "/" in name or name.startswith(".") or not path.is_file() or name == "index.html":
             raise web.HTTPNotFound()
         return web.FileResponse(path)
+
+
+MASK = "++++++++"
+
+
+def masked(obj: Manifest) -> Manifest:
+    """`obj` with managedFields dropped and, for a Secret, every value replaced by a mask: the
+    browser never receives Secret data."""
+    shown = {**obj, "metadata": {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}}
+    if obj.get("kind") == "Secret":
+        for field_name in ("data", "stringData"):
+            if isinstance(obj.get(field_name), dict):
+                shown[field_name] = {key: MASK for key in obj[field_name]}
+        annotations = dict(shown["metadata"].get("annotations") or {})
+        annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+        shown["metadata"]["annotations"] = annotations
+    return shown
+
+
+def _resource_for(client: KubeClient, group: str, kind: str, api_version: str | None) -> Resource:
+    """The REST resource of group/kind: the version the app's status names, else the group's
+    preferred one (discovery)."""
+    if api_version:
+        return client.resource(api_version, kind)
+    if not group:
+        return client.resource("v1", kind)
+    groups = client.request("GET", "/apis").get("groups") or []
+    preferred = next((g["preferredVersion"]["groupVersion"] for g in groups if g.get("name") == group), None)
+    if preferred is None:
+        raise KubeApiError(404, "NotFound", f"the API group {group!r} is not served")
+    return client.resource(preferred, kind)
 
 
 def _event(kind: str, data: dict) -> bytes:

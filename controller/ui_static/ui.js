@@ -287,6 +287,7 @@ function appPage(namespace, name) {
       actions.append(sync, el("label", { for: "sync-prune" }, prune, " prune"),
         el("label", { for: "sync-revision", class: "visually-hidden" }, "Revision to sync"), revision);
     }
+    if (detail.can.delete) actions.append(deleteControl());
     if (!detail.can.refresh && !detail.can.sync) actions.append(el("span", { class: "note" }, "You may look at this app, not act on it."));
     header.replaceChildren(el("h1", { id: "app-title" }, name, el("span", { class: "note" }, ` in ${namespace}`)),
       facts, ...failures, actions, problem);
@@ -304,12 +305,26 @@ function appPage(namespace, name) {
       if (!nodes.length) return null;
       return el("ul", { class: parent ? "" : "tree" }, nodes.map((node) => {
         const below = branch(node.id);
-        const box = el("span", { class: "node", "data-kind": node.kind, "data-name": node.name },
-          el("span", { class: "kind" }, node.kind), el("span", { class: "name" }, node.name),
-          node.sync ? state(node.sync) : null, node.health ? state(node.health) : null,
-          node.message ? el("span", { class: "msg" }, node.message) : null);
+        const box = el("button", {
+          type: "button", class: "node", "data-kind": node.kind, "data-name": node.name,
+          onclick: () => showResource(node),
+        },
+        el("span", { class: "kind" }, node.kind), el("span", { class: "name" }, node.name),
+        node.sync ? state(node.sync) : null, node.health ? state(node.health) : null,
+        node.message ? el("span", { class: "msg" }, node.message) : null);
         if (!below) return el("li", {}, box);
-        return el("li", {}, el("details", { open: true }, el("summary", {}, box), below));
+        // A toggle of its own beside the node: a button inside a <summary> would nest two controls.
+        const toggle = el("button", {
+          type: "button", class: "toggle", "aria-expanded": "true", "aria-label": `${node.kind} ${node.name}: hide what it made`,
+          onclick: () => {
+            const open = toggle.getAttribute("aria-expanded") !== "true";
+            toggle.setAttribute("aria-expanded", String(open));
+            toggle.setAttribute("aria-label", `${node.kind} ${node.name}: ${open ? "hide" : "show"} what it made`);
+            toggle.textContent = open ? "▾" : "▸";
+            below.hidden = !open;
+          },
+        }, "▾");
+        return el("li", {}, toggle, box, below);
       }));
     }
     const list = branch("") || el("p", { class: "note" }, "No resources yet.");
@@ -318,13 +333,138 @@ function appPage(namespace, name) {
   }
 
   function renderHistory() {
-    const rows = [...(detail.history || [])].reverse().map((entry) => el("tr", {},
-      el("td", {}, String(entry.id)), el("td", {}, entry.deployedAt || ""),
-      el("td", {}, el("code", {}, (entry.revision || "").slice(0, 7)))));
-    historySection.replaceChildren(el("h2", { id: "history-title" }, "History"), rows.length
-      ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision"].map((t) => el("th", { scope: "col" }, t)))),
+    const canRollback = detail.can.sync && !detail.summary.automated;
+    const rows = [...(detail.history || [])].reverse().map((entry) => {
+      const rollback = el("button", {
+        type: "button", "data-rollback": String(entry.id),
+        onclick: () => {
+          if (confirm(`Roll ${name} back to ${(entry.revision || "").slice(0, 7)} (history ${entry.id})?`)) {
+            act("rollback", { id: entry.id }, rollback);
+          }
+        },
+      }, "Rollback");
+      return el("tr", {}, el("td", {}, String(entry.id)), el("td", {}, entry.deployedAt || ""),
+        el("td", {}, el("code", {}, (entry.revision || "").slice(0, 7))), el("td", {}, canRollback ? rollback : ""));
+    });
+    const note = detail.can.sync && detail.summary.automated
+      ? el("p", { class: "note" }, "Rollback needs automated sync off: it would undo the rollback (as in Argo CD).") : null;
+    historySection.replaceChildren(el("h2", { id: "history-title" }, "History"), note, rows.length
+      ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision", "Action"].map((t) => el("th", { scope: "col" }, t)))),
         el("tbody", {}, rows))
       : el("p", { class: "note" }, "No sync yet."));
+  }
+
+  const resourceSection = el("section", { "aria-labelledby": "resource-title", id: "resource" });
+  let logStream = null;
+
+  async function showResource(node) {
+    if (logStream) { logStream.abort(); logStream = null; }
+    const query = new URLSearchParams({ group: node.group, kind: node.kind, namespace: node.namespace, name: node.name });
+    resourceSection.replaceChildren(el("h2", { id: "resource-title", tabindex: "-1" }, `${node.kind} ${node.name}`),
+      el("p", { class: "note" }, "Loading…"));
+    resourceSection.querySelector("h2").focus();
+    let data;
+    let diff = null;
+    try {
+      [data, diff] = await Promise.all([api(`${base}/resource?${query}`),
+        api(`${base}/diff`).catch((error) => ({ error: error.message }))]);
+    } catch (error) {
+      resourceSection.replaceChildren(el("h2", { id: "resource-title" }, `${node.kind} ${node.name}`),
+        el("p", { class: "alert" }, error.message));
+      return;
+    }
+    const parts = [el("h2", { id: "resource-title", tabindex: "-1" }, `${node.kind} ${node.name}`)];
+    if (diff && diff.error) parts.push(el("p", { class: "alert" }, `diff: ${diff.error}`));
+    else if (diff) {
+      const mine = diff.resources.find((r) => r.kind === node.kind && r.name === node.name
+        && (r.namespace || "") === (node.namespace || ""));
+      parts.push(el("h3", {}, "Diff (git → live)"), mine
+        ? el("pre", { class: "diff", id: "resource-diff" }, mine.diff)
+        : el("p", { class: "note", id: "resource-diff" }, node.sync ? "In sync with git." : "Not from git: made by a controller."));
+    }
+    parts.push(el("h3", {}, "Live manifest"), el("pre", { class: "manifest", id: "resource-live" },
+      data.live ? JSON.stringify(data.live, null, 2) : "(not in the cluster)"));
+    parts.push(el("h3", {}, "Events"), data.events.length
+      ? el("ul", { id: "resource-events" }, data.events.map((e) => el("li", {}, `${e.type} ${e.reason}: ${e.message}${e.count > 1 ? ` (×${e.count})` : ""}`)))
+      : el("p", { class: "note" }, "No events."));
+    if (node.kind === "Pod" && data.live) parts.push(logsPanel(node, data.live));
+    resourceSection.replaceChildren(...parts);
+  }
+
+  function logsPanel(node, pod) {
+    const containers = ((pod.spec || {}).containers || []).map((c) => c.name);
+    const container = el("select", { id: "log-container" }, containers.map((c) => el("option", { value: c }, c)));
+    const tail = el("input", { id: "log-tail", type: "number", min: "1", max: "10000", value: "200", size: 6 });
+    const previous = el("input", { id: "log-previous", type: "checkbox" });
+    const follow = el("input", { id: "log-follow", type: "checkbox" });
+    const output = el("pre", { class: "logs", id: "log-output", tabindex: "0", "aria-label": "Log" });
+    async function load() {
+      if (logStream) logStream.abort();
+      logStream = new AbortController();
+      output.textContent = "";
+      const query = new URLSearchParams({ namespace: node.namespace, pod: node.name, container: container.value,
+        tailLines: tail.value || "200", previous: previous.checked ? "1" : "", follow: follow.checked ? "1" : "" });
+      try {
+        const response = await fetch(`${base}/logs?${query}`, { signal: logStream.signal, credentials: "same-origin" });
+        if (!response.ok) {
+          const data = await response.json().catch(() => ({}));
+          output.textContent = data.error || `${response.status} ${response.statusText}`;
+          return;
+        }
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          output.textContent += decoder.decode(value, { stream: true });
+          output.scrollTop = output.scrollHeight;
+        }
+      } catch (error) {
+        if (error.name !== "AbortError") output.textContent += `\n(${error.message})`;
+      }
+    }
+    const show = el("button", { type: "button", id: "log-show", onclick: load }, "Show log");
+    const controls = el("div", { class: "actions" },
+      el("label", { for: "log-container" }, "Container ", container),
+      el("label", { for: "log-tail" }, "Last lines ", tail),
+      el("label", { for: "log-previous" }, previous, " previous container"),
+      el("label", { for: "log-follow" }, follow, " follow"), show);
+    setTimeout(load, 0);
+    return el("section", { "aria-labelledby": "logs-title" }, el("h3", { id: "logs-title" }, "Logs"), controls, output);
+  }
+
+  function deleteControl() {
+    const typed = el("input", { type: "text", id: "delete-confirm", autocomplete: "off", size: 20 });
+    const cascade = el("input", { type: "checkbox", id: "delete-cascade", checked: true });
+    const problemHere = el("div", { role: "alert" });
+    const confirmButton = el("button", {
+      type: "submit", id: "delete-confirm-button", class: "danger",
+    }, "Delete");
+    const dialog = el("dialog", { id: "delete-dialog", "aria-labelledby": "delete-title" },
+      el("form", {
+        method: "dialog",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          if (typed.value !== name) { problemHere.replaceChildren(el("p", { class: "alert" }, `Type ${name} to confirm.`)); return; }
+          try {
+            await api(`${base}/delete`, { method: "POST", body: { confirm: typed.value, cascade: cascade.checked } });
+            dialog.close();
+            announce(`${name} deleted`);
+            go("/");
+          } catch (error) {
+            problemHere.replaceChildren(el("p", { class: "alert" }, error.message));
+          }
+        },
+      },
+      el("h2", { id: "delete-title" }, `Delete ${name}?`),
+      el("p", {}, "Type the app's name to confirm."),
+      el("label", { for: "delete-confirm" }, "Application name ", typed),
+      el("p", {}, el("label", { for: "delete-cascade" }, cascade, " also delete the resources it deployed (cascade)")),
+      problemHere,
+      el("div", { class: "actions" }, confirmButton,
+        el("button", { type: "button", onclick: () => dialog.close() }, "Cancel"))));
+    const open = el("button", { type: "button", id: "delete", onclick: () => { document.body.append(dialog); dialog.showModal(); typed.focus(); } }, "Delete…");
+    return open;
   }
 
   let loading = null;
@@ -346,7 +486,7 @@ function appPage(namespace, name) {
     }
   }
 
-  show(el("p", {}, link("/", "← All applications")), header, tree, historySection);
+  show(el("p", {}, link("/", "← All applications")), header, tree, resourceSection, historySection);
   load();
   stream = new EventSource("/api/v1/stream");
   stream.addEventListener("app", (event) => {

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from browser import assert_accessible, assert_keyboard_usable
 from harness import APP_NAMESPACE, web_app_files
 
@@ -68,11 +69,13 @@ def accounts(cluster):
     names = {"reader": f"ui-reader-{suffix}", "operator": f"ui-operator-{suffix}"}
     rules = {
         "reader": [{"apiGroups": ["gantry.dev"], "resources": ["applications"], "verbs": ["get", "list", "watch"]},
-                   {"apiGroups": ["", "apps"], "resources": ["pods", "replicasets", "deployments", "statefulsets",
-                                                             "persistentvolumeclaims"], "verbs": ["get", "list"]}],
+                   {"apiGroups": ["", "apps"], "resources": ["pods", "pods/log", "replicasets", "deployments",
+                                                             "statefulsets", "persistentvolumeclaims", "events",
+                                                             "services", "configmaps"], "verbs": ["get", "list"]}],
     }
     rules["operator"] = [*rules["reader"], {"apiGroups": ["gantry.dev"], "resources": ["applications"],
-                                            "verbs": ["patch"]}]
+                                            "verbs": ["patch", "delete"]},
+                         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
     documents = []
     for role, name in names.items():
         documents += [
@@ -219,7 +222,7 @@ def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(page
     row.get_by_role("link", name=app.name).click()
     expect_text(page.locator("#app-error"), "k8s/config.yaml:5")
     # A reader: no action on the page, and the objects still run.
-    assert page.get_by_role("button", name="Sync").count() == 0
+    assert page.get_by_role("button", name="Sync", exact=True).count() == 0
     assert page.get_by_role("button", name="Refresh", exact=True).count() == 0
     expect_text(page.locator("main"), "You may look at this app, not act on it.")
 
@@ -234,3 +237,71 @@ def expect_text(locator, text: str, *, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{text!r} not in {content!r} after {timeout:.0f}s")
         time.sleep(0.2)
+
+
+SECRET_VALUE = "ui-never-shows-this-5e1d"
+
+
+def with_secret(value: str) -> dict[str, str]:
+    files = web_app_files()
+    files["k8s/secret.yaml"] = yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                                               "type": "Opaque", "stringData": {"password": value}})
+    files["k8s/kustomization.yaml"] = yaml.safe_dump(
+        {"resources": [*yaml.safe_load(files["k8s/kustomization.yaml"])["resources"], "secret.yaml"]})
+    return files
+
+
+def test_resource_view_and_diff_come_from_the_server_with_secret_values_masked(controller, make_app, accounts):
+    app = make_app(with_secret(SECRET_VALUE))
+    app.apply(automated=False)
+    browser = Browser(controller.ui_url)
+    browser.sign_in(accounts["operator"][1])
+    path = f"/api/v1/applications/{APP_NAMESPACE}/{app.name}"
+    status, _, diff = browser.call("GET", path + "/diff")
+    assert status == 200 and diff["revision"] == app.repo.head, diff
+    actions = {(r["kind"], r["name"]): r["action"] for r in diff["resources"]}
+    assert actions[("Secret", "db")] == "create" and actions[("Deployment", "web")] == "create"
+    assert SECRET_VALUE not in json.dumps(diff)
+
+    assert browser.call("POST", path + "/sync", {})[0] == 200
+    app.wait_synced(app.repo.head)
+    status, _, resource = browser.call("GET", path + f"/resource?kind=Secret&namespace={app.destination}&name=db")
+    assert status == 200, resource
+    assert resource["live"]["data"] == {"password": "++++++++"}
+    assert SECRET_VALUE not in json.dumps(resource)
+    status, _, resource = browser.call("GET", path + f"/resource?group=apps&kind=Deployment&namespace={app.destination}"
+                                               f"&name=web")
+    assert status == 200 and resource["live"]["spec"]["replicas"] == 1 and "managedFields" not in resource["live"]["metadata"]
+    # Only the app's own objects: not any the user could name.
+    assert browser.call("GET", path + "/resource?kind=Secret&namespace=kube-system&name=x")[0] == 404
+
+
+def test_rollback_and_delete_as_an_operator_confirmed_by_the_apps_name(controller, make_app, accounts):
+    app = make_app()
+    app.apply(automated=False)
+    browser = Browser(controller.ui_url)
+    browser.sign_in(accounts["operator"][1])
+    path = f"/api/v1/applications/{APP_NAMESPACE}/{app.name}"
+    first = app.repo.head
+    assert browser.call("POST", path + "/sync", {})[0] == 200
+    app.wait_synced(first)
+    second = app.push(web_app_files(replicas=2), message="two replicas")
+    assert browser.call("POST", path + "/sync", {"revision": second})[0] == 200
+    app.wait(lambda s: (s.get("sync") or {}).get("revision") == second and len(s.get("history") or []) == 2,
+             "synced at the second commit")
+    history = browser.call("GET", path)[2]["history"]
+    first_id = next(entry["id"] for entry in history if entry["revision"] == first)
+    status, _, body = browser.call("POST", path + "/rollback", {"id": first_id})
+    assert status == 200, body
+    app.wait(lambda s: ((s.get("operationState") or {}).get("syncResult") or {}).get("revision") == first,
+             "rolled back to the first commit")
+    assert app.object("deployment", "web")["spec"]["replicas"] == 1
+
+    assert browser.call("POST", path + "/delete", {"confirm": "not-its-name"})[0] == 400
+    assert app.get()["metadata"]["name"] == app.name
+    status, _, body = browser.call("POST", path + "/delete", {"confirm": app.name, "cascade": True})
+    assert status == 200 and body == {"deleted": app.name, "cascade": True}
+    deadline = time.monotonic() + 60
+    while app.object("deployment", "web") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert app.object("deployment", "web") is None, "cascade: the app's resources go with it"
