@@ -62,6 +62,8 @@ def app_summary(app: Manifest) -> dict[str, Any]:
         "healthMessage": health.get("message") or "",
         "revision": sync.get("revision") or "",
         "shortRevision": sync.get("shortRevision") or short_revision(sync.get("revision")) or "",
+        "commitMessage": (sync.get("revisionMetadata") or {}).get("message") or "",
+        "commitAuthor": (sync.get("revisionMetadata") or {}).get("author") or "",
         "repo": repo_url(app),
         "path": source.get("path") or "k8s",
         "targetRevision": source.get("targetRevision") or "HEAD",

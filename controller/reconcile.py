@@ -81,6 +81,7 @@ class Fetched:
 
     commit: str
     checkout: Path
+    metadata: dict = field(default_factory=dict)  # the commit's author, date and subject line
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ class Reconciler:
                 outcome.retrying = outcome.requeue_after is not None
             return outcome
         commit, checkout = source.commit, source.checkout
-        status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit)}
+        status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit),
+                          **({"revisionMetadata": source.metadata} if source.metadata else {})}
 
         try:
             objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard",
@@ -373,7 +375,8 @@ class Reconciler:
                 return SourceError(refused, transient=True)
             commit = self.git.resolve(wanted.repo_url, wanted.revision,
                                       refresh=wanted.refresh if refresh is None else refresh)
-            return Fetched(commit, self.git.checkout(wanted.repo_url, commit))
+            return Fetched(commit, self.git.checkout(wanted.repo_url, commit),
+                           self.git.revision_metadata(wanted.repo_url, commit))
         except SourceError as error:
             return error
 
@@ -539,6 +542,11 @@ class Reconciler:
         revision = revision or (previous.get("sync") or {}).get("revision")
         if revision:
             sync.update(revision=revision, shortRevision=status_stage.short_revision(revision))
+            # Who made the commit, from this pass's read of git, else as the status said before.
+            known = next((s.get("revisionMetadata") for s in (status.get("sync") or {}, previous.get("sync") or {})
+                          if s.get("revision") == revision and s.get("revisionMetadata")), None)
+            if known:
+                sync["revisionMetadata"] = known
         status["sync"] = sync
         # Health stays what it was: the running resources were not touched.
         status["health"] = previous.get("health") or {"status": (health or HealthStatus.UNKNOWN).value}
@@ -644,7 +652,8 @@ class Reconciler:
                 message = f"synced to {status_stage.short_revision(commit)}"
                 if app_health is not HealthStatus.HEALTHY and worst_message:
                     message += f"; {app_health.value.lower()}: {worst_message}"
-        status["sync"] = {"status": sync_status.value, "revision": commit, "shortRevision": status_stage.short_revision(commit)}
+        status["sync"] = {**(status.get("sync") or {}), "status": sync_status.value, "revision": commit,
+                          "shortRevision": status_stage.short_revision(commit)}
         if spec.unsupported:
             # Argo CD fields this Application uses that Gantry does not act on: said, not dropped.
             warning = (f"{', '.join(spec.unsupported)}: not supported by Gantry and ignored; the objects are "

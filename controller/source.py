@@ -134,6 +134,7 @@ class GitCache:
         self.timeout = timeout
         self.credentials = credentials
         self._repos: dict[str, _Repo] = {}
+        self._metadata: dict[str, dict] = {}  # commit → revision_metadata (a commit never changes)
         self._repos_lock = threading.Lock()
         (self.root / "repos").mkdir(parents=True, exist_ok=True)
         (self.root / "trees").mkdir(parents=True, exist_ok=True)
@@ -210,6 +211,22 @@ class GitCache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def revision_metadata(self, repo_url: str, commit: str) -> dict:
+        """{author, date, message} of `commit` (a full SHA in the cache), as Argo CD's UI shows a
+        revision: the author's name, the commit date and the subject line. Empty if git cannot say."""
+        cached = self._metadata.get(commit)
+        if cached is None:
+            status, stdout, _ = self._git(self._repo(repo_url), "log", "-1", "--no-show-signature",
+                                          "--format=%an%x00%cI%x00%s", commit, "--")
+            parts = stdout.split("\x00") if status == 0 else []
+            cached = ({"author": parts[0][:200], "date": parts[1], "message": parts[2][:200]}
+                      if len(parts) == 3 else {})
+            if cached:
+                self._metadata[commit] = cached
+                if len(self._metadata) > 4096:  # the oldest first: dicts keep insertion order
+                    del self._metadata[next(iter(self._metadata))]
+        return cached
 
     def last_fetch(self, repo_url: str) -> float | None:
         """Wall-clock time (`time.time()`) of the last successful fetch of `repo_url`, or None."""

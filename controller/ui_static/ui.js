@@ -184,7 +184,9 @@ function listPage() {
       el("td", {}, link(appPath(app), app.name), el("div", { class: "note" }, app.namespace)),
       el("td", {}, state(app.sync)),
       el("td", {}, state(app.health)),
-      el("td", {}, el("code", { title: app.revision }, app.shortRevision || "-")),
+      el("td", {}, el("code", { title: app.revision }, app.shortRevision || "-"),
+        app.commitMessage ? el("div", { class: "commit" }, app.commitMessage) : null,
+        app.commitAuthor ? el("div", { class: "note" }, app.commitAuthor) : null),
       el("td", {}, app.repo, el("div", { class: "note" }, app.path)),
       el("td", {}, app.destination),
       el("td", {}, urlLinks(app.urls)),
@@ -261,6 +263,8 @@ function appPage(namespace, name) {
     const app = detail.summary;
     const facts = el("dl", { class: "facts" },
       el("dt", {}, "Sync"), el("dd", { id: "app-sync" }, state(app.sync), app.shortRevision ? ` at ${app.shortRevision}` : ""),
+      el("dt", {}, "Commit"), el("dd", { id: "app-commit" }, app.commitMessage
+        ? `${app.commitMessage} (${app.commitAuthor})` : "-"),
       el("dt", {}, "Health"), el("dd", { id: "app-health" }, state(app.health), app.healthMessage ? ` ${app.healthMessage}` : ""),
       el("dt", {}, "Repository"), el("dd", {}, `${app.repo} (${app.path} at ${app.targetRevision})`),
       el("dt", {}, "Destination"), el("dd", {}, app.destination),

@@ -118,6 +118,7 @@ def test_a_reader_sees_the_app_and_its_tree_but_no_actions(controller, make_app,
     items = {(i["namespace"], i["name"]): i for i in browser.call("GET", "/api/v1/applications")[2]["items"]}
     row = items[(APP_NAMESPACE, app.name)]
     assert (row["sync"], row["health"], row["revision"]) == ("Synced", "Healthy", app.repo.head)
+    assert (row["commitMessage"], row["commitAuthor"]) == ("initial", "Gantry Tests")
     assert row["urls"] == ["http://shop.example.test"] and row["destination"] == app.destination
 
     status, _, detail = browser.call("GET", f"/api/v1/applications/{APP_NAMESPACE}/{app.name}")
@@ -205,6 +206,7 @@ def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page,
     page.get_by_role("button", name="Refresh", exact=True).click()
     expect_text(page.locator("#app-sync"), pushed[:7], timeout=60)
     expect_text(page.locator("#app-sync"), "Synced")
+    expect_text(page.locator("#app-commit"), "two replicas (Gantry Tests)")
 
 
 def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(page, controller, make_app, accounts):

@@ -618,3 +618,11 @@ def test_empty_repo_has_no_default_branch(git_server: GitServer, cache: GitCache
         cache.resolve(git_server.url("empty"))
     assert str(caught.value) == f"{git_server.url('empty')} has no default branch (is the repository empty?)"
     assert caught.value.transient
+
+
+def test_a_commits_author_date_and_subject_are_known_for_the_status(remote: Remote, cache: GitCache):
+    commit = cache.resolve(remote.url)
+    metadata = cache.revision_metadata(remote.url, commit)
+    assert metadata["author"] == "Gantry Tests" and metadata["message"] == "initial commit"
+    assert metadata["date"][:4].isdigit() and "T" in metadata["date"]
+    assert cache.revision_metadata(remote.url, "0" * 40) == {}, "a commit git does not know: nothing, no error"
