@@ -194,19 +194,32 @@ function listPage() {
       el("td", { class: "message" }, app.message));
   }
 
+  // One <tr> per app, rebuilt only when that app changes: with a thousand apps, a change re-sorts
+  // existing rows instead of building a thousand new ones.
+  const rows = new Map();
   let scheduled = false;
+  let choicesStale = false;
   function render() {
     if (scheduled) return;
     scheduled = true;
     requestAnimationFrame(() => {
       scheduled = false;
+      if (choicesStale) { choicesStale = false; refreshChoices(); }
       const shown = [...apps.values()].filter((app) =>
         (!filters.text || app.name.toLowerCase().includes(filters.text))
         && (!filters.sync || app.sync === filters.sync) && (!filters.health || app.health === filters.health)
         && (!filters.namespace || app.namespace === filters.namespace) && (!filters.repo || app.repo === filters.repo))
         .sort((a, b) => (a.namespace + "/" + a.name).localeCompare(b.namespace + "/" + b.name));
       const fragment = document.createDocumentFragment();
-      for (const app of shown) fragment.append(row(app));
+      for (const app of shown) {
+        const key = `${app.namespace}/${app.name}`;
+        let cached = rows.get(key);
+        if (!cached || cached.app !== app) {
+          cached = { app, tr: row(app) };
+          rows.set(key, cached);
+        }
+        fragment.append(cached.tr);
+      }
       body.replaceChildren(fragment);
       count.textContent = `${shown.length} of ${apps.size} applications`;
     });
@@ -223,13 +236,14 @@ function listPage() {
   stream.addEventListener("app", (event) => {
     const app = JSON.parse(event.data);
     apps.set(`${app.namespace}/${app.name}`, app);
-    refreshChoices();
+    choicesStale = true;
     render();
   });
   stream.addEventListener("delete", (event) => {
     const app = JSON.parse(event.data);
     apps.delete(`${app.namespace}/${app.name}`);
-    refreshChoices();
+    rows.delete(`${app.namespace}/${app.name}`);
+    choicesStale = true;
     render();
   });
   stream.addEventListener("ready", () => render());
