@@ -307,3 +307,34 @@ def test_rollback_and_delete_as_an_operator_confirmed_by_the_apps_name(controlle
     while app.object("deployment", "web") is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert app.object("deployment", "web") is None, "cascade: the app's resources go with it"
+
+
+def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(page, controller, make_app, accounts):
+    app = make_app(with_secret(SECRET_VALUE))
+    app.apply(automated=False)
+    app.wait_sync_status("OutOfSync")
+    signed_in(page, controller, accounts["operator"][1])
+    page.goto(f"{controller.ui_url}/apps/{APP_NAMESPACE}/{app.name}")
+    expect_text(page.locator("#app-sync"), "OutOfSync")
+    page.get_by_role("button", name="Sync", exact=True).click()
+    expect_text(page.locator("#app-sync"), "Synced", timeout=60)
+
+    page.locator('button.node[data-kind="Secret"]').click()
+    expect_text(page.locator("#resource-live"), '"password": "++++++++"')
+    expect_text(page.locator("#resource-diff"), "In sync with git.")
+    assert SECRET_VALUE not in page.content()
+    assert_accessible(page)
+
+    page.get_by_role("button", name="Delete…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Application name").fill("not-its-name")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect_text(dialog, f"Type {app.name} to confirm.")
+    assert app.get()["metadata"]["name"] == app.name
+    dialog.get_by_label("Application name").fill(app.name)
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_role("heading", name="Applications").wait_for()
+    deadline = time.monotonic() + 60
+    while app.object("deployment", "web") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert app.object("deployment", "web") is None, "cascade: its resources went with it"
