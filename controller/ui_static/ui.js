@@ -305,6 +305,8 @@ function appPage(namespace, name) {
       actions.append(sync, el("label", { for: "sync-prune" }, prune, " prune"),
         el("label", { for: "sync-revision", class: "visually-hidden" }, "Revision to sync"), revision);
     }
+    const dryRun = el("button", { type: "button", id: "dry-run", onclick: () => showPlan(dryRun) }, "Diff (dry run)");
+    actions.append(dryRun);
     if (detail.can.delete) actions.append(deleteControl());
     if (!detail.can.refresh && !detail.can.sync) actions.append(el("span", { class: "note" }, "You may look at this app, not act on it."));
     header.replaceChildren(el("h1", { id: "app-title" }, name, el("span", { class: "note" }, ` in ${namespace}`)),
@@ -451,6 +453,26 @@ function appPage(namespace, name) {
     return el("section", { "aria-labelledby": "logs-title" }, el("h3", { id: "logs-title" }, "Logs"), controls, output);
   }
 
+  const planSection = el("section", { "aria-labelledby": "plan-title", id: "plan" });
+
+  async function showPlan(button) {
+    button.disabled = true;
+    planSection.replaceChildren(el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "note" }, "Computing…"));
+    try {
+      const plan = await api(`${base}/diff`);
+      const items = plan.resources.map((r) => el("li", { "data-plan": `${r.kind}/${r.name}` },
+        el("details", {}, el("summary", {}, `${r.action} ${r.kind} ${r.namespace ? r.namespace + "/" : ""}${r.name}`),
+          el("pre", { class: "diff" }, r.diff))));
+      planSection.replaceChildren(el("h2", { id: "plan-title" }, `What a sync to ${plan.revision.slice(0, 7)} would change`),
+        items.length ? el("ul", { id: "plan-list" }, items) : el("p", { class: "note", id: "plan-list" }, "Nothing: the cluster is as git says."),
+        ...plan.failures.map((f) => el("p", { class: "alert" }, f)));
+    } catch (error) {
+      planSection.replaceChildren(el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "alert" }, error.message));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function deleteControl() {
     const typed = el("input", { type: "text", id: "delete-confirm", autocomplete: "off", size: 20 });
     const cascade = el("input", { type: "checkbox", id: "delete-cascade", checked: true });
@@ -504,7 +526,7 @@ function appPage(namespace, name) {
     }
   }
 
-  show(el("p", {}, link("/", "← All applications")), header, tree, resourceSection, historySection);
+  show(el("p", {}, link("/", "← All applications")), header, planSection, tree, resourceSection, historySection);
   load();
   stream = new EventSource("/api/v1/stream");
   stream.addEventListener("app", (event) => {

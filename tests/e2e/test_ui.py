@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from browser import assert_accessible, assert_keyboard_usable
-from harness import APP_NAMESPACE, web_app_files
+from harness import APP_NAMESPACE, controller_instead, web_app_files
 
 
 class Browser:
@@ -316,6 +316,11 @@ def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(page,
     signed_in(page, controller, accounts["operator"][1])
     page.goto(f"{controller.ui_url}/apps/{APP_NAMESPACE}/{app.name}")
     expect_text(page.locator("#app-sync"), "OutOfSync")
+    page.get_by_role("button", name="Diff (dry run)").click()
+    expect_text(page.locator("#plan-list"), "create Secret")
+    expect_text(page.locator("#plan-list"), "create Deployment")
+    assert SECRET_VALUE not in page.content()
+    assert app.object("secret", "db") is None, "a dry run writes nothing"
     page.get_by_role("button", name="Sync", exact=True).click()
     expect_text(page.locator("#app-sync"), "Synced", timeout=60)
 
@@ -338,3 +343,20 @@ def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(page,
     while app.object("deployment", "web") is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert app.object("deployment", "web") is None, "cascade: its resources went with it"
+
+
+def test_anonymous_read_shows_the_list_without_signing_in_and_allows_no_action(cluster, controller, make_app, tmp_path):
+    app = make_app()
+    with controller_instead(cluster, controller, tmp_path, "--ui-anonymous-read") as instead:
+        app.apply()
+        app.wait_synced(app.repo.head)
+        browser = Browser(instead.ui_url)
+        session = browser.call("GET", "/api/v1/session")[2]
+        assert session["user"] == "anonymous" and session["readOnly"] is True
+        browser.csrf = session["csrf"]
+        names = [item["name"] for item in browser.call("GET", "/api/v1/applications")[2]["items"]]
+        assert app.name in names
+        path = f"/api/v1/applications/{APP_NAMESPACE}/{app.name}"
+        assert browser.call("GET", path)[2]["can"] == {"refresh": False, "sync": False, "delete": False}
+        assert browser.call("POST", path + "/refresh", {})[0] == 403
+        assert "gantry.dev/refresh" not in (app.get()["metadata"].get("annotations") or {})
