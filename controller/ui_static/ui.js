@@ -313,43 +313,101 @@ function appPage(namespace, name) {
       facts, ...failures, actions, problem);
   }
 
+  let view = "tree";
+  let sortKey = "kind";
+  let sortUp = true;
+  let lastTree = null;
+
+  function nodeButton(node) {
+    return el("button", { type: "button", class: "node", "data-kind": node.kind, "data-name": node.name,
+      onclick: () => showResource(node) },
+    el("span", { class: "kind" }, node.kind), el("span", { class: "name" }, node.name),
+    node.sync ? state(node.sync) : null, node.health ? state(node.health) : null,
+    node.message ? el("span", { class: "msg" }, node.message) : null);
+  }
+
+  function troubled(node) {
+    return (node.sync && node.sync !== "Synced") || (node.health && !["Healthy", ""].includes(node.health));
+  }
+
   function renderTree(data) {
+    lastTree = data;
     const children = new Map();
     for (const node of data.nodes) {
       const key = node.parent || "";
       if (!children.has(key)) children.set(key, []);
       children.get(key).push(node);
     }
+    function item(node) {
+      const below = branch(node.id);
+      const box = nodeButton(node);
+      if (!below) return el("li", {}, box);
+      // A toggle of its own beside the node: a button inside a <summary> would nest two controls.
+      const toggle = el("button", {
+        type: "button", class: "toggle", "aria-expanded": "true", "aria-label": `${node.kind} ${node.name}: hide what it made`,
+        onclick: () => {
+          const open = toggle.getAttribute("aria-expanded") !== "true";
+          toggle.setAttribute("aria-expanded", String(open));
+          toggle.setAttribute("aria-label", `${node.kind} ${node.name}: ${open ? "hide" : "show"} what it made`);
+          toggle.textContent = open ? "▾" : "▸";
+          below.hidden = !open;
+        },
+      }, "▾");
+      return el("li", {}, toggle, box, below);
+    }
     function branch(parent) {
       const nodes = children.get(parent) || [];
       if (!nodes.length) return null;
-      return el("ul", { class: parent ? "" : "tree" }, nodes.map((node) => {
-        const below = branch(node.id);
-        const box = el("button", {
-          type: "button", class: "node", "data-kind": node.kind, "data-name": node.name,
-          onclick: () => showResource(node),
-        },
-        el("span", { class: "kind" }, node.kind), el("span", { class: "name" }, node.name),
-        node.sync ? state(node.sync) : null, node.health ? state(node.health) : null,
-        node.message ? el("span", { class: "msg" }, node.message) : null);
-        if (!below) return el("li", {}, box);
-        // A toggle of its own beside the node: a button inside a <summary> would nest two controls.
-        const toggle = el("button", {
-          type: "button", class: "toggle", "aria-expanded": "true", "aria-label": `${node.kind} ${node.name}: hide what it made`,
-          onclick: () => {
-            const open = toggle.getAttribute("aria-expanded") !== "true";
-            toggle.setAttribute("aria-expanded", String(open));
-            toggle.setAttribute("aria-label", `${node.kind} ${node.name}: ${open ? "hide" : "show"} what it made`);
-            toggle.textContent = open ? "▾" : "▸";
-            below.hidden = !open;
-          },
-        }, "▾");
-        return el("li", {}, toggle, box, below);
+      return el("ul", { class: parent ? "" : "tree" }, nodes.map(item));
+    }
+    const top = children.get("") || [];
+    let body;
+    if (!top.length) body = el("p", { class: "note" }, "No resources yet.");
+    else if (top.length <= 100) body = branch("");
+    else {
+      // A large app: one folded group per kind, built only when opened (the page stays fast with
+      // thousands of resources); groups with something out of sync or unhealthy start open.
+      const kinds = new Map();
+      for (const node of top) {
+        if (!kinds.has(node.kind)) kinds.set(node.kind, []);
+        kinds.get(node.kind).push(node);
+      }
+      body = el("ul", { class: "tree groups" }, [...kinds.entries()].sort().map(([kind, nodes]) => {
+        const bad = nodes.filter(troubled).length;
+        const list = el("ul", {});
+        const group = el("details", { "data-group": kind },
+          el("summary", {}, `${kind} (${nodes.length})${bad ? `, ${bad} out of sync or unhealthy` : ""}`), list);
+        const fill = () => { if (!list.childElementCount) list.replaceChildren(...nodes.map(item)); };
+        group.addEventListener("toggle", () => { if (group.open) fill(); });
+        if (bad || nodes.length <= 20) { group.open = true; fill(); }
+        return el("li", {}, group);
       }));
     }
-    const list = branch("") || el("p", { class: "note" }, "No resources yet.");
     const hidden = data.hidden.length ? el("p", { class: "note" }, `Not shown (no permission to list): ${data.hidden.join(", ")}`) : null;
-    tree.replaceChildren(el("h2", { id: "tree-title" }, "Resources"), list, hidden);
+    tree.replaceChildren(el("h2", { id: "tree-title" }, "Resources"), viewSwitch(), view === "tree" ? body : resourceTable(data.nodes), hidden);
+  }
+
+  function viewSwitch() {
+    const choose = (mode) => () => { view = mode; renderTree(lastTree); };
+    return el("div", { class: "actions", role: "group", "aria-label": "Show resources as" },
+      el("button", { type: "button", id: "view-tree", "aria-pressed": String(view === "tree"), onclick: choose("tree") }, "Tree"),
+      el("button", { type: "button", id: "view-list", "aria-pressed": String(view === "list"), onclick: choose("list") }, "List"));
+  }
+
+  function resourceTable(nodes) {
+    const columns = [["kind", "Kind"], ["namespace", "Namespace"], ["name", "Name"], ["sync", "Sync"], ["health", "Health"], ["message", "Message"]];
+    const sorted = [...nodes].sort((a, b) => (String(a[sortKey] || "").localeCompare(String(b[sortKey] || ""))
+      || a.name.localeCompare(b.name)) * (sortUp ? 1 : -1));
+    const header = columns.map(([key, title]) => el("th", { scope: "col", "aria-sort": key === sortKey ? (sortUp ? "ascending" : "descending") : "none" },
+      el("button", { type: "button", class: "sort", onclick: () => {
+        sortUp = key === sortKey ? !sortUp : true;
+        sortKey = key;
+        renderTree(lastTree);
+      } }, title, key === sortKey ? (sortUp ? " ▲" : " ▼") : "")));
+    const rows = sorted.slice(0, 2000).map((node) => el("tr", { "data-node": node.id },
+      el("td", {}, node.kind), el("td", {}, node.namespace), el("td", {}, el("button", { type: "button", class: "link-like", onclick: () => showResource(node) }, node.name)),
+      el("td", {}, node.sync ? state(node.sync) : ""), el("td", {}, node.health ? state(node.health) : ""), el("td", { class: "message" }, node.message)));
+    return el("table", { id: "resource-table" }, el("thead", {}, el("tr", {}, header)), el("tbody", {}, rows));
   }
 
   function renderHistory() {

@@ -202,6 +202,18 @@ def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page,
     assert_accessible(page)
     assert_keyboard_usable(page)
 
+    # The same resources as a list, sorted by a column.
+    page.get_by_role("button", name="List", exact=True).click()
+    table = page.locator("#resource-table")
+    kinds = table.locator("tbody tr td:first-child").all_text_contents()
+    assert kinds == sorted(kinds) and {"Deployment", "ReplicaSet", "Pod", "Service"} <= set(kinds)
+    table.get_by_role("button", name="Kind").click()
+    kinds = table.locator("tbody tr td:first-child").all_text_contents()
+    assert kinds == sorted(kinds, reverse=True)
+    assert table.locator("th[aria-sort=descending]").count() == 1
+    assert_accessible(page)
+    page.get_by_role("button", name="Tree", exact=True).click()
+
     pushed = app.push(web_app_files(replicas=2), message="two replicas")
     page.get_by_role("button", name="Refresh", exact=True).click()
     expect_text(page.locator("#app-sync"), pushed[:7], timeout=60)
@@ -360,3 +372,25 @@ def test_anonymous_read_shows_the_list_without_signing_in_and_allows_no_action(c
         assert browser.call("GET", path)[2]["can"] == {"refresh": False, "sync": False, "delete": False}
         assert browser.call("POST", path + "/refresh", {})[0] == 403
         assert "gantry.dev/refresh" not in (app.get()["metadata"].get("annotations") or {})
+
+
+def test_in_the_browser_a_large_app_folds_its_resources_by_kind(page, controller, make_app, accounts):
+    files = web_app_files()
+    files["k8s/many.yaml"] = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"setting-{i:03d}"}, "data": {"n": str(i)}}
+        for i in range(150)]})
+    files["k8s/kustomization.yaml"] = yaml.safe_dump(
+        {"resources": [*yaml.safe_load(files["k8s/kustomization.yaml"])["resources"], "many.yaml"]})
+    app = make_app(files)
+    app.apply()
+    app.wait_synced(app.repo.head, timeout=120)
+    signed_in(page, controller, accounts["reader"][1])
+    page.goto(f"{controller.ui_url}/apps/{APP_NAMESPACE}/{app.name}")
+    group = page.locator('details[data-group="ConfigMap"]')
+    expect_text(group.locator("summary"), "ConfigMap (151)")
+    assert group.locator("button.node").count() == 0, "a folded group is not built"
+    group.locator("summary").click()
+    group.locator('button.node[data-name="setting-149"]').wait_for()
+    assert group.locator("button.node").count() == 151
+    assert page.locator('details[data-group="Deployment"] button.node[data-kind="Pod"]').count() == 1, "small groups start open"
+    assert_accessible(page)
