@@ -77,7 +77,8 @@ def app_summary(app: Manifest) -> dict[str, Any]:
     }
 
 
-def sync_request(revision: str | None = None, prune: bool = False, source: dict | None = None) -> dict:
+def sync_request(revision: str | None = None, prune: bool = False, source: dict | None = None,
+                 username: str | None = None) -> dict:
     """The merge patch that asks the controller for a sync (Argo CD's `operation.sync`).
 
     `source` ({repoURL, path, targetRevision}, as a history entry records it) makes the controller
@@ -91,13 +92,16 @@ def sync_request(revision: str | None = None, prune: bool = False, source: dict 
         sync["source"] = dict(source)
     if prune:
         sync["prune"] = True
-    return {"operation": {"sync": sync}}
+    operation: dict[str, Any] = {"sync": sync}
+    if username:
+        operation["initiatedBy"] = {"username": username}  # recorded in operationState and history
+    return {"operation": operation}
 
 
-def rollback_request(entry: dict, prune: bool = False) -> dict:
+def rollback_request(entry: dict, prune: bool = False, username: str | None = None) -> dict:
     """The sync request that re-applies a status.history entry: its revision, and its source when
     it recorded one (entries written before sources were recorded have only the revision)."""
-    return sync_request(entry["revision"], prune, entry.get("source") or None)
+    return sync_request(entry["revision"], prune, entry.get("source") or None, username)
 
 
 def refresh_request(hard: bool = False) -> dict:

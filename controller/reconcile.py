@@ -105,6 +105,8 @@ class Request:
     # operation.sync.source: sync this source instead of spec.source, as Argo CD's rollback does
     # with the source a history entry recorded (its path may have changed since).
     sync_source: dict | None = None
+    # operation.initiatedBy (Argo CD's shape): who asked, {username: …}; None for automated syncs
+    initiated_by: dict | None = None
 
     @classmethod
     def of(cls, body: Manifest) -> "Request":
@@ -117,7 +119,15 @@ class Request:
             sync_prune=bool((sync or {}).get("prune", False)),
             sync_requested=sync is not None,
             sync_source=source if isinstance(source, dict) and source else None,
+            initiated_by=_initiator((body.get("operation") or {}).get("initiatedBy")) if sync is not None else None,
         )
+
+
+def _initiator(given: object) -> dict:
+    """Who asked for a sync, as operationState and history record it: the user name the request
+    gave (a short string), else only that it was asked for by hand."""
+    username = given.get("username") if isinstance(given, dict) else None
+    return {"username": username[:256]} if isinstance(username, str) and username else {"automated": False}
 
 
 class Reconciler:
@@ -330,7 +340,8 @@ class Reconciler:
                     if result.action is Action.DELETED:
                         self.live.forget(result.ref)
             outcome.consumed_operation = request.sync_requested
-            self._record_operation(status, previous, checkout, spec, commit, applied, pruned, started, prune, outcome)
+            self._record_operation(status, previous, checkout, spec, commit, applied, pruned, started, prune, outcome,
+                                   initiated_by=request.initiated_by or {"automated": True})
         else:
             status["operationState"] = previous.get("operationState")
 
@@ -562,7 +573,7 @@ class Reconciler:
 
     def _record_operation(self, status: dict, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                           applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], started: str,
-                          prune: bool, outcome: Outcome) -> None:
+                          prune: bool, outcome: Outcome, *, initiated_by: dict) -> None:
         failed = [r for r in [*applied, *pruned] if r.failed]
         changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
         phase = "Failed" if failed else "Succeeded"
@@ -575,7 +586,7 @@ class Reconciler:
             "message": message,
             "startedAt": started,
             "finishedAt": now(),
-            "operation": {"sync": {"revision": commit, "prune": prune}},
+            "operation": {"sync": {"revision": commit, "prune": prune}, "initiatedBy": initiated_by},
             "syncResult": {
                 "revision": commit,
                 "resources": [_sync_result_entry(r) for r in [*applied, *pruned]
@@ -594,7 +605,10 @@ class Reconciler:
         status["history"] = status_stage.history_after_sync(
             previous.get("history") or [], commit,
             {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
-            now(), changed=bool(changed), limit=spec.history_limit)
+            now(), changed=bool(changed), limit=spec.history_limit,
+            details={"initiatedBy": initiated_by,
+                     **({"revisionMetadata": status["sync"]["revisionMetadata"]}
+                        if (status.get("sync") or {}).get("revisionMetadata") else {})})
 
     def _summarise(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                    diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],

@@ -243,14 +243,16 @@ def slimmed(status: dict) -> dict:
 
 
 def history_after_sync(history: list[dict], revision: str, source: dict, deployed_at: str, *, changed: bool,
-                       limit: int) -> list[dict]:
+                       limit: int, details: dict | None = None) -> list[dict]:
     """status.history after a successful sync of revision: a new entry (ids count up from the
     last) when the sync changed something or deployed another revision than the last entry, and
-    only the newest `limit` entries kept (spec.revisionHistoryLimit; 0 keeps none)."""
+    only the newest `limit` entries kept (spec.revisionHistoryLimit; 0 keeps none). `details`
+    (who started the sync, the commit's author and subject) go into the new entry."""
     history = list(history)
     if changed or not history or history[-1].get("revision") != revision:
         next_id = history[-1]["id"] + 1 if history else 0
-        history.append({"id": next_id, "revision": revision, "deployedAt": deployed_at, "source": source})
+        history.append({"id": next_id, "revision": revision, "deployedAt": deployed_at, "source": source,
+                        **(details or {})})
     return history[-limit:] if limit > 0 else []
 
 

@@ -653,7 +653,8 @@ class UiServer:
         if app.get("operation"):
             raise _error(409, "another operation is already in progress on this app: wait for it")
         revision = str(body.get("revision") or "").strip() or None
-        return await self._patch_application(request, sync_request(revision, bool(body.get("prune"))), "sync")
+        return await self._patch_application(request, sync_request(revision, bool(body.get("prune")),
+                                                                   username=session.user), "sync")
 
     async def _rollback(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -667,7 +668,7 @@ class UiServer:
         entry = next((e for e in (app.get("status") or {}).get("history") or [] if e.get("id") == body.get("id")), None)
         if entry is None:
             raise _error(404, f"no history entry {body.get('id')!r}")
-        return await self._patch_application(request, rollback_request(entry, bool(body.get("prune"))),
+        return await self._patch_application(request, rollback_request(entry, bool(body.get("prune")), session.user),
                                              f"rollback to {entry['revision'][:7]}")
 
     async def _delete(self, request: web.Request) -> web.Response:

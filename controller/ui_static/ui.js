@@ -421,13 +421,18 @@ function appPage(namespace, name) {
           }
         },
       }, "Rollback");
-      return el("tr", {}, el("td", {}, String(entry.id)), el("td", {}, entry.deployedAt || ""),
-        el("td", {}, el("code", {}, (entry.revision || "").slice(0, 7))), el("td", {}, canRollback ? rollback : ""));
+      const by = entry.initiatedBy || {};
+      const meta = entry.revisionMetadata || {};
+      return el("tr", { "data-history": String(entry.id) }, el("td", {}, String(entry.id)), el("td", {}, entry.deployedAt || ""),
+        el("td", {}, el("code", {}, (entry.revision || "").slice(0, 7))),
+        el("td", {}, meta.message || "", meta.author ? el("div", { class: "note" }, meta.author) : null),
+        el("td", {}, by.username || (by.automated ? "automated sync" : "by hand")),
+        el("td", {}, canRollback ? rollback : ""));
     });
     const note = detail.can.sync && detail.summary.automated
       ? el("p", { class: "note" }, "Rollback needs automated sync off: it would undo the rollback (as in Argo CD).") : null;
     historySection.replaceChildren(el("h2", { id: "history-title" }, "History"), note, rows.length
-      ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision", "Action"].map((t) => el("th", { scope: "col" }, t)))),
+      ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision", "Commit", "Started by", "Action"].map((t) => el("th", { scope: "col" }, t)))),
         el("tbody", {}, rows))
       : el("p", { class: "note" }, "No sync yet."));
   }

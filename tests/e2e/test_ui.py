@@ -305,6 +305,9 @@ def test_rollback_and_delete_as_an_operator_confirmed_by_the_apps_name(controlle
              "synced at the second commit")
     history = browser.call("GET", path)[2]["history"]
     first_id = next(entry["id"] for entry in history if entry["revision"] == first)
+    operator = accounts["operator"][0]
+    assert [(e["initiatedBy"], e["revisionMetadata"]["message"]) for e in history] == [
+        ({"username": operator}, "initial"), ({"username": operator}, "two replicas")]
     status, _, body = browser.call("POST", path + "/rollback", {"id": first_id})
     assert status == 200, body
     app.wait(lambda s: ((s.get("operationState") or {}).get("syncResult") or {}).get("revision") == first,

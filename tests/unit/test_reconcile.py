@@ -53,9 +53,18 @@ def test_request_reads_refresh_and_sync_operation():
                                    "source": {"repoURL": "https://git.example/a.git", "path": "old"}}}}
     request = Request.of(body)
     assert request == Request(refresh="hard", sync_revision="v1", sync_prune=True, sync_requested=True,
-                              sync_source={"repoURL": "https://git.example/a.git", "path": "old"})
+                              sync_source={"repoURL": "https://git.example/a.git", "path": "old"},
+                              initiated_by={"automated": False})
 
 
 def test_request_without_annotation_or_operation():
     assert Request.of({"metadata": {}}) == Request()
-    assert Request.of({"metadata": {}, "operation": {"sync": {}}}) == Request(sync_requested=True)
+    assert Request.of({"metadata": {}, "operation": {"sync": {}}}) == Request(sync_requested=True,
+                                                                             initiated_by={"automated": False})
+
+
+def test_a_sync_request_says_who_asked_for_it():
+    body = {"metadata": {}, "operation": {"sync": {}, "initiatedBy": {"username": "system:serviceaccount:a:b"}}}
+    assert Request.of(body).initiated_by == {"username": "system:serviceaccount:a:b"}
+    odd = {"metadata": {}, "operation": {"sync": {}, "initiatedBy": {"username": ["not", "a", "name"]}}}
+    assert Request.of(odd).initiated_by == {"automated": False}
