@@ -35,6 +35,7 @@ STATIC = Path(__file__).with_name("ui_static")
 SESSION_COOKIE = "gantry_session"
 CSRF_HEADER = "X-Gantry-CSRF"
 SESSION_SECONDS = 8 * 3600
+MAX_SESSIONS = 10_000
 PERMISSION_SECONDS = 30.0  # how long an answer of RBAC is trusted before it is asked again
 # Nothing but our own files: no inline script or style, no other host, no framing.
 SECURITY_HEADERS = {
@@ -418,12 +419,22 @@ class UiServer:
             raise _error(401 if error.status == 401 else 502, "the API server did not accept this token"
                          if error.status == 401 else f"cannot ask the API server who this is: {error.reason}")
         session_id = secrets.token_urlsafe(32)
+        self._forget_expired()
         self.sessions[session_id] = Session(client, user)
         logger.info("ui: %s signed in", user)
         response = web.json_response({"user": user})
         response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", max_age=SESSION_SECONDS,
                             secure=request.secure, path="/")
         return response
+
+    def _forget_expired(self) -> None:
+        """Sessions live in memory: those past their time go at each sign-in, and beyond
+        MAX_SESSIONS the oldest too (a loop of sign-ins must not grow the controller)."""
+        moment = time.monotonic()
+        for key in [key for key, session in self.sessions.items() if session.expires < moment]:
+            del self.sessions[key]
+        while len(self.sessions) >= MAX_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]
 
     async def _logout(self, request: web.Request) -> web.Response:
         self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)

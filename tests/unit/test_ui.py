@@ -123,3 +123,18 @@ def test_the_local_ui_answers_only_to_loopback_names():
     assert asyncio.run(answer("127.0.0.1:8090")) == 200
     assert asyncio.run(answer("localhost:8090")) == 200
     assert asyncio.run(answer("evil.example:8090")) == 403
+
+
+def test_sessions_past_their_time_or_beyond_the_cap_are_forgotten(monkeypatch):
+    class Client:
+        def as_user(self, token):
+            raise AssertionError("no sign-in expected")
+
+    server = UiServer(Client(), "127.0.0.1:0")
+    server.sessions = {"old": Session(Client(), "a", expires=0.0), "live": Session(Client(), "b")}
+    server._forget_expired()
+    assert list(server.sessions) == ["live"]
+    monkeypatch.setattr("controller.ui.MAX_SESSIONS", 2)
+    server.sessions["newer"] = Session(Client(), "c")
+    server._forget_expired()
+    assert list(server.sessions) == ["newer"], "the oldest go first, leaving room for one more"
