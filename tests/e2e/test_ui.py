@@ -181,13 +181,19 @@ def signed_in(page, controller, token: str) -> None:
     page.get_by_role("heading", name="Applications").wait_for()
 
 
-def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page, controller, make_app, accounts):
+def synced_app_row(page, controller, make_app, token: str):
+    """A new app, Synced, and its row in the list of a page signed in with `token`."""
     app = make_app()
     app.apply()
     app.wait_synced(app.repo.head)
-    signed_in(page, controller, accounts["operator"][1])
+    signed_in(page, controller, token)
     row = page.locator(f'tr[data-app="{APP_NAMESPACE}/{app.name}"]')
     expect_text(row, "Synced")
+    return app, row
+
+
+def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page, controller, make_app, accounts):
+    app, row = synced_app_row(page, controller, make_app, accounts["operator"][1])
     expect_text(row, "Healthy")
     expect_text(row, app.repo.head[:7])
     assert row.get_by_role("link", name="http://shop.example.test").count() == 1
@@ -222,12 +228,7 @@ def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page,
 
 
 def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(page, controller, make_app, accounts):
-    app = make_app()
-    app.apply()
-    app.wait_synced(app.repo.head)
-    signed_in(page, controller, accounts["reader"][1])
-    row = page.locator(f'tr[data-app="{APP_NAMESPACE}/{app.name}"]')
-    expect_text(row, "Synced")
+    app, row = synced_app_row(page, controller, make_app, accounts["reader"][1])
     app.push({"k8s/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata\n  a: b\n"},
              message="broken")
     app.refresh()
