@@ -285,8 +285,10 @@ function appPage(namespace, name) {
       el("dt", {}, "URL"), el("dd", {}, urlLinks(app.urls).length ? urlLinks(app.urls) : "-"),
       el("dt", {}, "Sync policy"), el("dd", {}, app.automated ? "Automated" : "Manual"),
       el("dt", {}, "Last sync"), el("dd", {}, app.lastSync ? `${app.lastSync} (${since(app.lastSync)})` : "-"),
-      el("dt", {}, "Operation"), el("dd", { id: "app-operation" }, detail.operationState
-        ? [state(detail.operationState.phase), " ", detail.operationState.message || ""] : "-"));
+      el("dt", {}, "Operation"), el("dd", { id: "app-operation" }, detail.operation
+        ? [state("Running"), " sync requested", (detail.operation.sync || {}).revision ? ` to ${detail.operation.sync.revision}` : "",
+          ", waiting for the controller"]
+        : detail.operationState ? [state(detail.operationState.phase), " ", detail.operationState.message || ""] : "-"));
     const failures = (detail.conditions || []).map((condition) =>
       el("div", { class: "alert", id: "app-error" }, `${condition.type}: ${condition.message}`));
     const actions = el("div", { class: "actions" });
