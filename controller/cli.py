@@ -1212,6 +1212,8 @@ def cmd_ui(ctx: Context, args: argparse.Namespace) -> int:
                                                         cache_dir=default_cache_dir())).start()
     except OSError as error:
         raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}; pass another --port") from None
+    except KubeApiError as error:
+        raise CliError(describe_kube_error(error, ctx.client.host)) from None
     ctx.write(f"Gantry UI: {server.url}  (Ctrl-C stops it)\n")
     try:
         while True:

@@ -299,10 +299,7 @@ class UiServer:
     def start(self) -> "UiServer":
         """Bind and serve in a thread of its own; raises OSError when the address cannot be bound."""
         if self.local_session is not None:
-            try:
-                self.local_session.user = who_is(self.client)
-            except KubeApiError:
-                pass
+            self.local_session.user = who_is(self.client)  # and a KubeApiError when it cannot be reached
         self.feed.start()
         self._thread = threading.Thread(target=self._serve, name="ui", daemon=True)
         self._thread.start()
