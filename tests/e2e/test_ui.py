@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -16,7 +19,8 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from browser import assert_accessible, assert_keyboard_usable
-from harness import APP_NAMESPACE, controller_instead, web_app_files
+from harness import APP_NAMESPACE, ROOT, controller_instead, web_app_files
+from localcluster import free_port
 
 
 class Browser:
@@ -398,3 +402,34 @@ def test_in_the_browser_a_large_app_folds_its_resources_by_kind(page, controller
     assert group.locator("button.node").count() == 151
     assert page.locator('details[data-group="Deployment"] button.node[data-kind="Pod"]').count() == 1, "small groups start open"
     assert_accessible(page)
+
+
+def test_gantry_ui_serves_as_the_kubeconfigs_user_or_says_why_it_cannot(cluster, controller, make_app, tmp_path):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "controller.cli", "--kubeconfig", str(cluster.kubeconfig), "-n",
+                           APP_NAMESPACE, "ui", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ui.stdout.readline().startswith(f"Gantry UI: http://127.0.0.1:{port}/")
+        browser = Browser(f"http://127.0.0.1:{port}")
+        session = browser.call("GET", "/api/v1/session")[2]
+        assert session["local"] is True and session["user"] and not session["readOnly"]
+        assert app.name in [item["name"] for item in browser.call("GET", "/api/v1/applications")[2]["items"]]
+        # Another site's name pointed at 127.0.0.1 gets nothing.
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/session", headers={"Host": f"evil.test:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        ui.terminate()
+        ui.wait(10)
+
+    broken = tmp_path / "kubeconfig"
+    broken.write_text(re.sub(r'"server": "https://127\.0\.0\.1:\d+"', '"server": "https://127.0.0.1:1"',
+                             cluster.kubeconfig.read_text()))
+    failed = subprocess.run([sys.executable, "-m", "controller.cli", "--kubeconfig", str(broken), "ui", "--port", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == "gantry: cannot reach the API server at https://127.0.0.1:1: Connection refused"
