@@ -211,7 +211,8 @@ def _openssl(*args: str) -> None:
 
 
 def _make_pki() -> None:
-    """A CA, the apiserver's serving cert, an admin client cert and the service-account key pair."""
+    """A CA, the apiserver's and kwok's serving certs, an admin client cert and the service-account
+    key pair."""
     PKI.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = PKI / "ca.key", PKI / "ca.crt"
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=gantry-local-ca",
@@ -223,6 +224,8 @@ def _make_pki() -> None:
     for name, subject, extensions in (
         ("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"),
         ("admin", "/O=system:masters/CN=kubernetes-admin", "extendedKeyUsage=clientAuth\n"),
+        # kwok's kubelet-like server, which the apiserver calls for pods/log at the nodes' address.
+        ("kwok", "/CN=kwok", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
     ):
         key, csr, crt = PKI / f"{name}.key", PKI / f"{name}.csr", PKI / f"{name}.crt"
         ext = PKI / f"{name}.ext"
@@ -381,6 +384,8 @@ def _bring_up(binaries: Binaries) -> None:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true", "--enable-priority-and-fairness=false",
+        # Without a CA the apiserver would call kubelets (here kwok, for pods/log) unverified.
+        f"--kubelet-certificate-authority={PKI / 'ca.crt'}",
         # The `kubernetes` Service's endpoints would point at 127.0.0.1, which Endpoints may not hold.
         "--endpoint-reconciler-type=none",
         "--v=1",
@@ -403,7 +408,11 @@ def _bring_up(binaries: Binaries) -> None:
     start("kwok", [
         str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok_stages}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        "--node-ip=127.0.0.1", f"--node-port={kwok_port}", "--cidr=10.244.0.0/16",
+        # The nodes' kubelet endpoint (status.daemonEndpoints) is --node-port at --node-ip; kwok's
+        # server would listen there on every interface unless told loopback.
+        "--node-ip=127.0.0.1", f"--node-port={kwok_port}", f"--server-address=127.0.0.1:{kwok_port}",
+        f"--tls-cert-file={PKI / 'kwok.crt'}", f"--tls-private-key-file={PKI / 'kwok.key'}",
+        "--cidr=10.244.0.0/16",
         # Without leases the node lifecycle controller sees no heartbeat, marks the nodes Unknown
         # every grace period and flips every pod to NotReady until kwok patches the node back.
         "--node-lease-duration-seconds=40",
