@@ -3,7 +3,8 @@
 #   $GANTRY_CACHE/kubernetes-<v>/bin  kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   $GANTRY_CACHE/etcd-<v>/bin        etcd
 #   $GANTRY_CACHE/kwok-<v>/bin        kwok (and kwok-<v>/stages.yaml, its stage configuration: the
-#                                     release's node stages and our pod stages, hack/kwok/stages/)
+#                                     release's node stages and our pod stages, hack/kwok/stages/;
+#                                     kwok-<v>/crd-logs.yaml, the release's CRD of Logs)
 #   $GANTRY_CACHE/kustomize-<v>/bin   kustomize
 # Each hack/<name>/go.mod pins one release (the Kubernetes one replaces every staging module with
 # its matching v0.N.P, which is why `go install k8s.io/kubernetes/cmd/...@v` cannot be used).
@@ -37,10 +38,13 @@ kwok_node_stage_sets="node/fast node/heartbeat-with-lease"
 kwok_stage_files=("$here"/kwok/stages/*.yaml)
 kwok_stages_hash=$({ echo "$kwok_node_stage_sets"; cat "${kwok_stage_files[@]}"; } | sha256sum | cut -c1-16)
 kwok_stages=$kwok_dir/stages-$kwok_stages_hash.yaml
+# kwok serves pods/log from Logs objects (hack/localcluster.py creates one per pod) but does not
+# install their CRD: the release's own, from the module at the pinned version.
+kwok_logs_crd=$kwok_dir/crd-logs.yaml
 
 if [[ ${1:-} == --print-dirs ]]; then
-  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nKUBE_VERSION=%s\nKWOK_STAGES=%s\n' \
-    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$kube_version" "$kwok_stages"
+  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nKUBE_VERSION=%s\nKWOK_STAGES=%s\nKWOK_LOGS_CRD=%s\n' \
+    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$kube_version" "$kwok_stages" "$kwok_logs_crd"
   exit 0
 fi
 
@@ -83,8 +87,9 @@ build kwok "$kwok_dir" "" "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
 # stage sets (nodes become Ready and keep their leases) from the module at the pinned version,
 # rendered with the pinned kustomize. Pods: ours (Running and Ready, or the test faults; deleted
 # pods go away).
+kwok_module() { (cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok); }
 if [[ ! -s $kwok_stages ]]; then
-  stage_root=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+  stage_root=$(kwok_module)/kustomize/stage
   {
     for set in $kwok_node_stage_sets; do
       "$kustomize_dir/bin/kustomize" build "$stage_root/$set"
@@ -102,6 +107,10 @@ fi
 if [[ $(readlink "$kwok_dir/stages.yaml" 2>/dev/null) != "$(basename "$kwok_stages")" ]]; then
   ln -sfn "$(basename "$kwok_stages")" "$kwok_dir/.stages.yaml.tmp"
   mv -Tf "$kwok_dir/.stages.yaml.tmp" "$kwok_dir/stages.yaml"
+fi
+if [[ ! -s $kwok_logs_crd ]]; then
+  install -m 0644 "$(kwok_module)/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$kwok_logs_crd.tmp"
+  mv "$kwok_logs_crd.tmp" "$kwok_logs_crd"
 fi
 build kube "$kube_dir" "" "$kube_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \

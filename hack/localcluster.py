@@ -2,12 +2,14 @@
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake nodes), built from Go
 modules by hack/build-binaries.sh, started on loopback with TLS and RBAC; a small volume
-provisioner of ours makes PVCs of the default StorageClass Bound. All state lives in .cluster/.
+provisioner of ours makes PVCs of the default StorageClass Bound, and a log writer of ours gives
+every container on the fake nodes a log that kwok serves for pods/log. All state lives in .cluster/.
 
     python hack/localcluster.py up         # idempotent; returns when /readyz is ok and nodes are Ready
     python hack/localcluster.py down       # stops exactly the processes it started, removes state
     python hack/localcluster.py status
     python hack/localcluster.py provision  # the volume provisioner (started by `up`)
+    python hack/localcluster.py pod-logs   # the pod log writer (started by `up`)
 
 Only the standard library and the `kubernetes` client are used, so it runs from the project venv.
 """
@@ -25,9 +27,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +45,15 @@ SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 STORAGE_CLASS = "standard"
 PROVISIONER = "gantry.dev/local-volume"
+POD_LOGS = STATE / "pod-logs"
+# A test pod annotated with this gets its text (one log line per line) in each container's log, or
+# only in the container that TEST_LOG_CONTAINER_ANNOTATION names (tests/e2e/test_cluster.py shows how).
+TEST_LOG_ANNOTATION = "gantry.dev/test-log"
+TEST_LOG_CONTAINER_ANNOTATION = "gantry.dev/test-log-container"
+HEARTBEAT_SECONDS = 3.0  # how often a running container's log gets a line, so `kubectl logs -f` sees some
 # Order matters twice: start in this order, stop in the reverse one.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner",
+              "pod-logs")
 
 
 class ClusterError(RuntimeError):
@@ -57,6 +68,7 @@ class Binaries:
     kustomize: Path
     kube_version: str
     kwok_stages: Path  # the stage set of this checkout (hack/kwok/stages), by content hash
+    kwok_logs_crd: Path  # the CRD of kwok's Logs, which kwok reads but does not install
 
     @classmethod
     def build(cls) -> "Binaries":
@@ -76,6 +88,7 @@ class Binaries:
             kustomize=Path(dirs["KUSTOMIZE_BIN"]),
             kube_version=dirs["KUBE_VERSION"],
             kwok_stages=Path(dirs["KWOK_STAGES"]),
+            kwok_logs_crd=Path(dirs["KWOK_LOGS_CRD"]),
         )
 
     @staticmethod
@@ -405,8 +418,13 @@ def _bring_up(binaries: Binaries) -> None:
     ])
     start("kube-scheduler", [str(binaries.kube / "kube-scheduler"), *common, f"--secure-port={scheduler_port}", "--v=1"])
 
+    # kwok serves pods/log from Logs objects (one per pod, written by `pod-logs`); their CRD must be
+    # served before kwok starts watching them, or its informer backs off for seconds.
+    _kubectl(binaries, "apply", "-f", str(binaries.kwok_logs_crd))
+    _kubectl(binaries, "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=60s")
     start("kwok", [
-        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={binaries.kwok_stages}",
+        str(binaries.kwok / "kwok"), f"--kubeconfig={kubeconfig}",
+        f"--config={binaries.kwok_stages}", f"--config={_write_fallback_logs()}", "--enable-crds=Logs",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         # The nodes' kubelet endpoint (status.daemonEndpoints) is --node-port at --node-ip; kwok's
         # server would listen there on every interface unless told loopback.
@@ -422,6 +440,7 @@ def _bring_up(binaries: Binaries) -> None:
     _kubectl(binaries, "apply", "-f", "-", stdin=json.dumps(STORAGE_CLASS_MANIFEST))
     start("provisioner", [sys.executable, str(Path(__file__).resolve()), "provision"],
            env={"KUBECONFIG": kubeconfig})
+    start("pod-logs", [sys.executable, str(Path(__file__).resolve()), "pod-logs"], env={"KUBECONFIG": kubeconfig})
 
     def nodes_ready() -> bool:
         nodes = json.loads(_kubectl(binaries, "get", "nodes", "-o", "json"))["items"]
@@ -435,7 +454,9 @@ def _bring_up(binaries: Binaries) -> None:
     # Pods are admitted only once their namespace's `default` ServiceAccount exists.
     _wait("default ServiceAccount", lambda: bool(_kubectl(binaries, "get", "serviceaccount", "default", "-o", "name")),
           60, "kube-controller-manager")
-    for name in ("kube-controller-manager", "kube-scheduler", "provisioner"):
+    # Pods created from now on get their logs from the start.
+    _wait("pod log writer", (POD_LOGS / ".ready").exists, 30, "pod-logs")
+    for name in ("kube-controller-manager", "kube-scheduler", "provisioner", "pod-logs"):
         if not running(name):
             raise ClusterError(f"{name} exited during start-up; see {LOGS / (name + '.log')}:\n{_log_tail(name)}")
 
@@ -549,9 +570,221 @@ def provision() -> None:
             time.sleep(1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Pod logs. Fake nodes run no containers, so nothing writes what `kubectl logs` reads. `pod-logs`
+# writes each container's log in the CRI format of a kubelet's log files, and a kwok Logs object
+# naming them; the apiserver sends pods/log to kwok's kubelet-like server (the nodes' kubelet
+# endpoint), which reads the file as the kubelet does: tailLines, timestamps, sinceSeconds,
+# limitBytes, follow and previous all work.
+
+
+def _write_fallback_logs() -> Path:
+    """kwok configuration with one ClusterLogs for every pod, used until the pod's own Logs exists
+    (the moment after it is created) or if `pod-logs` is not running: a line saying so rather
+    than a 400 from kwok."""
+    POD_LOGS.mkdir(parents=True, exist_ok=True)
+    fallback = POD_LOGS / "not-written-yet.log"
+    now = _timestamp(None)
+    fallback.write_text(_cri_line(now, f'time={now} msg="this pod\'s log is not written yet" '
+                                       f"writer={LOGS / 'pod-logs.log'}"))
+    config = STATE / "kwok-logs.yaml"
+    config.write_text(json.dumps({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": "not-written-yet"},
+        "spec": {"logs": [{"logsFile": str(fallback)}]},
+    }) + "\n")
+    return config
+
+
+def _timestamp(value: str | None) -> str:
+    """RFC 3339 with microseconds in UTC, from a status time (kwok's are to the second) or now."""
+    when = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else datetime.now(timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _cri_line(timestamp: str, message: str) -> str:
+    """One line of a container log file as a container runtime writes it (what kwok parses)."""
+    return f"{timestamp} stdout F {message}\n"
+
+
+@dataclass
+class _ContainerLog:
+    """One container's log files and what has been written to them, so each pod event appends
+    only what is new: `current.log`, and `previous.log` once the container has restarted."""
+
+    pod: str  # namespace/name
+    name: str
+    image: str
+    directory: Path
+    test_lines: list[str]
+    started: bool = False
+    exited: bool = False
+    running: bool = False
+    heartbeats: int = 0
+
+    @property
+    def current(self) -> Path:
+        return self.directory / "current.log"
+
+    @property
+    def previous(self) -> Path:
+        return self.directory / "previous.log"
+
+    def _line(self, at: str, message: str) -> str:
+        return _cri_line(at, f"time={at} pod={self.pod} container={self.name} {message}")
+
+    def _exited(self, terminated: dict) -> str:
+        at = _timestamp(terminated.get("finishedAt"))
+        return self._line(at, f'msg="exited" code={terminated.get("exitCode")} reason={terminated.get("reason")}')
+
+    def _run(self, restart: int, running: dict, terminated: dict | None) -> str:
+        """The lines one run of the container writes: started, the test's lines, how it exited."""
+        at = _timestamp(running.get("startedAt"))
+        text = self._line(at, f'msg="started" image={self.image} restart={restart}')
+        text += "".join(_cri_line(at, line) for line in self.test_lines)
+        return text + (self._exited(terminated) if terminated else "")
+
+    def observe(self, status: dict) -> None:
+        """Write what the container's status (as kwok's stages set it) says happened since."""
+        state, restarts = status.get("state") or {}, status.get("restartCount") or 0
+        last = (status.get("lastState") or {}).get("terminated")
+        if restarts and last and not self.previous.exists():
+            self.previous.write_text(self._run(restarts - 1, last, last))
+        # A container waiting in CrashLoopBackOff is between runs: its log is the run that exited.
+        ended = state.get("terminated") or (last if "waiting" in state else None)
+        text = ""
+        if not self.started and (state.get("running") or ended):
+            text = self._run(restarts, state.get("running") or ended, ended)
+            self.started, self.exited = True, ended is not None
+        elif ended and self.started and not self.exited:
+            text, self.exited = self._exited(ended), True
+        if text:
+            with self.current.open("a") as log:
+                log.write(text)
+        self.running = "running" in state
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
+        with self.current.open("a") as log:
+            log.write(self._line(_timestamp(None), f'msg="running" heartbeat={self.heartbeats}'))
+
+
+@dataclass
+class _PodLogs:
+    namespace: str
+    name: str
+    uid: str
+    directory: Path
+    containers: dict[str, _ContainerLog] = field(default_factory=dict)
+    applied: bool = False  # its Logs object
+
+    def logs_object(self) -> dict:
+        return {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+            # Owned by the pod, so the garbage collector deletes it with the pod.
+            "metadata": {"name": self.name, "namespace": self.namespace, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}]},
+            # kwok v0.8 follows whenever the request says so; `follow` here is for later releases.
+            "spec": {"logs": [
+                {"containers": [name], "logsFile": str(log.current), "previousLogsFile": str(log.previous),
+                 "follow": True}
+                for name, log in self.containers.items()]},
+        }
+
+
+def pod_logs() -> None:
+    """Keep a log for every container of every pod and a kwok Logs object naming its files; append
+    a heartbeat line to each running container's log every HEARTBEAT_SECONDS, so `-f` sees lines
+    arrive; delete a pod's files when it is gone (the garbage collector deletes its Logs)."""
+    from kubernetes import client, config, watch
+
+    config.load_kube_config()
+    core = client.CoreV1Api()
+    custom = client.CustomObjectsApi()
+    pods: dict[str, _PodLogs] = {}
+    lock = threading.Lock()  # the watch and the heartbeat thread share `pods` and the files
+
+    def apply_logs(entry: _PodLogs) -> None:
+        try:
+            custom.patch_namespaced_custom_object(
+                "kwok.x-k8s.io", "v1alpha1", entry.namespace, "logs", entry.name, entry.logs_object(),
+                field_manager="gantry-pod-logs", force=True, _content_type="application/apply-patch+yaml")
+            entry.applied = True
+        except client.ApiException as error:
+            if error.status not in (403, 404):  # the namespace is being deleted, or is gone
+                print(f"pod-logs: Logs {entry.namespace}/{entry.name}: {error.status} {error.reason}", flush=True)
+
+    def observe(pod: dict) -> None:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        entry = pods.get(meta["uid"])
+        if entry is None:
+            directory = POD_LOGS / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+            entry = pods[meta["uid"]] = _PodLogs(meta["namespace"], meta["name"], meta["uid"], directory)
+            annotations = meta.get("annotations") or {}
+            lines = annotations.get(TEST_LOG_ANNOTATION, "").splitlines()
+            only = annotations.get(TEST_LOG_CONTAINER_ANNOTATION)
+            for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+                name = container["name"]
+                log = _ContainerLog(f"{entry.namespace}/{entry.name}", name, container.get("image", ""),
+                                    directory / name, lines if only in (None, name) else [])
+                log.directory.mkdir(parents=True, exist_ok=True)
+                log.current.touch()
+                entry.containers[log.name] = log
+        started = sum(log.started for log in entry.containers.values())
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            if container.get("name") in entry.containers:
+                entry.containers[container["name"]].observe(container)
+        # Applied again once a container starts: a pod recreated under the same name (a StatefulSet's)
+        # can lose its Logs to the garbage collector collecting the previous pod's.
+        if not entry.applied or sum(log.started for log in entry.containers.values()) > started:
+            apply_logs(entry)
+
+    def forget(uid: str) -> None:
+        entry = pods.pop(uid, None)
+        if entry is not None:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def heartbeats() -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            with lock:
+                for entry in pods.values():
+                    for log in entry.containers.values():
+                        if log.running:
+                            try:
+                                log.heartbeat()
+                            except OSError as error:
+                                print(f"pod-logs: {log.current}: {error}", flush=True)
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    while True:  # a watch ends on server timeouts and errors; resume with a fresh list
+        try:
+            listed = json.loads(core.list_pod_for_all_namespaces(_preload_content=False).data)
+            with lock:
+                for pod in listed["items"]:
+                    observe(pod)
+                current = {pod["metadata"]["uid"] for pod in listed["items"]}
+                for uid in set(pods) - current:
+                    forget(uid)
+                for directory in POD_LOGS.iterdir():  # left by pods deleted while we were not watching
+                    if directory.is_dir() and directory.name.rsplit("_", 1)[-1] not in current:
+                        shutil.rmtree(directory, ignore_errors=True)
+            (POD_LOGS / ".ready").touch()
+            stream = watch.Watch().stream(core.list_pod_for_all_namespaces, timeout_seconds=300,
+                                          resource_version=listed["metadata"]["resourceVersion"])
+            for event in stream:
+                with lock:
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        observe(event["raw_object"])
+                    elif event["type"] == "DELETED":
+                        forget(event["raw_object"]["metadata"]["uid"])
+        except Exception as error:  # the apiserver restarting, an expired resourceVersion (410)
+            print(f"pod-logs: {error}", flush=True)
+            time.sleep(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "provision"])
+    parser.add_argument("command", choices=["up", "down", "status", "provision", "pod-logs"])
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -560,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "status":
             return status()
+        elif args.command == "pod-logs":
+            pod_logs()
         else:
             provision()
     except (ClusterError, subprocess.CalledProcessError) as error:

@@ -1,9 +1,13 @@
 """The local control plane is a real cluster: workloads schedule and become Ready, volumes bind,
-unserved APIs are refused, RBAC is enforced and server-side apply reports conflicts."""
+pods have logs, unserved APIs are refused, RBAC is enforced and server-side apply reports conflicts."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import localcluster
@@ -78,6 +82,107 @@ def test_statefulset_claim_is_bound_and_replica_ready(cluster, namespace):
     assert claim["spec"]["storageClassName"]  # the default StorageClass was applied
     volume = json.loads(cluster.kubectl("get", "pv", claim["spec"]["volumeName"], "-o", "json").stdout)
     assert volume["spec"]["claimRef"]["name"] == "data-db-0"
+
+
+# Annotations that hack/localcluster.py's pod log writer reads: lines for the log of every
+# container, or of the one named.
+TEST_LOG, TEST_LOG_CONTAINER = "gantry.dev/test-log", "gantry.dev/test-log-container"
+
+
+def pod_names(cluster, namespace: str, selector: str) -> list[str]:
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
+    return sorted(pod["metadata"]["name"] for pod in pods)
+
+
+def test_deployment_pods_have_logs_through_the_api(cluster, namespace):
+    if not cluster.local:
+        pytest.skip("the log lines checked are those the local control plane writes for its fake nodes")
+    labels = {"app": "talker"}
+    apply(cluster, namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "talker"},
+        "spec": {
+            "replicas": 2, "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    TEST_LOG: f"listening on :8080 in {namespace}\nready to serve", TEST_LOG_CONTAINER: "app"}},
+                "spec": {"containers": [{"name": "app", "image": "talker:1.0"},
+                                        {"name": "proxy", "image": "envoy:1.31"}]},
+            },
+        },
+    })
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/talker", "--timeout=120s")
+    pods = pod_names(cluster, namespace, "app=talker")
+    assert len(pods) == 2
+
+    first: dict[str, list[str]] = {}
+    for pod in pods:
+        app = first[pod] = cluster.kubectl("logs", "-n", namespace, pod, "-c", "app").stdout.splitlines()
+        assert app[0].endswith(f'pod={namespace}/{pod} container=app msg="started" image=talker:1.0 restart=0'), app
+        assert app[1:3] == [f"listening on :8080 in {namespace}", "ready to serve"]
+        proxy = cluster.kubectl("logs", "-n", namespace, pod, "-c", "proxy").stdout.splitlines()
+        assert proxy[0].endswith(f'pod={namespace}/{pod} container=proxy msg="started" image=envoy:1.31 restart=0')
+        assert not any("listening" in line for line in proxy), "the test's lines were only for container app"
+        # Without -c: the first container, as kubectl says on stderr.
+        default = cluster.kubectl("logs", "-n", namespace, pod)
+        assert default.stdout.splitlines()[:3] == app[:3] and 'Defaulted container "app"' in default.stderr
+
+    pod = pods[0]
+    # The heartbeat lines (one every few seconds while a container runs) make a tail of the latest.
+    time.sleep(localcluster.HEARTBEAT_SECONDS + 0.5)
+    tail = cluster.kubectl("logs", "-n", namespace, pod, "-c", "app", "--tail=1").stdout.splitlines()
+    assert len(tail) == 1 and f'pod={namespace}/{pod} container=app msg="running" heartbeat=' in tail[0]
+    raw = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/log?container=app&tailLines=2")
+    assert len(raw.stdout.splitlines()) == 2 and 'container=app msg="running"' in raw.stdout.splitlines()[-1]
+    whole = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/log?container=app").stdout
+    assert whole.splitlines()[1] == f"listening on :8080 in {namespace}"
+
+    stamped = cluster.kubectl("logs", "-n", namespace, pod, "-c", "app", "--timestamps").stdout.splitlines()
+    stamp, line = stamped[0].split(" ", 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", stamp) and line == first[pod][0]
+
+    # Never restarted: no previous log, a 400 as from a kubelet.
+    previous = cluster.kubectl("logs", "-n", namespace, pod, "-c", "app", "--previous", check=False)
+    assert previous.returncode != 0 and "BadRequest" in previous.stderr
+
+
+def test_following_a_log_sees_new_lines(cluster, namespace):
+    if not cluster.local:
+        pytest.skip("the heartbeat lines are those the local control plane writes for its fake nodes")
+    apply(cluster, namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "beat"},
+                               "spec": {"containers": [{"name": "main", "image": "beat:1"}]}})
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/beat", "--timeout=120s")
+    follow = subprocess.Popen(
+        [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), "logs", "-n", namespace,
+         "beat", "-f", "--tail=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = threading.Timer(localcluster.HEARTBEAT_SECONDS * 4, follow.kill)  # then readline gives ""
+    deadline.start()
+    try:
+        seen = [follow.stdout.readline() for _ in range(2)]  # the last line, then one written later
+    finally:
+        deadline.cancel()
+        follow.kill()
+        follow.wait()
+    assert all(f'pod={namespace}/beat container=main msg=' in line for line in seen), seen
+    assert 'msg="running" heartbeat=' in seen[1] and seen[1] != seen[0]
+
+
+def test_a_crash_looping_containers_log_and_previous_log(cluster, namespace):
+    if not cluster.local:
+        pytest.skip("the crash loop is a fault of the local control plane's fake nodes")
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "crasher", "labels": {"gantry.dev/test-fault": "crashloop"},
+                     "annotations": {TEST_LOG: "panic: no config"}},
+        "spec": {"containers": [{"name": "main", "image": "crasher:1"}]},
+    })
+    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.containerStatuses[0].restartCount}=3",
+                    "pod/crasher", "--timeout=120s")
+    current = cluster.kubectl("logs", "-n", namespace, "crasher").stdout.splitlines()
+    previous = cluster.kubectl("logs", "-n", namespace, "crasher", "--previous").stdout.splitlines()
+    for log, restart in ((current, 3), (previous, 2)):
+        assert log[0].endswith(f'container=main msg="started" image=crasher:1 restart={restart}'), log
+        assert log[1] == "panic: no config"
+        assert log[2].endswith('container=main msg="exited" code=1 reason=Error')
 
 
 def test_service_gets_cluster_ip_and_only_served_ingress_api_is_accepted(cluster, namespace):
