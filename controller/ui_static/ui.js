@@ -464,10 +464,10 @@ function appPage(namespace, name) {
       const mine = diff.resources.find((r) => r.kind === node.kind && r.name === node.name
         && (r.namespace || "") === (node.namespace || ""));
       parts.push(el("h3", {}, "Diff (git → live)"), mine
-        ? el("pre", { class: "diff", id: "resource-diff" }, mine.diff)
+        ? el("pre", { class: "diff", id: "resource-diff", tabindex: "0" }, mine.diff)
         : el("p", { class: "note", id: "resource-diff" }, node.sync ? "In sync with git." : "Not from git: made by a controller."));
     }
-    parts.push(el("h3", {}, "Live manifest"), el("pre", { class: "manifest", id: "resource-live" },
+    parts.push(el("h3", {}, "Live manifest"), el("pre", { class: "manifest", id: "resource-live", tabindex: "0" },
       data.live ? JSON.stringify(data.live, null, 2) : "(not in the cluster)"));
     parts.push(el("h3", {}, "Events"), data.events.length
       ? el("ul", { id: "resource-events" }, data.events.map((e) => el("li", {}, `${e.type} ${e.reason}: ${e.message}${e.count > 1 ? ` (×${e.count})` : ""}`)))
@@ -527,7 +527,7 @@ function appPage(namespace, name) {
       const plan = await api(`${base}/diff`);
       const items = plan.resources.map((r) => el("li", { "data-plan": `${r.kind}/${r.name}` },
         el("details", {}, el("summary", {}, `${r.action} ${r.kind} ${r.namespace ? r.namespace + "/" : ""}${r.name}`),
-          el("pre", { class: "diff" }, r.diff))));
+          el("pre", { class: "diff", tabindex: "0" }, r.diff))));
       planSection.replaceChildren(el("h2", { id: "plan-title" }, `What a sync to ${plan.revision.slice(0, 7)} would change`),
         items.length ? el("ul", { id: "plan-list" }, items) : el("p", { class: "note", id: "plan-list" }, "Nothing: the cluster is as git says."),
         ...plan.failures.map((f) => el("p", { class: "alert" }, f)));

@@ -433,3 +433,28 @@ def test_gantry_ui_serves_as_the_kubeconfigs_user_or_says_why_it_cannot(cluster,
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2
     assert failed.stderr.strip() == "gantry: cannot reach the API server at https://127.0.0.1:1: Connection refused"
+
+
+def test_in_the_browser_a_pods_log_is_shown(page, controller, make_app, accounts):
+    files = web_app_files()
+    deployment = yaml.safe_load(files["k8s/deployment.yaml"])
+    deployment["spec"]["template"]["metadata"]["annotations"] = {"gantry.dev/test-log": "listening on :80\nready"}
+    files["k8s/deployment.yaml"] = yaml.safe_dump(deployment)
+    app = make_app(files)
+    app.apply()
+    app.wait_synced(app.repo.head)
+    signed_in(page, controller, accounts["reader"][1])
+    page.goto(f"{controller.ui_url}/apps/{APP_NAMESPACE}/{app.name}")
+    page.locator('button.node[data-kind="Pod"]').first.click()
+    log = page.locator("#log-output")
+    expect_text(log, "listening on :80")
+    expect_text(log, "container=web")
+    assert page.locator("#log-container").input_value() == "web"
+    page.locator("#log-tail").fill("1")
+    page.get_by_role("button", name="Show log").click()
+    deadline = time.monotonic() + 20
+    while len((log.text_content() or "").strip().splitlines()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len((log.text_content() or "").strip().splitlines()) == 1, "only the last line"
+    assert "listening on :80" not in (log.text_content() or "")
+    assert_accessible(page)
