@@ -24,6 +24,11 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// replaceChildren, leaving out the absent (null, false) and flattening lists, as el() does.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined && child !== false));
+}
+
 function state(value) {
   const word = value || "Unknown";
   return el("span", { class: `state s-${word}` },
@@ -86,7 +91,7 @@ function link(path, text) {
 
 function show(...children) {
   const main = document.getElementById("main");
-  main.replaceChildren(...children);
+  fill(main, ...children);
 }
 
 // ------------------------------------------------------------------------------ session
@@ -94,7 +99,7 @@ function show(...children) {
 async function loadSession() {
   session = await api("/api/v1/session");
   const nav = document.getElementById("session");
-  nav.replaceChildren();
+  fill(nav);
   if (session.user) {
     nav.append(el("span", {}, `Signed in as ${session.user}${session.readOnly ? " (read-only)" : ""}`));
     if (!session.local && !session.readOnly) {
@@ -117,13 +122,13 @@ function loginPage() {
     class: "login",
     onsubmit: async (event) => {
       event.preventDefault();
-      problem.replaceChildren();
+      fill(problem);
       try {
         await api("/api/v1/login", { method: "POST", body: { token: token.value } });
         await loadSession();
         go("/");
       } catch (error) {
-        problem.replaceChildren(el("p", { class: "alert" }, error.message));
+        fill(problem, el("p", { class: "alert" }, error.message));
       }
     },
   },
@@ -151,7 +156,7 @@ function listPage() {
       id: `filter-${key}`, onchange: (event) => { filters[key] = event.target.value; render(); },
     });
     const current = select.value;
-    select.replaceChildren(option("", "All"), ...[...values].sort().map((value) => option(value, value)));
+    fill(select, option("", "All"), ...[...values].sort().map((value) => option(value, value)));
     select.value = [...values].includes(current) ? current : "";
     filters[key] = select.value;
     if (!selects[key]) {
@@ -220,7 +225,7 @@ function listPage() {
         }
         fragment.append(cached.tr);
       }
-      body.replaceChildren(fragment);
+      fill(body, fragment);
       count.textContent = `${shown.length} of ${apps.size} applications`;
     });
   }
@@ -262,12 +267,12 @@ function appPage(namespace, name) {
 
   async function act(what, body, button) {
     button.disabled = true;
-    problem.replaceChildren();
+    fill(problem);
     try {
       await api(`${base}/${what}`, { method: "POST", body });
       announce(`${what} requested for ${name}`);
     } catch (error) {
-      problem.replaceChildren(el("p", { class: "alert" }, `${what} failed: ${error.message}`));
+      fill(problem, el("p", { class: "alert" }, `${what} failed: ${error.message}`));
     } finally {
       button.disabled = false;
     }
@@ -311,7 +316,7 @@ function appPage(namespace, name) {
     actions.append(dryRun);
     if (detail.can.delete) actions.append(deleteControl());
     if (!detail.can.refresh && !detail.can.sync) actions.append(el("span", { class: "note" }, "You may look at this app, not act on it."));
-    header.replaceChildren(el("h1", { id: "app-title" }, name, el("span", { class: "note" }, ` in ${namespace}`)),
+    fill(header, el("h1", { id: "app-title" }, name, el("span", { class: "note" }, ` in ${namespace}`)),
       facts, ...failures, actions, problem);
   }
 
@@ -379,14 +384,14 @@ function appPage(namespace, name) {
         const list = el("ul", {});
         const group = el("details", { "data-group": kind },
           el("summary", {}, `${kind} (${nodes.length})${bad ? `, ${bad} out of sync or unhealthy` : ""}`), list);
-        const fill = () => { if (!list.childElementCount) list.replaceChildren(...nodes.map(item)); };
-        group.addEventListener("toggle", () => { if (group.open) fill(); });
-        if (bad || nodes.length <= 20) { group.open = true; fill(); }
+        const build = () => { if (!list.childElementCount) fill(list, ...nodes.map(item)); };
+        group.addEventListener("toggle", () => { if (group.open) build(); });
+        if (bad || nodes.length <= 20) { group.open = true; build(); }
         return el("li", {}, group);
       }));
     }
     const hidden = data.hidden.length ? el("p", { class: "note" }, `Not shown (no permission to list): ${data.hidden.join(", ")}`) : null;
-    tree.replaceChildren(el("h2", { id: "tree-title" }, "Resources"), viewSwitch(), view === "tree" ? body : resourceTable(data.nodes), hidden);
+    fill(tree, el("h2", { id: "tree-title" }, "Resources"), viewSwitch(), view === "tree" ? body : resourceTable(data.nodes), hidden);
   }
 
   function viewSwitch() {
@@ -433,7 +438,7 @@ function appPage(namespace, name) {
     });
     const note = detail.can.sync && detail.summary.automated
       ? el("p", { class: "note" }, "Rollback needs automated sync off: it would undo the rollback (as in Argo CD).") : null;
-    historySection.replaceChildren(el("h2", { id: "history-title" }, "History"), note, rows.length
+    fill(historySection, el("h2", { id: "history-title" }, "History"), note, rows.length
       ? el("table", {}, el("thead", {}, el("tr", {}, ["ID", "Deployed", "Revision", "Commit", "Started by", "Action"].map((t) => el("th", { scope: "col" }, t)))),
         el("tbody", {}, rows))
       : el("p", { class: "note" }, "No sync yet."));
@@ -445,7 +450,7 @@ function appPage(namespace, name) {
   async function showResource(node) {
     if (logStream) { logStream.abort(); logStream = null; }
     const query = new URLSearchParams({ group: node.group, kind: node.kind, namespace: node.namespace, name: node.name });
-    resourceSection.replaceChildren(el("h2", { id: "resource-title", tabindex: "-1" }, `${node.kind} ${node.name}`),
+    fill(resourceSection, el("h2", { id: "resource-title", tabindex: "-1" }, `${node.kind} ${node.name}`),
       el("p", { class: "note" }, "Loading…"));
     resourceSection.querySelector("h2").focus();
     let data;
@@ -454,7 +459,7 @@ function appPage(namespace, name) {
       [data, diff] = await Promise.all([api(`${base}/resource?${query}`),
         api(`${base}/diff`).catch((error) => ({ error: error.message }))]);
     } catch (error) {
-      resourceSection.replaceChildren(el("h2", { id: "resource-title" }, `${node.kind} ${node.name}`),
+      fill(resourceSection, el("h2", { id: "resource-title" }, `${node.kind} ${node.name}`),
         el("p", { class: "alert" }, error.message));
       return;
     }
@@ -473,7 +478,7 @@ function appPage(namespace, name) {
       ? el("ul", { id: "resource-events" }, data.events.map((e) => el("li", {}, `${e.type} ${e.reason}: ${e.message}${e.count > 1 ? ` (×${e.count})` : ""}`)))
       : el("p", { class: "note" }, "No events."));
     if (node.kind === "Pod" && data.live) parts.push(logsPanel(node, data.live));
-    resourceSection.replaceChildren(...parts);
+    fill(resourceSection, ...parts);
   }
 
   function logsPanel(node, pod) {
@@ -522,17 +527,17 @@ function appPage(namespace, name) {
 
   async function showPlan(button) {
     button.disabled = true;
-    planSection.replaceChildren(el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "note" }, "Computing…"));
+    fill(planSection, el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "note" }, "Computing…"));
     try {
       const plan = await api(`${base}/diff`);
       const items = plan.resources.map((r) => el("li", { "data-plan": `${r.kind}/${r.name}` },
         el("details", {}, el("summary", {}, `${r.action} ${r.kind} ${r.namespace ? r.namespace + "/" : ""}${r.name}`),
           el("pre", { class: "diff", tabindex: "0" }, r.diff))));
-      planSection.replaceChildren(el("h2", { id: "plan-title" }, `What a sync to ${plan.revision.slice(0, 7)} would change`),
+      fill(planSection, el("h2", { id: "plan-title" }, `What a sync to ${plan.revision.slice(0, 7)} would change`),
         items.length ? el("ul", { id: "plan-list" }, items) : el("p", { class: "note", id: "plan-list" }, "Nothing: the cluster is as git says."),
         ...plan.failures.map((f) => el("p", { class: "alert" }, f)));
     } catch (error) {
-      planSection.replaceChildren(el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "alert" }, error.message));
+      fill(planSection, el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "alert" }, error.message));
     } finally {
       button.disabled = false;
     }
@@ -550,14 +555,14 @@ function appPage(namespace, name) {
         method: "dialog",
         onsubmit: async (event) => {
           event.preventDefault();
-          if (typed.value !== name) { problemHere.replaceChildren(el("p", { class: "alert" }, `Type ${name} to confirm.`)); return; }
+          if (typed.value !== name) { fill(problemHere, el("p", { class: "alert" }, `Type ${name} to confirm.`)); return; }
           try {
             await api(`${base}/delete`, { method: "POST", body: { confirm: typed.value, cascade: cascade.checked } });
             dialog.close();
             announce(`${name} deleted`);
             go("/");
           } catch (error) {
-            problemHere.replaceChildren(el("p", { class: "alert" }, error.message));
+            fill(problemHere, el("p", { class: "alert" }, error.message));
           }
         },
       },

@@ -450,6 +450,7 @@ def test_in_the_browser_a_pods_log_is_shown(page, controller, make_app, accounts
     expect_text(log, "listening on :80")
     expect_text(log, "container=web")
     assert page.locator("#log-container").input_value() == "web"
+    assert "null" not in page.locator("main").inner_text().split(), "an absent part of the page shows as null"
     page.locator("#log-tail").fill("1")
     page.get_by_role("button", name="Show log").click()
     deadline = time.monotonic() + 20
