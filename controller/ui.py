@@ -288,6 +288,8 @@ class UiServer:
         self.feed = AppFeed(client, namespaces)
         self.sessions: dict[str, Session] = {}
         self.local_session = Session(client, "kubeconfig") if local else None
+        # One for every visitor who has not signed in: RBAC's answers for it are the controller's.
+        self.anonymous_session = Session(client, "anonymous", read_only=True, expires=float("inf"))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -380,7 +382,7 @@ class UiServer:
             self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
             session = None
         if session is None and self.anonymous_read:
-            return Session(self.client, "anonymous", read_only=True)
+            return self.anonymous_session
         return session
 
     def _require(self, request: web.Request) -> Session:
