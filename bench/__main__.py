@@ -3,7 +3,8 @@ local control plane, print a table per benchmark and write bench/results/<name>.
 
 The control plane is the one of hack/localcluster.py (GANTRY_CLUSTER_DIR, default .cluster/): used
 when running, else brought up and stopped again at the end. Everything else the run starts (git
-server, Gantry, Flux) is stopped before it returns, whatever happens.
+server, Gantry, Flux, `gantry ui` and Chromium for benchmark 7) is stopped before it returns,
+whatever happens.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from .stats import table
 from .systems import Flux, FluxBuild, Gantry, GitServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NAMES = ("first_sync", "noop_reconcile", "commit_to_synced", "drift_to_healed", "many_apps", "peer")
+NAMES = ("first_sync", "noop_reconcile", "commit_to_synced", "drift_to_healed", "many_apps", "ui", "peer")
+# Those that run the controllers under test (and git); `ui` needs neither.
+CONTROLLED = NAMES[:5]
 
 
 def machine() -> dict:
@@ -132,8 +135,9 @@ def run(plan: Plan, only: list[str], work: Path, args: argparse.Namespace) -> bo
     mode = "QUICK mode: smaller apps and fewer repeats; figures are indicative only" if plan.quick else "full mode"
     print(f"gantry bench — {mode}; work directory {work}", flush=True)
     flux_build: FluxBuild | None = None
-    flux_status = "Flux: skipped (--no-flux)"
-    if not args.no_flux:
+    controllers = any(name in CONTROLLED for name in only)
+    flux_status = "Flux: skipped (--no-flux)" if args.no_flux else "Flux: not needed by these benchmarks"
+    if not args.no_flux and controllers:
         try:
             flux_build = FluxBuild.find()
             flux_status = "Flux: " + ", ".join(f"{k} {v}" for k, v in flux_build.versions.items()) + \
@@ -162,7 +166,8 @@ def run(plan: Plan, only: list[str], work: Path, args: argparse.Namespace) -> bo
         first: Outcome | None = None
         failed = False
         try:
-            gantry.start()
+            if controllers:
+                gantry.start()
             if flux is not None:
                 flux.start()
             for name in only:
@@ -179,8 +184,10 @@ def run(plan: Plan, only: list[str], work: Path, args: argparse.Namespace) -> bo
                         outcome = benchmarks.commit_to_synced(ctx)
                     elif name == "drift_to_healed":
                         outcome = benchmarks.drift_to_healed(ctx)
-                    else:
+                    elif name == "many_apps":
                         outcome = benchmarks.many_apps(ctx)
+                    else:
+                        outcome = benchmarks.web_ui(ctx)
                 except BenchError as error:
                     print(f"bench {name} FAILED: {error}", file=sys.stderr, flush=True)
                     failed = True

@@ -1,14 +1,17 @@
-"""The six benchmarks of issue 6. Each times Gantry, and where it applies the floor (plain
-`kubectl apply --server-side`) and Flux, the same way on the same cluster, and returns figures.
+"""The six benchmarks of issue 6 and the web UI's of issue 12. Each times Gantry, and where it
+applies the floor (plain `kubectl apply --server-side`) and Flux, the same way on the same cluster,
+and returns figures.
 
 Order matters for the state they share: first_sync keeps its last Gantry and Flux apps, which
 noop_reconcile, commit_to_synced and drift_to_healed then use ("the same app"); many_apps starts
-from a cluster without them.
+from a cluster without them. web_ui needs neither git nor a controller: its Applications carry a
+status written as the controller would.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import random
 import shutil
 import time
@@ -17,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import generate
-from .cluster import BenchError, Cluster, Manifest, WorkRepo, Watch, init_bare, metric_sum, rv
-from .stats import Figure, ratio
-from .systems import Flux, Gantry, GitServer, dump
+from .cluster import BenchError, Cluster, KubeApiError, Manifest, WorkRepo, Watch, init_bare, metric_sum, rv
+from .stats import Figure, percentile, ratio
+from .systems import Flux, Gantry, GantryUi, GitServer, dump
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class Plan:
     # One poll interval (both systems poll git every 180 s here) and a little: every app's poll falls
     # in the window exactly once, wherever the window starts.
     idle_seconds: int = 190
+    ui_apps: int = 1000  # benchmark 7: Applications in the list
+    ui_resources: int = 1000  # … and status.resources of the one whose page is opened
+    ui_loads: int = 10  # page loads of the list, and of the app page
+    ui_filter_runs: int = 3  # names typed into the search box
+    ui_updates: int = 30  # status changes timed to the list page
+    ui_app_updates: int = 10  # … and to the app page
     timeout: float = 900.0  # for any one wait
 
     @classmethod
@@ -47,7 +56,8 @@ class Plan:
         if not quick:
             return cls()
         return cls(quick=True, large_objects=300, first_sync_runs=2, noop_runs=3, commits=3, drifts=5,
-                   flux_drifts=3, flux_drift_interval=10, apps=20, idle_seconds=30, timeout=300.0)
+                   flux_drifts=3, flux_drift_interval=10, apps=20, idle_seconds=30, ui_loads=3, ui_filter_runs=1,
+                   ui_updates=10, ui_app_updates=3, timeout=300.0)
 
 
 @dataclass
@@ -667,3 +677,265 @@ def side_by_side(outcomes: list[Outcome], flux_status: str) -> tuple[Outcome, st
     text, rows = comparison("6. Peer, side by side (medians)", figures, notes=notes)
     return Outcome("peer", "6. Peer, side by side", [f for f in figures if f.key], notes, {},
                    {"rows": rows, "flux": flux_status}), text
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. The web UI
+
+
+PAGE_TIMEOUT = 60.0  # seconds for any one thing a page should show
+
+
+def web_ui(ctx: Context) -> Outcome:
+    """The web UI in Chromium, served by `gantry ui` from a namespace of its own holding
+    `ui_apps` Applications (statuses written through the status subresource, no controller):
+    page loads of the list and of the app with `ui_resources` resources, the search box, and
+    status changes until the page shows them."""
+    from .chromium import Chromium  # Playwright is imported only when this benchmark runs
+
+    plan = ctx.plan
+    namespace = f"ui-bench-{ctx.run_id}"
+    apps = generate.ui_apps(namespace, plan.ui_apps, plan.ui_resources)
+    names = [app["metadata"]["name"] for app, _ in apps]
+    ctx.cluster.ensure_namespace(namespace)
+    try:
+        started = time.monotonic()
+        _parallel(lambda pair: _create_with_status(ctx, namespace, *pair), apps)
+        ctx.log(f"  {len(apps)} Applications created, their status written: {time.monotonic() - started:.0f}s")
+        ui = GantryUi(ctx.cluster, namespace, ctx.work)
+        ui.start(len(apps))
+        try:
+            server_figures, server_info = _ui_server(ctx, ui, namespace, names[0])
+            with Chromium() as chromium:
+                list_figures, list_info = _ui_list(ctx, ui, chromium, namespace, names)
+                app_figures, app_info = _ui_app(ctx, ui, chromium, namespace, names[0])
+            server_figures.append(Figure("gantry", "gantry ui: RSS after the run", "MiB",
+                                         [ui.usage().rss_bytes / 2**20]))
+        finally:
+            ui.stop()
+    finally:
+        _delete_namespace_of_apps(ctx, namespace)
+    notes = [f"{len(apps)} Applications (one with {plan.ui_resources} resources, the others 20) with statuses "
+             "written through the status subresource, no controller; `gantry ui` in a process of its own; "
+             "Debian's Chromium, headless, 1280x800, a fresh context per page load, one warm-up load not counted",
+             "ms from navigation start (or the input event, or just before the PATCH) to the moment the frame "
+             "holding what is awaited had been laid out and painted on the page's main thread; script/style/"
+             "layout: Chromium's own account of that thread over the load",
+             f"status change → painted crosses the browser's clock and ours (offset measured to "
+             f"±{list_info['clock_offset_ms'][1]:.2f} ms)"]
+    return Outcome("ui", "7. Web UI", list_figures + app_figures + server_figures, notes,
+                   {"apps": len(apps), "resources": plan.ui_resources, "loads": plan.ui_loads,
+                    "filter_runs": plan.ui_filter_runs, "updates": plan.ui_updates, "app_updates": plan.ui_app_updates},
+                   {"list": list_info, "app": app_info, "server": server_info, "server_argv": ui.process.argv[3:]})
+
+
+def _create_with_status(ctx: Context, namespace: str, app: Manifest, status: dict) -> None:
+    collection = f"/apis/gantry.dev/v1alpha1/namespaces/{namespace}/applications"
+    ctx.cluster.client.request("POST", collection, body=app)
+    ctx.cluster.patch(f"{collection}/{app['metadata']['name']}/status", {"status": status})
+
+
+def _delete_namespace_of_apps(ctx: Context, namespace: str) -> None:
+    """Delete the namespace and its Applications. They have no finalizer unless a controller
+    serving that namespace added one meanwhile; if one did and is gone, the finalizers are removed."""
+    collection = f"/apis/gantry.dev/v1alpha1/namespaces/{namespace}/applications"
+    try:
+        ctx.cluster.delete_namespaces([namespace], timeout=120)
+        return
+    except BenchError:
+        pass
+    for item in ctx.cluster.client.request("GET", collection)["items"]:
+        try:
+            ctx.cluster.patch(f"{collection}/{item['metadata']['name']}", {"metadata": {"finalizers": None}})
+        except KubeApiError:
+            pass
+    ctx.cluster.delete_namespaces([namespace], timeout=120)
+
+
+def _ui_server(ctx: Context, ui: GantryUi, namespace: str, large: str) -> tuple[list[Figure], dict]:
+    """The server's share, read by a plain HTTP client with no page: the stream's first burst and
+    the large app's tree."""
+    stream = Figure("gantry", "server: /api/v1/stream → ready (every app sent; plain client)", "ms")
+    tree = Figure("gantry", f"server: GET …/{large}/tree (plain client)", "ms")
+    info: dict = {}
+    for _ in range(ctx.plan.ui_loads):
+        seconds, apps, size = ui.read_stream()
+        stream.values.append(seconds * 1000)
+        info.update(stream_apps=apps, stream_bytes=size)
+        seconds, size = ui.timed_get(f"applications/{namespace}/{large}/tree")
+        tree.values.append(seconds * 1000)
+        info["tree_bytes"] = size
+    return [stream, tree], info
+
+
+def _rows_test(shown: int, total: int) -> str:
+    """JS: the list's table holds exactly `shown` rows and its count line says so."""
+    return (f"document.querySelectorAll('tbody tr[data-app]').length === {shown} && "
+            f"(document.querySelector('p.count') || {{}}).textContent === '{shown} of {total} applications'")
+
+
+def _thread_figures(prefix: str) -> list[Figure]:
+    return [Figure("gantry", f"  {prefix}: {part}", "ms") for part in ("script", "style", "layout")]
+
+
+def _ui_list(ctx: Context, ui: GantryUi, chromium, namespace: str, names: list[str]) -> tuple[list[Figure], dict]:
+    from .chromium import longest_task, matching
+
+    plan, total = ctx.plan, len(names)
+    paint = Figure("gantry", f"list: navigation → {total} rows painted", "ms")
+    handled = Figure("gantry", f"  navigation → the page has handled the stream's {total} apps", "ms")
+    threads = _thread_figures("main thread until painted")
+    long_task = Figure("gantry", "  longest main-thread task", "ms")
+    broad = Figure("gantry", f"filter: a keystroke that still matches all {total} → painted", "ms")
+    narrow = Figure("gantry", "filter: a keystroke that narrows to 100, 10, 1 rows → painted", "ms")
+    cleared = Figure("gantry", f"filter: cleared → all {total} rows painted", "ms")
+    update = Figure("gantry", "list: status change (PATCH) → its row painted", "ms")
+    arrival = Figure("gantry", "  PATCH → its event reached the page", "ms")
+    info: dict = {"long_tasks_ms": [], "dom_nodes": 0}
+    for run in range(plan.ui_loads + 1):  # the first is a warm-up
+        with chromium.tab({"list": _rows_test(total, total)}) as tab:
+            tab.goto(ui.url)
+            mark = tab.mark("list", PAGE_TIMEOUT)
+            used = tab.main_thread()
+            state = tab.state()
+        if run == 0:
+            continue
+        paint.values.append(mark.ms)
+        handled.values.append(state["streams"][0]["ready"])
+        for figure, part in zip(threads, ("script", "style", "layout")):
+            figure.values.append(used[part])
+        long_task.values.append(longest_task(state["longTasks"], 0, mark.painted))
+        info["long_tasks_ms"].append([round(d) for start, d in state["longTasks"] if start <= mark.painted])
+        info["dom_nodes"] = used["nodes"]
+        ctx.log(f"  list load {run}/{plan.ui_loads}: {mark.ms:.0f} ms (stream handled at "
+                f"{state['streams'][0]['ready']:.0f} ms; layout {used['layout']:.0f} ms, script {used['script']:.0f} ms)")
+    with chromium.tab({"list": _rows_test(total, total)}) as tab:
+        tab.goto(ui.url)
+        tab.mark("list", PAGE_TIMEOUT)
+        search = tab.page.locator("#filter-text")
+        for run in range(plan.ui_filter_runs):
+            typed = names[(42 + 97 * run) % total]
+            search.focus()
+            times = []
+            for end in range(1, len(typed) + 1):
+                expected = matching(names, typed[:end])
+                tab.expect("key", _rows_test(expected, total), on="input")
+                tab.page.keyboard.type(typed[end - 1])
+                times.append(tab.mark("key", PAGE_TIMEOUT).ms)
+                (broad if expected == total else narrow).values.append(times[-1])
+            tab.expect("cleared", _rows_test(total, total), on="input")
+            search.fill("")
+            cleared.values.append(tab.mark("cleared", PAGE_TIMEOUT).ms)
+            ctx.log(f"  typed {typed!r}: " + ", ".join(f"{v:.0f}" for v in times)
+                    + f" ms per key; cleared: {cleared.values[-1]:.0f} ms")
+        # Status changes, one app at a time, each on a row the page shows.
+        offset, uncertainty = tab.clock_offset()
+        info["clock_offset_ms"] = [offset, uncertainty]
+        collection = f"/apis/gantry.dev/v1alpha1/namespaces/{namespace}/applications"
+        pick = random.Random(12)
+        for index in range(plan.ui_updates):
+            name = names[pick.randrange(1, total)]
+            token = f"bench update {index} {ctx.run_id}"
+            cell = json.dumps(f'tr[data-app="{namespace}/{name}"] td.message')
+            tab.expect("update", f"(document.querySelector({cell}) || {{}}).textContent === {json.dumps(token)}")
+            sent = time.time() * 1000
+            ctx.cluster.patch(f"{collection}/{name}/status", {"status": {
+                "message": token, "sync": {"status": "OutOfSync" if index % 2 == 0 else "Synced"}}})
+            mark = tab.mark("update", PAGE_TIMEOUT)
+            origin = tab.evaluate("() => performance.timeOrigin")
+            arrived = tab.evaluate(f"() => window.__benchProbe.streams[0].arrivals[{json.dumps(f'{namespace}/{name}')}]")
+            update.values.append(origin + mark.painted - offset - sent)
+            arrival.values.append(origin + arrived - offset - sent)
+            time.sleep(pick.uniform(0.2, 0.5))
+        ctx.log(f"  list: status change → painted, median {percentile(update.values, 50):.0f} ms "
+                f"(its event at the page after {percentile(arrival.values, 50):.0f} ms)")
+    return [paint, handled, *threads, long_task, broad, narrow, cleared, update, arrival], info
+
+
+def _tree_test(resources: int) -> str:
+    """JS: the tree accounts for `resources` top-level resources: as nodes, or (an app of more
+    than 100) as kind groups whose summaries count them."""
+    return f"""(() => {{
+      const tree = document.querySelector('ul.tree');
+      if (!tree) return false;
+      const groups = [...tree.querySelectorAll('details[data-group] > summary')];
+      const shown = groups.length
+        ? groups.reduce((n, s) => n + Number((/\\((\\d+)\\)/.exec(s.textContent) || [0, 0])[1]), 0)
+        : tree.querySelectorAll('button.node').length;
+      return shown >= {resources};
+    }})()"""
+
+
+STREAM_READY = "window.__benchProbe.streams.length && window.__benchProbe.streams[0].ready !== null"
+
+
+def _ui_app(ctx: Context, ui: GantryUi, chromium, namespace: str, name: str) -> tuple[list[Figure], dict]:
+    from .chromium import longest_task
+
+    plan, resources = ctx.plan, ctx.plan.ui_resources
+    url = f"{ui.url}apps/{namespace}/{name}"
+    paint = Figure("gantry", f"app page: navigation → tree of {resources} resources painted", "ms")
+    tree_request = Figure("gantry", "  of which GET …/tree, as the page made it", "ms")
+    threads = _thread_figures("main thread until painted")
+    long_task = Figure("gantry", "  longest main-thread task", "ms")
+    opened = Figure("gantry", f"app page: every kind group opened → {resources} nodes painted", "ms")
+    listed = Figure("gantry", f"app page: List view → {resources} rows painted", "ms")
+    update = Figure("gantry", "app page: status change (PATCH) → header painted", "ms")
+    info: dict = {"tree_requests_per_load": [], "nodes_at_first_paint": [], "groups": 0}
+    tree_test = _tree_test(resources)
+    all_nodes = f"document.querySelectorAll('ul.tree button.node').length >= {resources}"
+    all_rows = f"document.querySelectorAll('#resource-table tr[data-node]').length >= {resources}"
+    for run in range(plan.ui_loads + 1):  # the first is a warm-up
+        with chromium.tab({"tree": tree_test}) as tab:
+            tab.goto(url)
+            mark = tab.mark("tree", PAGE_TIMEOUT)
+            used = tab.main_thread()
+            nodes = tab.evaluate("() => document.querySelectorAll('ul.tree button.node').length")
+            info["groups"] = tab.evaluate("() => document.querySelectorAll('details[data-group]').length")
+            # Settled first: the page's stream sends every app, this one too, which reloads the
+            # page when it comes after the first load.
+            tab.wait(STREAM_READY, PAGE_TIMEOUT)
+            time.sleep(0.5)
+            tab.evaluate(f"""() => {{
+              window.__benchProbe.expect('nodes', () => ({all_nodes}), 'now');
+              for (const group of document.querySelectorAll('details[data-group]')) group.open = true;
+            }}""")
+            open_mark = tab.mark("nodes", PAGE_TIMEOUT)
+            tab.expect("rows", all_rows, on="click")
+            tab.page.click("#view-list")
+            list_mark = tab.mark("rows", PAGE_TIMEOUT)
+            state = tab.state()
+        trees = [r for r in state["resources"] if r["name"].endswith("/tree")]
+        if run == 0:
+            continue
+        paint.values.append(mark.ms)
+        if trees:
+            tree_request.values.append(trees[0]["end"] - trees[0]["start"])
+        for figure, part in zip(threads, ("script", "style", "layout")):
+            figure.values.append(used[part])
+        long_task.values.append(longest_task(state["longTasks"], 0, mark.painted))
+        opened.values.append(open_mark.ms)
+        listed.values.append(list_mark.ms)
+        info["tree_requests_per_load"].append(len(trees))
+        info["nodes_at_first_paint"].append(nodes)
+        ctx.log(f"  app page load {run}/{plan.ui_loads}: {mark.ms:.0f} ms (/tree "
+                f"{tree_request.values[-1] if trees else 0:.0f} ms, {nodes} nodes built); every group opened "
+                f"{open_mark.ms:.0f} ms; list view {list_mark.ms:.0f} ms")
+    with chromium.tab({"tree": tree_test}) as tab:
+        tab.goto(url)
+        tab.mark("tree", PAGE_TIMEOUT)
+        tab.wait(STREAM_READY, PAGE_TIMEOUT)
+        time.sleep(0.5)
+        offset, _ = tab.clock_offset()
+        path = f"/apis/gantry.dev/v1alpha1/namespaces/{namespace}/applications/{name}/status"
+        for index in range(plan.ui_app_updates):
+            token = f"bench update {index} {ctx.run_id}"
+            tab.expect("update", f"((document.getElementById('app-health') || {{}}).textContent || '')"
+                                 f".includes({json.dumps(token)})")
+            sent = time.time() * 1000
+            ctx.cluster.patch(path, {"status": {"health": {"status": "Healthy", "message": token}}})
+            mark = tab.mark("update", PAGE_TIMEOUT)
+            update.values.append(tab.evaluate("() => performance.timeOrigin") + mark.painted - offset - sent)
+            time.sleep(0.5)
+        ctx.log(f"  app page: status change → painted, median {percentile(update.values, 50):.0f} ms")
+    return [paint, tree_request, *threads, long_task, opened, listed, update], info

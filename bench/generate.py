@@ -2,7 +2,8 @@
 
 `large_app` is benchmark 1's app (1,000 objects over a few namespaces: Deployments with their
 Service, ServiceAccount, ConfigMaps, Secrets and RBAC, a StatefulSet, cluster-wide RBAC);
-`small_app` is one of benchmark 5's 200 apps (namespace-less, so one repo serves any destination).
+`small_app` is one of benchmark 5's 200 apps (namespace-less, so one repo serves any destination);
+`ui_apps` are benchmark 7's Applications with a status as the controller would have written it.
 Pure functions: the counts are checked by tests/unit/test_bench.py.
 """
 
@@ -201,3 +202,85 @@ def repo_files(objects: list[Manifest], folder: str = "k8s") -> dict[str, str]:
         {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(files)},
         sort_keys=False)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark 7: Applications as the web UI sees them, with no controller behind them
+
+# Kinds the controller assesses health of (the others carry no health, as in its status).
+_ASSESSED = {"Deployment", "StatefulSet", "Service", "PersistentVolumeClaim"}
+
+
+def resource_entries(objects: Iterable[Manifest], namespace: str | None = None) -> list[dict]:
+    """`status.resources` for `objects` as the controller writes it after a sync: Synced, and
+    Healthy where it assesses health (controller/status.py's resource_entry); objects without a
+    namespace are put in `namespace` when one is given (the destination's, for `small_app`)."""
+    entries = []
+    for obj in objects:
+        api_version = obj["apiVersion"]
+        group, _, version = api_version.rpartition("/")
+        entry: dict = {"group": group, "version": version, "kind": obj["kind"], "name": obj["metadata"]["name"],
+                       "status": "Synced"}
+        if obj["metadata"].get("namespace") or namespace:
+            entry["namespace"] = obj["metadata"].get("namespace") or namespace
+        if obj["kind"] in _ASSESSED:
+            entry["health"] = {"status": "Healthy"}
+        entries.append(entry)
+    return entries
+
+
+def ui_app_name(index: int) -> str:
+    return f"app-{index:04d}"
+
+
+def ui_apps(namespace: str, count: int = 1000, large_resources: int = 1000) -> list[tuple[Manifest, dict]]:
+    """`count` Applications in `namespace` (app-0000 …) and the status of each: most Synced and
+    Healthy, some OutOfSync, Progressing or Failed with a file-and-line message, over 20 repos;
+    each with the 20 resources of `small_app`, except app-0000, which has `large_resources`
+    (`large_app`'s objects). Manual sync and a repo that does not resolve: a controller that
+    happened to serve the namespace would neither deploy nor reach anything."""
+    apps = []
+    small = small_app(20)
+    for index in range(count):
+        name = ui_app_name(index)
+        team = f"team-{index % 20:02d}"
+        revision = f"{index * 7919 % 16**8:08x}{index:032x}"[-40:]
+        app = {
+            "apiVersion": "gantry.dev/v1alpha1", "kind": "Application",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "project": "default",
+                "source": {"repoURL": f"https://git.example.invalid/{team}/deploy.git", "targetRevision": "HEAD",
+                           "path": f"apps/{name}"},
+                "destination": {"server": "https://kubernetes.default.svc", "namespace": name},
+            },
+        }
+        if index == 0:
+            resources = resource_entries(large_app(name, large_resources))
+        else:
+            resources = resource_entries(small, namespace=name)
+        # Mostly fine, as a real fleet: 1 in 20 OutOfSync, 1 in 50 Progressing, 1 in 100 Failed.
+        sync, health, message = "Synced", "Healthy", f"synced {len(resources)} resources at {revision[:7]}"
+        if index % 100 == 99:
+            sync, health = "Failed", "Degraded"
+            message = f"apps/{name}/deployment.yaml: line 12: mapping values are not allowed in this context"
+        elif index % 50 == 7:
+            health, message = "Progressing", f"Deployment {name}: 1 of 2 replicas ready"
+        elif index % 20 == 3:
+            sync, message = "OutOfSync", f"ConfigMap {name}/settings differs from git"
+        status = {
+            "sync": {"status": sync, "revision": revision, "shortRevision": revision[:7],
+                     "revisionMetadata": {"author": f"Dev {index % 37} <dev{index % 37}@example.com>",
+                                          "date": "2026-12-01T10:00:00Z",
+                                          "message": f"{name}: bump image to 1.{index % 13}.{index % 7}"}},
+            "health": {"status": health, **({"message": message} if health != "Healthy" else {})},
+            "summary": {"externalURLs": [f"https://{name}.example.test/"], "primaryURL": f"https://{name}.example.test/",
+                        "images": [f"registry.example.com/{team}/{name}:1.{index % 13}.{index % 7}"]},
+            "operationState": {"phase": "Failed" if sync == "Failed" else "Succeeded", "message": message,
+                               "startedAt": "2026-12-01T10:00:00Z", "finishedAt": "2026-12-01T10:00:03Z"},
+            "message": message, "reconciledAt": "2026-12-01T10:05:00Z", "resources": resources,
+            "history": [{"id": 1, "revision": revision, "deployedAt": "2026-12-01T10:00:03Z",
+                         "source": app["spec"]["source"]}],
+        }
+        apps.append((app, status))
+    return apps

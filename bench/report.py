@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .stats import Figure, fmt
 
-ORDER = ("first_sync", "noop_reconcile", "commit_to_synced", "drift_to_healed", "many_apps", "peer")
+ORDER = ("first_sync", "noop_reconcile", "commit_to_synced", "drift_to_healed", "many_apps", "ui", "peer")
 
 
 def markdown(directory: Path) -> str:

@@ -1,5 +1,5 @@
 """The systems under test, each as processes of its own on this machine: the loopback git server,
-the Gantry controller and Flux's source-controller + kustomize-controller.
+the Gantry controller, Flux's source-controller + kustomize-controller, and Gantry's web UI.
 
 Each knows how to start and stop itself, what its app objects look like, how to ask for a refresh
 and how to tell that an app is synced at a commit; the benchmarks do the rest the same way for all.
@@ -192,6 +192,66 @@ class Gantry:
     def delete_apps(self) -> None:
         self.cluster.kubectl("delete", "applications.gantry.dev", "--all", "-n", self.namespace, "--wait=true",
                              "--timeout=120s")
+
+
+class GantryUi:
+    """`gantry ui` (the UI server in the CLI's local mode: the kubeconfig's identity, on 127.0.0.1)
+    serving one namespace's Applications, in a process of its own as a user runs it, so that its
+    event loop and watch never share a GIL with the benchmark or the browser's driver."""
+
+    name = "gantry-ui"
+
+    def __init__(self, cluster: Cluster, namespace: str, work: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process = Process("gantry-ui", [sys.executable, "-m", "controller.cli", "--kubeconfig",
+                                             str(cluster.kubeconfig), "-n", namespace, "ui", "--port", str(self.port)],
+                               work / "logs" / "gantry-ui.log", cwd=ROOT)
+
+    def start(self, apps: int, timeout: float = 120.0) -> None:
+        """Start it and wait until its list holds `apps` Applications (its watch has listed them)."""
+        self.process.start()
+        wait_http(self.url + "api/v1/session", self.process)
+        deadline = time.monotonic() + timeout
+        while True:
+            with urllib.request.urlopen(self.url + "api/v1/applications", timeout=30) as response:
+                seen = len(json.loads(response.read())["items"])
+            if seen >= apps:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"the UI lists {seen} of {apps} Applications after {timeout:.0f}s")
+            self.process.check_alive()
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def usage(self) -> Usage:
+        self.process.check_alive()
+        return self.process.usage()
+
+    def read_stream(self) -> tuple[float, int, int]:
+        """Open the live stream as a plain client would and read it up to `ready` (every app the
+        server has, sent): seconds taken, apps and bytes received."""
+        started = time.monotonic()
+        apps = size = 0
+        with urllib.request.urlopen(self.url + "api/v1/stream", timeout=60) as response:
+            for line in response:
+                size += len(line)
+                if line.startswith(b"event: app"):
+                    apps += 1
+                elif line.startswith(b"event: ready"):
+                    return time.monotonic() - started, apps, size
+        raise BenchError("the UI's stream ended before its ready event")
+
+    def timed_get(self, path: str) -> tuple[float, int]:
+        """GET `path` (under /api/v1/): seconds to the last byte, and the bytes."""
+        started = time.monotonic()
+        with urllib.request.urlopen(self.url + "api/v1/" + path, timeout=60) as response:
+            body = response.read()
+        return time.monotonic() - started, len(body)
 
 
 # ------------------------------------------------------------------------------------------------

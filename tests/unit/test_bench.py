@@ -11,7 +11,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ is not an installed package
 
-from bench.generate import RELEASE_CONFIGMAP, SERVICE_BUNDLE, kinds, large_app, repo_files, small_app  # noqa: E402
+from bench.chromium import clock_offset, longest_task, matching  # noqa: E402
+from bench.generate import (RELEASE_CONFIGMAP, SERVICE_BUNDLE, kinds, large_app, repo_files, resource_entries,  # noqa: E402
+                            small_app, ui_apps)
 from bench.stats import Figure, Summary, fmt, percentile, ratio, table  # noqa: E402
 
 
@@ -114,3 +116,48 @@ def test_kustomize_renders_the_1000_object_repo(tmp_path, kustomize):
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     assert len(documents) == 1000
     assert documents[0]["kind"] == "Namespace"  # kustomize orders them first, as the floor's apply needs
+
+
+def test_ui_apps_are_a_fleet_with_one_large_app():
+    apps = ui_apps("ui-bench", count=300, large_resources=500)
+    names = [app["metadata"]["name"] for app, _ in apps]
+    assert len(set(names)) == 300 and names[0] == "app-0000" and names[-1] == "app-0299"
+    assert {app["metadata"]["namespace"] for app, _ in apps} == {"ui-bench"}
+    assert all("automated" not in app["spec"].get("syncPolicy", {}) for app, _ in apps), "nothing would deploy"
+    assert len(apps[0][1]["resources"]) == 500
+    assert {len(status["resources"]) for _, status in apps[1:]} == {20}
+    syncs = {status["sync"]["status"] for _, status in apps}
+    assert syncs == {"Synced", "OutOfSync", "Failed"}
+    failed = next(status for _, status in apps if status["sync"]["status"] == "Failed")
+    assert "deployment.yaml: line 12" in failed["message"] and failed["health"]["status"] == "Degraded"
+
+
+def test_resource_entries_are_shaped_as_the_controller_writes_them():
+    deployment, service, *_ = small_app(20)
+    entries = resource_entries([deployment, service], namespace="web-prod")
+    assert entries[0] == {"group": "apps", "version": "v1", "kind": "Deployment", "name": "web", "status": "Synced",
+                          "namespace": "web-prod", "health": {"status": "Healthy"}}
+    assert (entries[1]["group"], entries[1]["version"]) == ("", "v1")
+    namespace = resource_entries(large_app("b1", total=300)[:1])[0]
+    assert namespace["kind"] == "Namespace" and "namespace" not in namespace and "health" not in namespace
+
+
+def test_clock_offset_trusts_the_shortest_round_trip():
+    # (ours before, theirs, ours after): the second reading's round trip is 2 ms.
+    readings = [(1000.0, 1510.0, 1020.0), (2000.0, 2501.0, 2002.0), (3000.0, 3400.0, 3050.0)]
+    assert clock_offset(readings) == (500.0, 1.0)
+    with pytest.raises(ValueError):
+        clock_offset([])
+
+
+def test_matching_counts_what_the_search_box_keeps():
+    names = ["app-0042", "app-0420", "app-1042", "App-0042-b"]
+    assert matching(names, "  APP-004 ") == 2
+    assert matching(names, "042") == 4 and matching(names, "1042") == 1
+    assert matching(names, "") == 4
+
+
+def test_longest_task_counts_only_the_window():
+    tasks = [[10.0, 60.0], [200.0, 700.0], [1500.0, 900.0]]
+    assert longest_task(tasks, 0, 1000) == 700.0
+    assert longest_task(tasks, 300, 1000) == 0.0
