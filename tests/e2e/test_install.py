@@ -262,8 +262,12 @@ def example_files() -> dict[str, str]:
 
 def test_cluster_mode_service_account_syncs_the_example_app(cluster, controller, make_app, tmp_path):
     with installed(cluster, CLUSTER_MODE), controller_as_service_account(cluster, controller, tmp_path) as as_sa:
-        app = make_app(example_files())
-        app.destination = "krampoline"  # the example's kustomization sets its namespace
+        files = example_files()
+        app = make_app(files)
+        # A namespace of its own rather than the example's: `make demo` may have krampoline running there.
+        files["k8s/kustomization.yaml"] = files["k8s/kustomization.yaml"].replace(
+            "\nnamespace: krampoline\n", f"\nnamespace: {app.destination}\n")
+        app.push(files, message="into the test's namespace")
         try:
             app.apply(finalizer=True)
             status = app.wait_synced(app.repo.head, timeout=120)
@@ -273,7 +277,7 @@ def test_cluster_mode_service_account_syncs_the_example_app(cluster, controller,
             cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--timeout=60s")
             assert app.object("deployment", "backend") is None  # cascade, with the SA's rights
         finally:
-            cluster.kubectl("delete", "namespace", "krampoline", "--wait=false", check=False)
+            cluster.kubectl("delete", "namespace", app.destination, "--wait=false", check=False)
 
 
 def test_namespaced_mode_service_account_syncs_its_namespace_and_refuses_others(cluster, controller, make_app,

@@ -180,6 +180,8 @@ def test_an_operator_refreshes_and_the_stream_shows_the_new_revision(controller,
 
 def signed_in(page, controller, token: str) -> None:
     page.goto(controller.ui_url + "/")
+    page.get_by_label("Bearer token").wait_for()
+    assert_accessible(page)
     page.get_by_label("Bearer token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Applications").wait_for()
