@@ -462,13 +462,19 @@ class UiServer:
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: every visible app once (`app`), then each change as it comes
-        (`app`, `delete`); a comment every 15 s keeps proxies from closing the stream."""
+        (`app`, `delete`); a comment every 15 s keeps proxies from closing the stream. With
+        `namespace` and `name`, that one app only (an app's page)."""
         session = self._require(request)
+        only = (request.query.get("namespace"), request.query.get("name"))
+
+        def wanted(app: Manifest) -> bool:
+            return only == (None, None) or _key(app) == only
+
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
         await response.prepare(request)
         queue = self.feed.subscribe()
         try:
-            for app in await self._visible(session, self.feed.snapshot()):
+            for app in await self._visible(session, [app for app in self.feed.snapshot() if wanted(app)]):
                 await response.write(_event("app", app_summary(app)))
             await response.write(_event("ready", {}))
             while True:
@@ -477,7 +483,7 @@ class UiServer:
                 except asyncio.TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if not await asyncio.to_thread(session.can, "list", _key(app)[0]):
+                if not wanted(app) or not await asyncio.to_thread(session.can, "list", _key(app)[0]):
                     continue
                 await response.write(_event(kind, app_summary(app) if kind == "app"
                                             else {"namespace": _key(app)[0], "name": _key(app)[1]}))
