@@ -74,7 +74,7 @@ run: $(STAMP) binaries
 # local control plane (used when running, else started and stopped again). Not part of `make test`.
 # BENCH_ARGS=--quick for a few minutes' run. Flux is built once by hack/build-flux.sh (~15 min); if
 # that fails, the benchmarks still run against the floor and print the build's error.
-bench: $(STAMP) binaries
+bench: $(STAMP) chromium binaries
 	bash hack/build-flux.sh || true
 	$(PY) -m bench $(BENCH_ARGS)
 
