@@ -614,6 +614,8 @@ async def cleanup(memo: Prepared, **_) -> None:
     if _scheduler is not None:
         _scheduler.stop()
     memo.http.stop()
+    if memo.ui is not None:
+        await asyncio.to_thread(memo.ui.stop)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
