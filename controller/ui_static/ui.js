@@ -247,9 +247,14 @@ function listPage() {
   show(el("h1", {}, "Applications"), bar, count, table);
 
   stream = new EventSource("/api/v1/stream");
+  // Every (re)connection sends every app again, then `ready`: an app not sent again was deleted
+  // while the stream was down.
+  let resent = new Set();
+  stream.addEventListener("open", () => { resent = new Set(); });
   stream.addEventListener("app", (event) => {
     const app = JSON.parse(event.data);
     apps.set(`${app.namespace}/${app.name}`, app);
+    resent.add(`${app.namespace}/${app.name}`);
     choicesStale = true;
     render();
   });
@@ -260,7 +265,14 @@ function listPage() {
     choicesStale = true;
     render();
   });
-  stream.addEventListener("ready", () => { streamReady = true; render(); });
+  stream.addEventListener("ready", () => {
+    for (const key of [...apps.keys()]) {
+      if (!resent.has(key)) { apps.delete(key); rows.delete(key); }
+    }
+    streamReady = true;
+    choicesStale = true;
+    render();
+  });
 }
 
 // ------------------------------------------------------------------------------ one app

@@ -411,10 +411,8 @@ def test_gantry_ui_serves_as_the_kubeconfigs_user_or_says_why_it_cannot(cluster,
     app.apply()
     app.wait_synced(app.repo.head)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "controller.cli", "--kubeconfig", str(cluster.kubeconfig), "-n",
-                           APP_NAMESPACE, "ui", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    ui = gantry_ui(cluster, port)
     try:
-        assert ui.stdout.readline().startswith(f"Gantry UI: http://127.0.0.1:{port}/")
         browser = Browser(f"http://127.0.0.1:{port}")
         session = browser.call("GET", "/api/v1/session")[2]
         assert session["local"] is True and session["user"] and not session["readOnly"]
@@ -461,3 +459,35 @@ def test_in_the_browser_a_pods_log_is_shown(page, controller, make_app, accounts
     assert len((log.text_content() or "").strip().splitlines()) == 1, "only the last line"
     assert "listening on :80" not in (log.text_content() or "")
     assert_accessible(page)
+
+
+def gantry_ui(cluster, port: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "controller.cli", "--kubeconfig", str(cluster.kubeconfig), "-n",
+                                APP_NAMESPACE, "ui", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith(f"Gantry UI: http://127.0.0.1:{port}/")
+    return process
+
+
+def test_in_the_browser_the_list_forgets_an_app_deleted_while_its_stream_was_down(page, page_errors, cluster, make_app):
+    """The stream reconnects by itself (a proxy's timeout, a restart of `gantry ui`): what it sends
+    again is the whole list, and an app it no longer sends is gone."""
+    app = make_app()
+    app.apply()
+    port = free_port()
+    ui = gantry_ui(cluster, port)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        row = page.locator(f'tr[data-app="{APP_NAMESPACE}/{app.name}"]')
+        row.wait_for()
+        page_errors.allow(r"api/v1/stream|ERR_CONNECTION_REFUSED")  # the cut stream, as the browser reports it
+        ui.terminate()
+        ui.wait(10)
+        cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--wait=true")
+        ui = gantry_ui(cluster, port)
+        deadline = time.monotonic() + 30
+        while row.count() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert row.count() == 0, "an app deleted while the stream was down stayed in the list"
+    finally:
+        ui.terminate()
+        ui.wait(10)
