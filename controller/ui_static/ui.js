@@ -620,9 +620,14 @@ function appPage(namespace, name) {
   show(el("p", {}, link("/", "← All applications")), header, planSection, tree, resourceSection, historySection);
   load();
   stream = new EventSource(`/api/v1/stream?${new URLSearchParams({ namespace, name })}`);
+  let deleted = false;
   stream.addEventListener("app", (event) => {
     const app = JSON.parse(event.data);
-    if (app.namespace === namespace && app.name === name && detail) load();
+    if (app.namespace === namespace && app.name === name && detail && !deleted) load();
+  });
+  stream.addEventListener("delete", () => {
+    deleted = true;  // nothing more to load: say so once, keep what was shown
+    fill(problem, el("p", { class: "alert", id: "app-deleted" }, `${name} was deleted.`));
   });
 }
 

@@ -178,6 +178,10 @@ def test_an_operator_refreshes_and_the_stream_shows_the_new_revision(controller,
 # In Chromium, clicking as a user does
 
 
+# Browser tests ask for `page` after `make_app`: fixtures end in reverse order, so the page closes
+# before the test's Applications are deleted, rather than watch them go and log the 404s.
+
+
 def signed_in(page, controller, token: str) -> None:
     page.goto(controller.ui_url + "/")
     page.get_by_label("Bearer token").wait_for()
@@ -198,7 +202,7 @@ def synced_app_row(page, controller, make_app, token: str):
     return app, row
 
 
-def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page, controller, make_app, accounts):
+def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(controller, make_app, accounts, page):
     app, row = synced_app_row(page, controller, make_app, accounts["operator"][1])
     expect_text(row, "Healthy")
     expect_text(row, app.repo.head[:7])
@@ -233,7 +237,7 @@ def test_in_the_browser_a_commit_and_a_refresh_click_show_the_new_revision(page,
     expect_text(page.locator("#app-commit"), "two replicas (Gantry Tests)")
 
 
-def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(page, controller, make_app, accounts):
+def test_in_the_browser_a_broken_commit_shows_failed_with_the_file_and_line(controller, make_app, accounts, page):
     app, row = synced_app_row(page, controller, make_app, accounts["reader"][1])
     app.push({"k8s/config.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata\n  a: b\n"},
              message="broken")
@@ -331,7 +335,7 @@ def test_rollback_and_delete_as_an_operator_confirmed_by_the_apps_name(controlle
     assert app.object("deployment", "web") is None, "cascade: the app's resources go with it"
 
 
-def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(page, controller, make_app, accounts):
+def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(controller, make_app, accounts, page):
     app = make_app(with_secret(SECRET_VALUE))
     app.apply(automated=False)
     app.wait_sync_status("OutOfSync")
@@ -384,7 +388,7 @@ def test_anonymous_read_shows_the_list_without_signing_in_and_allows_no_action(c
         assert "gantry.dev/refresh" not in (app.get()["metadata"].get("annotations") or {})
 
 
-def test_in_the_browser_a_large_app_folds_its_resources_by_kind(page, controller, make_app, accounts):
+def test_in_the_browser_a_large_app_folds_its_resources_by_kind(controller, make_app, accounts, page):
     files = web_app_files()
     files["k8s/many.yaml"] = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"setting-{i:03d}"}, "data": {"n": str(i)}}
@@ -435,7 +439,7 @@ def test_gantry_ui_serves_as_the_kubeconfigs_user_or_says_why_it_cannot(cluster,
     assert failed.stderr.strip() == "gantry: cannot reach the API server at https://127.0.0.1:1: Connection refused"
 
 
-def test_in_the_browser_a_pods_log_is_shown(page, controller, make_app, accounts):
+def test_in_the_browser_a_pods_log_is_shown(controller, make_app, accounts, page):
     files = web_app_files()
     deployment = yaml.safe_load(files["k8s/deployment.yaml"])
     deployment["spec"]["template"]["metadata"]["annotations"] = {"gantry.dev/test-log": "listening on :80\nready"}
@@ -468,7 +472,7 @@ def gantry_ui(cluster, port: int) -> subprocess.Popen:
     return process
 
 
-def test_in_the_browser_the_list_forgets_an_app_deleted_while_its_stream_was_down(page, page_errors, cluster, make_app):
+def test_in_the_browser_the_list_forgets_an_app_deleted_while_its_stream_was_down(cluster, make_app, page, page_errors):
     """The stream reconnects by itself (a proxy's timeout, a restart of `gantry ui`): what it sends
     again is the whole list, and an app it no longer sends is gone."""
     app = make_app()
