@@ -26,7 +26,7 @@ from aiohttp import web
 from . import health as health_stage
 from .application import app_summary, automated_enabled, refresh_request, rollback_request, sync_request
 from .kube import KubeApiError, KubeClient, Resource, list_and_watch
-from .model import API_GROUP, API_VERSION, FINALIZER as RESOURCES_FINALIZER, RESOURCE_FINALIZERS, Manifest
+from .model import API_GROUP, API_VERSION, Manifest
 
 __all__ = ["AppFeed", "UiServer", "build_tree"]
 
@@ -130,6 +130,12 @@ def _offer(queue: asyncio.Queue, message: tuple[str, Manifest]) -> None:
         queue.put_nowait(message)
     except asyncio.QueueFull:  # a tab that stopped reading: it reloads when its stream ends
         pass
+
+
+def _namespaces_of(app: Manifest) -> set[str]:
+    """The namespaces the app's resources live in (its status's inventory): where the tree, the
+    resource view and the logs may look, and nowhere else."""
+    return {entry["namespace"] for entry in (app.get("status") or {}).get("resources") or [] if entry.get("namespace")}
 
 
 def _key(app: Manifest) -> tuple[str, str]:
@@ -521,8 +527,7 @@ class UiServer:
     async def _tree(self, request: web.Request) -> web.Response:
         session = self._require(request)
         app = await self._application(session, request)
-        namespaces = sorted({entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []
-                             if entry.get("namespace")})
+        namespaces = sorted(_namespaces_of(app))
         lives, hidden = await asyncio.to_thread(self._list_children, session.client, namespaces)
         return web.json_response({"nodes": build_tree(app, lives), "hidden": hidden})
 
@@ -555,8 +560,7 @@ class UiServer:
         it: these endpoints show the app's objects, not anything the user could name."""
         query = request.query
         wanted = (query.get("group", ""), query.get("kind", ""), query.get("namespace", ""), query.get("name", ""))
-        namespaces = {entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []}
-        if not wanted[1] or not wanted[3] or (wanted[2] and wanted[2] not in namespaces):
+        if not wanted[1] or not wanted[3] or (wanted[2] and wanted[2] not in _namespaces_of(app)):
             raise _error(404, f"{wanted[1] or '?'} {wanted[2]}/{wanted[3]} is not one of this app's resources")
         return wanted
 
@@ -610,9 +614,8 @@ class UiServer:
         (default 500), `previous` (the container before its last restart), `follow`."""
         session = self._require(request)
         app = await self._application(session, request)
-        namespaces = {entry.get("namespace") for entry in (app.get("status") or {}).get("resources") or []}
         namespace, pod = request.query.get("namespace", ""), request.query.get("pod", "")
-        if not pod or namespace not in namespaces:
+        if not pod or namespace not in _namespaces_of(app):
             raise _error(404, f"pod {namespace}/{pod} is not in this app's namespaces")
         query: dict[str, Any] = {"tailLines": max(1, min(int(request.query.get("tailLines") or 500), 10_000))}
         if request.query.get("container"):
@@ -643,8 +646,9 @@ class UiServer:
 
     # ---------------------------------------------------------------- actions
 
-    async def _patch_application(self, request: web.Request, patch: dict, what: str) -> web.Response:
-        session = self._require_action(request)
+    async def _patch_application(self, request: web.Request, patch: dict, what: str, *,
+                                 session: Session | None = None) -> web.Response:
+        session = session or self._require_action(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         if not await asyncio.to_thread(session.can, "patch", namespace):
             raise _error(403, f"{session.user} may not patch applications in namespace {namespace!r}")
@@ -662,15 +666,23 @@ class UiServer:
         hard = bool(body.get("hard"))
         return await self._patch_application(request, refresh_request(hard=hard), "hard refresh" if hard else "refresh")
 
+    async def _request_operation(self, request: web.Request, session: Session, app: Manifest, patch: dict,
+                                 what: str) -> web.Response:
+        """Ask the controller for an operation unless one is pending, conditional on the Application
+        as read (its resourceVersion), as `gantry app sync` asks: a request someone made since is
+        not replaced."""
+        if app.get("operation"):
+            raise _error(409, "another operation is already in progress on this app: wait for it")
+        patch = {**patch, "metadata": {"resourceVersion": app["metadata"]["resourceVersion"]}}
+        return await self._patch_application(request, patch, what, session=session)
+
     async def _sync(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         session = self._require_action(request)
         app = await self._application(session, request)
-        if app.get("operation"):
-            raise _error(409, "another operation is already in progress on this app: wait for it")
         revision = str(body.get("revision") or "").strip() or None
-        return await self._patch_application(request, sync_request(revision, bool(body.get("prune")),
-                                                                   username=session.user), "sync")
+        return await self._request_operation(request, session, app, sync_request(
+            revision, bool(body.get("prune")), username=session.user), "sync")
 
     async def _rollback(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -679,13 +691,11 @@ class UiServer:
         if automated_enabled(app):
             raise _error(409, "automated sync is enabled, and would undo the rollback: disable it first "
                               "(as in Argo CD)")
-        if app.get("operation"):
-            raise _error(409, "another operation is already in progress on this app: wait for it")
         entry = next((e for e in (app.get("status") or {}).get("history") or [] if e.get("id") == body.get("id")), None)
         if entry is None:
             raise _error(404, f"no history entry {body.get('id')!r}")
-        return await self._patch_application(request, rollback_request(entry, bool(body.get("prune")), session.user),
-                                             f"rollback to {entry['revision'][:7]}")
+        return await self._request_operation(request, session, app, rollback_request(
+            entry, bool(body.get("prune")), session.user), f"rollback to {entry['revision'][:7]}")
 
     async def _delete(self, request: web.Request) -> web.Response:
         """Delete the app, cascading to its resources (the finalizer) or not; the body must name
@@ -697,17 +707,22 @@ class UiServer:
             raise _error(400, f"type the app's name ({name}) to confirm its deletion")
         if not await asyncio.to_thread(session.can, "delete", namespace):
             raise _error(403, f"{session.user} may not delete applications in namespace {namespace!r}")
+        from .cli import CliError, delete_plan  # `gantry app delete`'s rule, until it leaves the CLI
+
         app = await self._application(session, request)
         cascade = bool(body.get("cascade", True))
-        finalizers = list((app.get("metadata") or {}).get("finalizers") or [])
-        wanted = ([*finalizers, RESOURCES_FINALIZER] if cascade and RESOURCES_FINALIZER not in finalizers
-                  else [f for f in finalizers if f not in RESOURCE_FINALIZERS] if not cascade else None)
+        try:
+            plan = delete_plan(app, cascade=cascade)
+        except CliError as error:
+            raise _error(409, str(error)) from None
         path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/applications/{name}"
         try:
-            if wanted is not None and wanted != finalizers:
-                await asyncio.to_thread(session.client.request, "PATCH", path, body={"metadata": {
-                    "finalizers": wanted, "resourceVersion": app["metadata"]["resourceVersion"]}},
-                    content_type="application/merge-patch+json")
+            if plan.finalizers is not None:
+                metadata: dict[str, Any] = {"finalizers": plan.finalizers}
+                if plan.conditional:
+                    metadata["resourceVersion"] = app["metadata"]["resourceVersion"]
+                await asyncio.to_thread(session.client.request, "PATCH", path, body={"metadata": metadata},
+                                        content_type="application/merge-patch+json")
             await asyncio.to_thread(session.client.request, "DELETE", path)
         except KubeApiError as error:
             raise _error(error.status if 400 <= error.status < 500 else 502, error.message or error.reason) from None
