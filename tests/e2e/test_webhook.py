@@ -8,8 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import select
-import socket
 import threading
 import time
 import urllib.error
@@ -20,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from harness import APP_NAMESPACE, web_app_files
+from slowloris import slowloris
 
 pytestmark = pytest.mark.e2e
 
@@ -199,24 +198,6 @@ def test_a_push_to_another_branch_refreshes_nothing(make_app, controller, git_se
     app.wait_synced(new_main, timeout=30)
     assert git_server.fetches(app.name) > fetches
     assert app.object("deployment", "web")["spec"]["replicas"] == 2
-
-
-def slowloris(address: tuple[str, int], stop: threading.Event, answers: list[bytes]) -> None:
-    """One attacker's connection: a request line, then a header byte every half second, never the
-    end; when the server answers or hangs up, a moment's pause and the next connection. Until `stop`."""
-    while not stop.is_set():
-        try:
-            with socket.create_connection(address, timeout=10) as conn:
-                conn.sendall(b"POST /api/webhook HTTP/1.1\r\nHost: gantry\r\nX-Slow: ")
-                while not stop.is_set():
-                    readable, _, _ = select.select([conn], [], [], 0.5)
-                    if readable:
-                        answers.append(conn.recv(12))
-                        break
-                    conn.sendall(b"x")
-        except OSError:
-            pass
-        stop.wait(0.1)
 
 
 def health_status(controller) -> int | str:

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import select
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from controller.metrics import Metrics
 from controller.operator import DiffBaseWithoutStatus, _plain
 from controller.reconcile import Outcome
 from controller.startup import StartupError
+from slowloris import slowloris
 
 
 def application(resources: int) -> dict:
@@ -209,27 +209,10 @@ def test_metrics_and_webhook_are_served_on_their_own_ports(servers):
     assert get(webhook, "/healthz") == 404 and get(webhook, "/metrics") == 404
 
 
-def slowloris(port: int, stop: threading.Event, answers: list[bytes]) -> None:
-    """Connect, send a request line and then header bytes one at a time, never the end; when the
-    server answers or hangs up, connect again. Until `stop`."""
-    while not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-                conn.sendall(f"POST {operator.WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
-                while not stop.is_set():
-                    readable, _, _ = select.select([conn], [], [], 0.05)
-                    if readable:
-                        answers.append(conn.recv(12))
-                        break
-                    conn.sendall(b"x")
-        except OSError:
-            pass
-        stop.wait(0.02)  # reconnect, but not in a loop that would only measure the CPU
-
-
 def test_a_flooded_webhook_port_leaves_healthz_answering_and_serves_again_after(servers):
     stop, answers = threading.Event(), []
-    flood = [threading.Thread(target=slowloris, args=(servers.webhook.port, stop, answers)) for _ in range(12)]
+    flood = [threading.Thread(target=slowloris, args=(("127.0.0.1", servers.webhook.port), stop, answers),
+                              kwargs={"every": 0.05, "pause": 0.02}) for _ in range(12)]
     for thread in flood:
         thread.start()
     health = []
