@@ -37,6 +37,7 @@ CSRF_HEADER = "X-Gantry-CSRF"
 SESSION_SECONDS = 8 * 3600
 MAX_SESSIONS = 10_000
 PERMISSION_SECONDS = 30.0  # how long an answer of RBAC is trusted before it is asked again
+FEED_READY_TIMEOUT = 20.0  # how long a request waits for the first list of Applications
 # Nothing but our own files: no inline script or style, no other host, no framing.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -461,9 +462,16 @@ class UiServer:
         allowed = {ns for ns in namespaces if await asyncio.to_thread(session.can, "list", ns)}
         return [app for app in apps if _key(app)[0] in allowed]
 
+    async def _listed(self) -> list[Manifest]:
+        """Every app the feed holds, once its first list is in: a request that comes right after
+        the server started must not be answered with an empty list it would take for the truth."""
+        if not await asyncio.to_thread(self.feed.ready.wait, FEED_READY_TIMEOUT):
+            raise _error(503, "the list of Applications has not been read from the API server yet: try again")
+        return self.feed.snapshot()
+
     async def _list(self, request: web.Request) -> web.Response:
         session = self._require(request)
-        apps = await self._visible(session, self.feed.snapshot())
+        apps = await self._visible(session, await self._listed())
         return web.json_response({"items": [app_summary(app) for app in sorted(apps, key=_key)]})
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
@@ -476,11 +484,16 @@ class UiServer:
         def wanted(app: Manifest) -> bool:
             return only == (None, None) or _key(app) == only
 
+        queue = self.feed.subscribe()  # before the snapshot: no change falls between the two
+        try:
+            first = await self._visible(session, [app for app in await self._listed() if wanted(app)])
+        except BaseException:
+            self.feed.unsubscribe(queue)
+            raise
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        queue = self.feed.subscribe()
         try:
-            for app in await self._visible(session, [app for app in self.feed.snapshot() if wanted(app)]):
+            for app in first:
                 await response.write(_event("app", app_summary(app)))
             await response.write(_event("ready", {}))
             while True:
@@ -785,6 +798,7 @@ def _error(status: int, message: str) -> web.HTTPException:
 _STATUS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
     409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity, 502: web.HTTPBadGateway,
+    503: web.HTTPServiceUnavailable,
 }
 
 

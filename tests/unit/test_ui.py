@@ -138,3 +138,28 @@ def test_sessions_past_their_time_or_beyond_the_cap_are_forgotten(monkeypatch):
     server.sessions["newer"] = Session(Client(), "c")
     server._forget_expired()
     assert list(server.sessions) == ["newer"], "the oldest go first, leaving room for one more"
+
+
+def test_the_list_waits_for_the_first_list_of_applications(monkeypatch):
+    """Right after start the feed holds nothing yet: the answer waits for its first list instead
+    of saying there are no apps, and says why when that list does not come."""
+    class Client:
+        def as_user(self, token):
+            raise AssertionError("no sign-in expected")
+
+    server = UiServer(Client(), "127.0.0.1:0")
+    app = {"metadata": {"namespace": "shop", "name": "web"}}
+
+    async def listed_later() -> list:
+        asyncio.get_running_loop().call_later(0.05, lambda: server.feed._listed(None, [app], {None: server.feed.ready}))
+        return await server._listed()
+
+    assert asyncio.run(listed_later()) == [app]
+    server.feed.ready.clear()
+    monkeypatch.setattr("controller.ui.FEED_READY_TIMEOUT", 0.01)
+    try:
+        asyncio.run(server._listed())
+    except web.HTTPException as error:
+        assert error.status == 503 and "not been read" in error.text
+    else:
+        raise AssertionError("an unlisted feed must not answer")
