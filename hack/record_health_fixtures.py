@@ -1,5 +1,5 @@
 """Record tests/unit/testdata/health/recorded-*.yaml: live objects read back from the local control
-plane in known health states, so controller/health.py is unit-tested on what the API server writes.
+plane in known health states, so controller/health is unit-tested on what the API server writes.
 
     GANTRY_CLUSTER_DIR=/tmp/rec-cluster .venv/bin/python hack/record_health_fixtures.py
 

@@ -1,4 +1,4 @@
-"""controller/health.py on the real control plane: pods made faulty by our KWOK stages
+"""controller/health on the real control plane: pods made faulty by our KWOK stages
 (hack/kwok/stages/, selected by the label gantry.dev/test-fault) reach the states a kubelet would
 give them, and health.assess on the live objects, with the live pods listed through kubectl, names
 the pod and what fails in it. The controller is not involved; the objects are applied directly."""

@@ -1,4 +1,4 @@
-"""controller/health.py: a table of testdata/health/<kind>-<state>.yaml objects and the health expected.
+"""controller/health (Kubernetes' own kinds): a table of testdata/health/<kind>-<state>.yaml objects and the health expected.
 
 Workloads that are not fully ready are also assessed with pods (testdata/health/pod-*.yaml) listed
 by the context, at a pinned `now`, so the messages that name a pod and its probe are exact.
@@ -103,10 +103,10 @@ CASES = [
     ("ingress-pending-annotation", TRAEFIK, P, "ingress controller traefik"),
     ("ingress-pending-annotation", NGINX_DEFAULT, H, "no IngressClass 'traefik'"),
     ("certificate-ready", None, H, "up to date"),
-    ("certificate-failed", None, D, "Issuing certificate as Secret does not exist"),
-    ("kustomization-reconciling", None, P, "Reconciliation in progress"),
+    ("certificate-failed", None, D, "Issuing: Failed: The certificate request has failed to complete"),
+    ("kustomization-reconciling", None, P, "Progressing: Building manifests for revision main@sha1:a1b2c3d"),
     ("kustomization-stale", None, P, "latest generation"),
-    ("apiservice-unavailable", None, D, "have no addresses"),
+    ("apiservice-unavailable", None, P, "MissingEndpoints: endpoints for service/metrics-server"),
     ("ingress-pending", CLASSES_UNKNOWN, P, "waiting for an address from the ingress controller"),
     # Workloads name the pod that keeps them from being ready, and what fails in it.
     ("deployment-unavailable", pods("pod-ready", "pod-readiness-failing"), D,
@@ -271,10 +271,15 @@ def test_kinds_without_health_have_none() -> None:
 
 
 def test_error_in_a_rule_becomes_unknown_not_a_crash() -> None:
-    broken = {"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": [], "status": "garbage"}
+    broken = {"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": {"replicas": [3]}, "status": {"observedGeneration": 1}}
     result = assess(broken)
     assert result is not None and result.status == U
-    assert "health check failed" in result.message
+    assert result.message.startswith("health check failed: TypeError: ")
+
+
+def test_a_spec_or_status_that_is_not_a_mapping_is_read_as_empty() -> None:
+    odd = {"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": [], "status": "garbage"}
+    assert assess(odd) == HealthResult(P, "waiting for rollout to be observed")
 
 
 def test_worst_follows_argo_cd_order() -> None:

@@ -1,7 +1,6 @@
-"""Health: how far each live object is from doing its job, one rule per kind (after sync, before status).
+"""Health of Kubernetes' own kinds: workloads (with their pods), Jobs, Services, Ingresses, claims,
+autoscalers, and the API machinery's CRDs, PodDisruptionBudgets and APIServices.
 
-Pure functions over object dicts as the API server returns them, in the shape of gitops-engine's
-pkg/health: `assess` looks the kind up in a registry and falls back to Ready/Available conditions.
 A workload that is not fully ready also looks at its pods, when the context can list them, so the
 message names the pod and what fails in it ("2 of 3 replicas available" tells nobody what to fix).
 """
@@ -9,26 +8,15 @@ message names the pod and what fails in it ("2 of 3 replicas available" tells no
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
+from controller.health._base import (
+    D, H, P, HealthContext, _condition, _conditions, _duration, _find_condition, _generation_unobserved, _int, _is_false,
+    _is_true, _metadata, _name, _now, _one_line, _plural, _spec, _status, _text, _time, worst,
+)
+from controller.health._base import rule as _kind
 from controller.model import HealthResult, HealthStatus, Manifest
 
-__all__ = ["READINESS_GRACE_SECONDS", "HealthContext", "assess", "is_worse", "worst"]
-
-# Most to least healthy, as Argo CD ranks them; an Application's health is the worst of its objects'.
-_ORDER = (
-    HealthStatus.HEALTHY,
-    HealthStatus.SUSPENDED,
-    HealthStatus.PROGRESSING,
-    HealthStatus.MISSING,
-    HealthStatus.DEGRADED,
-    HealthStatus.UNKNOWN,
-)
-_RANK = {status: rank for rank, status in enumerate(_ORDER)}
-
-DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 # autoscaling/v1 has no status.conditions; the API server carries them in this annotation.
 HPA_V1_CONDITIONS_ANNOTATION = "autoscaling.alpha.kubernetes.io/conditions"
@@ -40,190 +28,8 @@ HPA_V1_CONDITIONS_ANNOTATION = "autoscaling.alpha.kubernetes.io/conditions"
 READINESS_GRACE_SECONDS = 30
 
 
-@dataclass(frozen=True)
-class HealthContext:
-    """What the cluster offers beyond the object itself, for kinds whose health depends on it.
-
-    - `ingress_classes`, `default_ingress_class`: the cluster's IngressClasses. An Ingress gets an
-      address only if some controller serves its class; without this an Ingress in a cluster with
-      no ingress controller would stay Progressing forever (a known Argo CD complaint). `None`
-      means they could not be read, and Ingresses then wait for an address as with no context.
-    - `pods_in`: namespace → the live pods in it. Workloads that are not fully ready use it to
-      name the pod that fails and why; without it (or when it raises) they report replica counts
-      only. It is called at most once per workload assessed, and only for workloads that are not
-      ready, so a caller assessing many should pass a lazily cached lister.
-    - `now`: the current time (timezone-aware), for rules that depend on how long something has
-      lasted; `None` means the real clock. Tests pin it.
-    """
-
-    ingress_classes: frozenset[str] | None = frozenset()
-    default_ingress_class: str | None = None
-    pods_in: Callable[[str], Sequence[Manifest]] | None = None
-    now: datetime | None = None
-
-    @classmethod
-    def from_ingress_classes(
-        cls,
-        objects: Iterable[Manifest],
-        *,
-        pods_in: Callable[[str], Sequence[Manifest]] | None = None,
-        now: datetime | None = None,
-    ) -> "HealthContext":
-        """Build the context from the cluster's IngressClass objects (networking.k8s.io/v1)."""
-        names: set[str] = set()
-        default: str | None = None
-        for obj in objects:
-            metadata = obj.get("metadata") or {}
-            name = metadata.get("name")
-            if not name:
-                continue
-            names.add(name)
-            if (metadata.get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true":
-                # Several defaults is a cluster misconfiguration; pick one deterministically.
-                default = name if default is None else min(default, name)
-        return cls(frozenset(names), default, pods_in, now)
-
-
-_Check = Callable[[Manifest, HealthContext | None], HealthResult | None]
-_REGISTRY: dict[tuple[str, str], _Check] = {}
-
-
-def _kind(group: str, kind: str) -> Callable[[_Check], _Check]:
-    """Register the decorated function as the health check of (group, kind)."""
-
-    def register(check: _Check) -> _Check:
-        _REGISTRY[(group, kind)] = check
-        return check
-
-    return register
-
-
-def assess(obj: Manifest, context: HealthContext | None = None) -> HealthResult | None:
-    """Health of one live object, or None for kinds that have no health (ConfigMap, Secret …).
-
-    `context=None` means "cluster unknown": checks that need it assume the cluster can do its part.
-    A failing check is reported as Unknown with the error, never raised: one odd object must not
-    stop the health of the others from being written.
-    """
-    try:
-        if (obj.get("metadata") or {}).get("deletionTimestamp"):
-            return HealthResult(HealthStatus.PROGRESSING, "pending deletion")
-        api_version = obj.get("apiVersion") or ""
-        group = api_version.rpartition("/")[0]
-        check = _REGISTRY.get((group, obj.get("kind") or ""), _conditions)
-        return check(obj, context)
-    except Exception as exc:  # noqa: BLE001 (deliberate: any bug in a rule becomes Unknown)
-        return HealthResult(HealthStatus.UNKNOWN, f"health check failed: {type(exc).__name__}: {exc}")
-
-
-def is_worse(current: HealthStatus, new: HealthStatus) -> bool:
-    return _RANK[HealthStatus(new)] > _RANK[HealthStatus(current)]
-
-
-def worst(results: Iterable[HealthResult | HealthStatus | None]) -> HealthStatus:
-    """The worst status among `results` (None entries, objects without health, are skipped).
-
-    Nothing to assess is Healthy, as in Argo CD: an empty app is not broken.
-    """
-    current = HealthStatus.HEALTHY
-    for result in results:
-        if result is None:
-            continue
-        status = result.status if isinstance(result, HealthResult) else HealthStatus(result)
-        if is_worse(current, status):
-            current = status
-    return current
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers. The API server omits zero and empty fields from status, so every read has a default.
-
-
-def _status(obj: Manifest) -> dict:
-    return obj.get("status") or {}
-
-
-def _spec(obj: Manifest) -> dict:
-    return obj.get("spec") or {}
-
-
-def _metadata(obj: Manifest) -> dict:
-    return obj.get("metadata") or {}
-
-
-def _name(obj: Manifest) -> str:
-    return _metadata(obj).get("name", "")
-
-
-def _int(value: object, default: int = 0) -> int:
-    return default if value is None else int(value)  # type: ignore[arg-type]
-
-
-def _find_condition(conditions: Iterable[dict] | None, type_: str) -> dict | None:
-    for cond in conditions or ():
-        if cond.get("type") == type_:
-            return cond
-    return None
-
-
-def _condition(obj: Manifest, type_: str) -> dict | None:
-    return _find_condition(_status(obj).get("conditions"), type_)
-
-
-def _is_true(cond: dict | None) -> bool:
-    return cond is not None and cond.get("status") == "True"
-
-
-def _is_false(cond: dict | None) -> bool:
-    return cond is not None and cond.get("status") == "False"
-
-
-def _generation_unobserved(obj: Manifest) -> bool:
-    generation = _metadata(obj).get("generation")
-    observed = _status(obj).get("observedGeneration")
-    return generation is not None and _int(observed) < int(generation)
-
-
 def _lb_addresses(obj: Manifest) -> list[dict]:
     return ((_status(obj).get("loadBalancer") or {}).get("ingress")) or []
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    """The first non-empty line of a (termination) message, cut to `limit` characters."""
-    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _now(context: HealthContext | None) -> datetime:
-    now = context.now if context is not None and context.now is not None else datetime.now(timezone.utc)
-    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-
-
-def _time(value: object) -> datetime | None:
-    """An RFC 3339 timestamp as the API server writes it (`2025-01-14T09:12:03Z`), or None."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _duration(seconds: float) -> str:
-    """45s, 2m30s, 1h5m: as kubectl prints ages, precise enough to tell a blip from an outage."""
-    total = max(int(seconds), 0)
-    if total < 60:
-        return f"{total}s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes}m" if minutes else f"{hours}h"
 
 
 def _selects(selector: dict | None, labels: dict) -> bool:
@@ -679,21 +485,67 @@ def _hpa(obj: Manifest, _: HealthContext | None) -> HealthResult:
     return HealthResult(HealthStatus.HEALTHY, limited.get("message", "") if _is_true(limited) else "")
 
 
-def _conditions(obj: Manifest, _: HealthContext | None) -> HealthResult | None:
-    """Fallback for kinds without a rule: the Ready or Available condition most controllers write."""
-    cond = _condition(obj, "Ready") or _condition(obj, "Available")
-    if cond is None:
-        return None
-    # kstatus convention: a condition about an older generation says nothing about this one. Some
-    # controllers (cert-manager) record the generation on the condition, not in status; some nowhere.
-    observed = _status(obj).get("observedGeneration", cond.get("observedGeneration"))
-    generation = _metadata(obj).get("generation")
-    if observed is not None and generation is not None and int(observed) < int(generation):
-        return HealthResult(HealthStatus.PROGRESSING, "waiting for the latest generation to be observed")
-    value = cond.get("status")
-    text = cond.get("message") or cond.get("reason") or ""
-    if value == "True":
-        return HealthResult(HealthStatus.HEALTHY, text)
-    if value == "False":
-        return HealthResult(HealthStatus.DEGRADED, text or f"{cond.get('type')} is False")
-    return HealthResult(HealthStatus.PROGRESSING, text or f"{cond.get('type')} is {value or 'Unknown'}")
+# ---------------------------------------------------------------------------------------------
+# The API machinery's own kinds.
+
+
+@_kind("apiextensions.k8s.io", "CustomResourceDefinition")
+def _crd(obj: Manifest, _: HealthContext | None) -> HealthResult:
+    """Established is what makes the type servable; NamesAccepted=False (its plural, kind or a short
+    name is taken by another CRD) never resolves by waiting. Installing is the moment in between."""
+    terminating = _condition(obj, "Terminating")
+    if _is_true(terminating):
+        return HealthResult(P, f"being deleted: {_text(terminating)}".rstrip(": "))
+    names = _condition(obj, "NamesAccepted")
+    if _is_false(names):
+        return HealthResult(D, f"names not accepted: {_text(names, 'a name is in use by another CRD')}")
+    structural = _condition(obj, "NonStructuralSchema")
+    if _is_true(structural):
+        return HealthResult(D, f"schema is not structural: {_text(structural)}")
+    established = _condition(obj, "Established")
+    if _is_true(established):
+        return HealthResult(H, "")
+    if established is None or established.get("reason") == "Installing" or not _is_false(established):
+        return HealthResult(P, f"not established yet: {_text(established, 'waiting for the API server')}")
+    return HealthResult(D, f"not established: {_text(established)}")
+
+
+@_kind("policy", "PodDisruptionBudget")
+def _pdb(obj: Manifest, _: HealthContext | None) -> HealthResult:
+    """A budget the disruption controller has computed. One that is met but allows no disruption
+    (minAvailable equal to the replicas) is a choice, not a fault, as Argo CD decided; one whose
+    selected workloads will never have as many pods as it requires is Degraded; one short of pods
+    while they are still starting is Progressing (the workload's own health says why)."""
+    status = _status(obj)
+    if not status or _generation_unobserved(obj) or "desiredHealthy" not in status and not _conditions(obj):
+        return HealthResult(P, "waiting for the disruption controller")
+    allowed = _condition(obj, "DisruptionAllowed")
+    if _is_false(allowed) and allowed.get("reason") not in (None, "", "InsufficientPods"):
+        return HealthResult(D, f"budget not computed: {_text(allowed)}")  # SyncFailed
+    desired, current = _int(status.get("desiredHealthy")), _int(status.get("currentHealthy"))
+    expected = _int(status.get("expectedPods"))
+    if current >= desired:
+        disruptions = _int(status.get("disruptionsAllowed"))
+        return HealthResult(H, f"{current} healthy pods, {_plural(disruptions, 'disruption')} allowed")
+    if 0 < expected < desired:
+        return HealthResult(D, f"can never be met: requires {desired} healthy pods, the workload has {expected}")
+    return HealthResult(P, f"{current} of {desired} required pods healthy")
+
+
+# APIService reasons (kube-aggregator's availability controller) that are the normal state of an
+# install while the backing Service, its endpoints or its pods come up: metrics-server's pods
+# not ready yet is MissingEndpoints. The backing workload's own health says when they never will.
+_APISERVICE_WAITING = frozenset({"ServiceNotFound", "EndpointsNotFound", "MissingEndpoints", "FailedDiscoveryCheck",
+                                 "ServiceAccessError", "EndpointsAccessError"})
+
+
+@_kind("apiregistration.k8s.io", "APIService")
+def _apiservice(obj: Manifest, _: HealthContext | None) -> HealthResult:
+    available = _condition(obj, "Available")
+    if available is None:
+        return HealthResult(P, "waiting for the aggregator's availability check")
+    if _is_true(available):
+        return HealthResult(H, "" if available.get("reason") in ("Local", "Passed") else _text(available))
+    if available.get("reason") in _APISERVICE_WAITING or not _is_false(available):
+        return HealthResult(P, _text(available, "not available yet"))
+    return HealthResult(D, _text(available, "not available"))  # ServicePortError: a spec mistake
