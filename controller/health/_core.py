@@ -180,6 +180,12 @@ def _not_ready(pod: Manifest, containers: dict, statuses: list, ready: dict | No
         who = f"container {name} " if several else ""
         state = container_status.get("state") or {}
         if "terminated" in state:
+            # Caught between two back-offs of a crash loop: the kubelet shows the exit, not yet
+            # CrashLoopBackOff. A container that failed before and failed again is looping.
+            restarts = _int(container_status.get("restartCount"))
+            if restarts > 0 and _int(state["terminated"].get("exitCode")) != 0:
+                return HealthResult(HealthStatus.DEGRADED, f"container {name} crash-looping (restarted "
+                                    f"{_plural(restarts, 'time')}): {_exit(state['terminated'])}")
             return HealthResult(HealthStatus.PROGRESSING,
                                 f"container {name} restarting after {_exit(state['terminated'])}")
         if "running" not in state:

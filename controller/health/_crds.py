@@ -74,10 +74,12 @@ _GATEWAY = "gateway.networking.k8s.io"
 def _gateway_condition(obj: Manifest, cond: dict | None, context: HealthContext | None,
                        what: str) -> HealthResult | None:
     """The verdict of one Accepted/Programmed/ResolvedRefs condition, or None when it is fine."""
-    if cond is None or _is_true(cond):
+    if cond is None:
         return None
     if _stale(obj, cond):
         return HealthResult(P, f"{what}waiting for the controller to observe the latest generation")
+    if _is_true(cond):
+        return None
     label = f"{what}{cond.get('type')}: {_text(cond, _truth(cond))}"
     if not _is_false(cond) or cond.get("reason") == "Pending":
         return HealthResult(P, label)
