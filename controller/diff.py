@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from . import traps
 from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
 from .model import (
     FIELD_MANAGER,
@@ -247,6 +248,9 @@ class ObjectDiff:
     live: Manifest | None
     predicted: Manifest | None  # the server's dry-run answer; None when the namespace is not there yet
     in_sync: bool
+    # Immutable fields that change (controller/traps.py), when the object may be recreated for
+    # them (Replace=true or Force=true): sync deletes it and creates it again.
+    recreate: tuple[str, ...] = ()
 
     @property
     def missing(self) -> bool:
@@ -285,18 +289,20 @@ class Differ:
 
     def diff(self, targets: Sequence[Manifest], live_of: Callable[[Manifest], Manifest | None],
              ignores: Sequence[IgnoreDifference] = (), *, respect_ignores: bool = False,
-             dry_run_missing: bool = True) -> DiffResult:
+             dry_run_missing: bool = True, recreate: bool = False) -> DiffResult:
         """respect_ignores (Argo CD's RespectIgnoreDifferences=true): ignored fields keep their live
         values in what is applied, so a sync does not undo, say, an autoscaler's replicas.
         dry_run_missing=False: objects that do not exist are reported missing without asking the
-        server (their errors then surface when they are applied)."""
+        server (their errors then surface when they are applied).
+        recreate (the app's Replace=true or Force=true): an object whose immutable fields change is
+        to be recreated rather than refused, as its own sync-options annotation can also say."""
         outcomes: list[ObjectDiff | ApplyFailure | None] = [
             self._cached_diff(target, live_of, respect_ignores) for target in targets]
         misses = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if misses:  # only these need the server (dry runs), in parallel
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 answers = pool.map(lambda i: self._diff_one(targets[i], live_of, ignores, respect_ignores,
-                                                            dry_run_missing), misses)
+                                                            dry_run_missing, recreate), misses)
                 for i, answer in zip(misses, answers):
                     outcomes[i] = answer
         return DiffResult(
@@ -347,7 +353,7 @@ class Differ:
         return ObjectDiff(ref, target, live, cached[1], cached[0]) if cached is not None else None
 
     def _diff_one(self, target: Manifest, live_of, ignores, respect_ignores: bool,
-                  dry_run_missing: bool) -> ObjectDiff | ApplyFailure:
+                  dry_run_missing: bool, recreate: bool) -> ObjectDiff | ApplyFailure:
         ref = ObjectRef.of(target)
         try:
             live = live_of(target)
@@ -362,8 +368,12 @@ class Differ:
                 cached = self._cache.get(key)
             if cached is not None:
                 return ObjectDiff(ref, target, live, cached[1], cached[0])
-            predicted = self.dry_run(target)
-            if predicted is None:  # its namespace does not exist yet: it will be created
+            predicted = self._predict(target, live, recreate)
+            if isinstance(predicted, ApplyFailure):
+                return predicted
+            if isinstance(predicted, ObjectDiff):  # to be recreated: not remembered, it is about to change
+                return predicted
+            if predicted is None:  # its namespace does not exist yet (or is going): it will be created
                 return ObjectDiff(ref, target, live, None, False)
             in_sync = live is not None and compare(predicted, live, ignores)
             with self._lock:
@@ -375,6 +385,61 @@ class Differ:
             return ApplyFailure(ref, unserved_message(error))
         except KubeApiError as error:
             return ApplyFailure(ref, error.message or error.reason)
+
+    def _predict(self, target: Manifest, live: Manifest | None,
+                 recreate: bool) -> Manifest | ObjectDiff | ApplyFailure | None:
+        """The dry run, with the apply traps of controller/traps.py handled as sync handles them: a
+        defaulted field the change forbids is healed, an immutable change refused (the field, why and
+        the fix) or, when allowed, dry-run as the new object the sync will create instead."""
+        ref = ObjectRef.of(target)
+        changes = traps.immutable_changes(target, live)
+        if not changes:
+            found = traps.heals(target, live)
+            try:
+                return self._dry_run_healed(target, live, found) if found else self.dry_run(target)
+            except KubeApiError as error:
+                change = traps.immutable_from_error(error.status, error.message)
+                if change is None:
+                    raise
+                changes = (change,)
+        if not (recreate or traps.object_sync_options(target).recreate):
+            return ApplyFailure(ref, traps.refusal(ref.kind, changes))
+        return ObjectDiff(ref, target, live, self._dry_run_create(target), False,
+                          tuple(dict.fromkeys(c.field for c in changes)))
+
+    def _dry_run_healed(self, target: Manifest, live: Manifest, found: tuple[traps.Heal, ...]) -> Manifest | None:
+        """What the heal patch and then the apply leave: the apply dry-run with the discriminator at
+        its live value, the heal laid over the answer, and that whole object dry-run as an update,
+        so the server validates exactly what the sync will make."""
+        answer = self.dry_run(traps.neutral(target, live, found))
+        if answer is None:
+            return None
+        predicted = traps.healed(answer, found)
+        # Unconditional (a dry run changes nothing): status writes by controllers move the
+        # resourceVersion on between the two requests.
+        for key in ("managedFields", "resourceVersion"):
+            predicted["metadata"].pop(key, None)
+        resource = self.client.resource_of(target)
+        self.dry_runs += 1
+        self.count("dry-run")
+        return self.client.request("PUT", resource.object_path(target["metadata"]["name"],
+                                                               target["metadata"].get("namespace")),
+                                   query={"fieldManager": FIELD_MANAGER, "dryRun": "All"}, body=predicted)
+
+    def _dry_run_create(self, target: Manifest) -> Manifest | None:
+        """The server's answer for creating target anew, checked before sync deletes the old one: a
+        dry-run create under a generated name (the real one is taken until then), named back."""
+        resource = self.client.resource_of(target)
+        metadata = target["metadata"]
+        body = {**target, "metadata": {**{k: v for k, v in metadata.items() if k != "name"},
+                                       "generateName": metadata["name"][:40] + "-"}}
+        self.dry_runs += 1
+        self.count("dry-run")
+        answer = self.client.request("POST", resource.collection_path(metadata.get("namespace")),
+                                     query={"fieldManager": FIELD_MANAGER, "dryRun": "All"}, body=body)
+        answer["metadata"]["name"] = metadata["name"]
+        answer["metadata"].pop("generateName", None)
+        return answer
 
     def dry_run(self, target: Manifest) -> Manifest | None:
         resource = self.client.resource_of(target)
@@ -390,4 +455,6 @@ class Differ:
         except KubeApiError as error:
             if error.status == 404 and resource.namespaced and "namespaces" in error.message:
                 return None
+            if traps.terminating_namespace(error.status, error.message):
+                return None  # sync's create then fails, saying so, and is retried until it is gone
             raise

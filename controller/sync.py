@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 from itertools import groupby
 
+from . import traps
 from .diff import ObjectDiff, tracking_id
-from .kube import KubeApiError, KubeClient, UnservedApiError
+from .kube import KubeApiError, KubeClient, Resource, UnservedApiError
 from .model import FIELD_MANAGER, TRACKING_ANNOTATION, Action, Manifest, ObjectRef
 
 # Lower goes first. Unknown kinds (custom resources) go after the built-in workloads' inputs.
@@ -31,6 +32,10 @@ KIND_ORDER = {
     ])
 }
 _CUSTOM_KIND = len(KIND_ORDER)
+# The field manager of heal patches (controller/traps.py), whose managedFields entry is removed
+# again right after the apply: no field stays owned by an Update of ours.
+HEAL_MANAGER = f"{FIELD_MANAGER}-heal"
+RECREATE_WAIT = 60.0  # seconds an object deleted to be recreated may take to go (a StatefulSet orphaning its Pods)
 
 
 def stage(manifest: Manifest) -> int:
@@ -53,6 +58,9 @@ class ResourceResult:
     action: Action
     message: str = ""
     live: Manifest | None = None  # the object as the server returned it after the action
+    # A failure that goes away by itself (a namespace being deleted, an object changed meanwhile,
+    # a server error): worth retrying however often the retry policy allows.
+    transient: bool = False
 
     @property
     def failed(self) -> bool:
@@ -144,26 +152,143 @@ class Syncer:
     def _apply_one(self, diff: ObjectDiff, replace: bool) -> ResourceResult:
         target = diff.target
         metadata = target["metadata"]
+        replace = replace or traps.object_sync_options(target).replace
         self.applies += 1
         self.count("replace" if replace and diff.live is not None else "apply")
         try:
             resource = self.client.resource_of(target)
             path = resource.object_path(metadata["name"], metadata.get("namespace"))
+            if diff.recreate and diff.live is not None:
+                return self._recreate(diff, resource, path)
             if replace and diff.live is not None:
                 # Replace=true: a PUT of exactly the target, as `kubectl replace` (fields others set are dropped).
                 body = {**target, "metadata": {**metadata, "resourceVersion": diff.live["metadata"]["resourceVersion"]}}
                 live = self.client.request("PUT", path, body=body, query={"fieldManager": FIELD_MANAGER})
-            else:
-                live = self.client.request(
-                    "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    body=target, content_type="application/apply-patch+yaml",
-                )
+                return ResourceResult(diff.ref, Action.CONFIGURED, "", live)
+            return self._server_side_apply(diff, path)
         except UnservedApiError as error:
             return ResourceResult(diff.ref, Action.FAILED, str(error))
         except KubeApiError as error:
-            return ResourceResult(diff.ref, Action.FAILED, error.message or error.reason)
-        action = Action.CREATED if diff.missing else Action.CONFIGURED
-        return ResourceResult(diff.ref, action, "", live)
+            namespace = traps.terminating_namespace(error.status, error.message)
+            if namespace:
+                return ResourceResult(diff.ref, Action.FAILED, traps.terminating_message(namespace), transient=True)
+            return ResourceResult(diff.ref, Action.FAILED, error.message or error.reason, transient=error.transient)
+
+    def _server_side_apply(self, diff: ObjectDiff, path: str) -> ResourceResult:
+        """Heal what the change needs first (controller/traps.py), then apply; a field another
+        manager owns is taken over with force, as for drift, and the result says whose it was."""
+        healed = self._heal(diff, path) if diff.live is not None else ()
+        said = [f"{heal.field} removed: {heal.why}" for heal in healed]
+        try:
+            live = self._ssa(diff.target, path, force=False)
+        except KubeApiError as error:
+            takeovers = traps.conflicts_from_error(error.status, error.message)
+            if not takeovers:
+                raise
+            self.count("apply")
+            live = self._ssa(diff.target, path, force=True)
+            said.append(traps.takeover_message(takeovers))
+        if healed:
+            live = self._release_heal(path, live)
+        return ResourceResult(diff.ref, Action.CREATED if diff.missing else Action.CONFIGURED, "; ".join(said), live)
+
+    def _ssa(self, target: Manifest, path: str, *, force: bool) -> Manifest:
+        query = {"fieldManager": FIELD_MANAGER, **({"force": "true"} if force else {})}
+        return self.client.request("PATCH", path, query=query, body=target, content_type="application/apply-patch+yaml")
+
+    def _heal(self, diff: ObjectDiff, path: str) -> tuple[traps.Heal, ...]:
+        """The heal patch (traps.heals), made only while the object is as read: an object changed
+        meanwhile (a controller writing its status) is read again and judged once more."""
+        live = diff.live
+        for attempt in range(2):
+            found = traps.heals(diff.target, live)
+            if not found:
+                return ()
+            self.count("apply")
+            try:
+                self.client.request("PATCH", path, query={"fieldManager": HEAL_MANAGER},
+                                    body=traps.heal_patch(found, live["metadata"]["resourceVersion"]),
+                                    content_type="application/merge-patch+json")
+                return found
+            except KubeApiError as error:
+                if error.status != 409 or attempt:
+                    raise
+                live = self._get(path)
+                if live is None:
+                    return ()
+        return ()
+
+    def _release_heal(self, path: str, live: Manifest) -> Manifest:
+        """Drop the heal patch's entry from managedFields once the apply co-owns what it set: left
+        there, it would keep `strategy.type: Recreate` after git stops saying it."""
+        for attempt in range(2):
+            entries = (live.get("metadata") or {}).get("managedFields") or []
+            index = next((i for i, e in enumerate(entries) if e.get("manager") == HEAL_MANAGER), None)
+            if index is None:
+                return live
+            try:
+                return self.client.request("PATCH", path, query={"fieldManager": HEAL_MANAGER}, body=[
+                    {"op": "test", "path": f"/metadata/managedFields/{index}/manager", "value": HEAL_MANAGER},
+                    {"op": "remove", "path": f"/metadata/managedFields/{index}"}],
+                    content_type="application/json-patch+json")
+            except KubeApiError:
+                if attempt:
+                    return live  # harmless until git drops the field the heal set; tried again then
+                live = self._get(path) or live
+        return live
+
+    def _recreate(self, diff: ObjectDiff, resource: Resource, path: str) -> ResourceResult:
+        """Delete the object (only that one: its uid is a precondition), wait until it is gone, and
+        create it from the target; a StatefulSet's Pods and claims are orphaned, not deleted."""
+        live = diff.live
+        self.count("delete")
+        try:
+            self.client.request("DELETE", path, body={
+                "propagationPolicy": traps.recreate_propagation(diff.ref.kind),
+                "preconditions": {"uid": live["metadata"]["uid"]}})
+        except KubeApiError as error:
+            if error.status != 404:
+                raise
+        if not self._wait_gone(resource, path, live["metadata"]["uid"]):
+            return ResourceResult(diff.ref, Action.FAILED, (
+                f"deleted to be recreated ({', '.join(diff.recreate)} cannot change in place), but still there "
+                f"after {RECREATE_WAIT:.0f}s (finalizers: {', '.join(self._finalizers(path)) or 'none'}); retried"),
+                transient=True)
+        created = self._ssa(diff.target, path, force=True)
+        return ResourceResult(diff.ref, Action.CREATED, traps.recreated_message(diff.ref.kind, diff.recreate), created)
+
+    def _wait_gone(self, resource: Resource, path: str, uid: str, timeout: float = RECREATE_WAIT) -> bool:
+        """Whether the object of `uid` is gone within `timeout`, by a watch of that one name."""
+        current = self._get(path)
+        if current is None or current["metadata"].get("uid") != uid:
+            return True
+        metadata = current["metadata"]
+        query = {"fieldSelector": f"metadata.name={metadata['name']}", "resourceVersion": metadata["resourceVersion"],
+                 "timeoutSeconds": max(1, int(timeout))}
+        try:
+            for event in self.client.stream(resource.collection_path(metadata.get("namespace")), query,
+                                            timeout=timeout):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "DELETED" and (obj.get("metadata") or {}).get("uid") == uid:
+                    return True
+                if kind == "ERROR":
+                    break
+        except KubeApiError:
+            pass  # the watch could not start or resume: the GET below says how things stand
+        current = self._get(path)
+        return current is None or current["metadata"].get("uid") != uid
+
+    def _get(self, path: str) -> Manifest | None:
+        try:
+            return self.client.request("GET", path)
+        except KubeApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def _finalizers(self, path: str) -> list[str]:
+        current = self._get(path)
+        return list((current or {}).get("metadata", {}).get("finalizers") or [])
 
     def wait_deleted(self, entries: Iterable[InventoryEntry], timeout: float = 60.0) -> list[InventoryEntry]:
         """Wait until the entries' objects are gone; returns those still there at the timeout."""
