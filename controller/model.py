@@ -211,6 +211,7 @@ class SyncOptions:
     create_namespace: bool = False
     prune_last: bool = False
     replace: bool = False
+    force: bool = False  # with Replace: an object whose immutable fields change is deleted and created again
     server_side_apply: bool = True  # always SSA; accepted so Argo CD manifests port unchanged
     respect_ignore_differences: bool = False
     prune_propagation_policy: str = "foreground"  # Argo CD's default for pruned objects
@@ -221,6 +222,7 @@ class SyncOptions:
             "CreateNamespace": "create_namespace",
             "PruneLast": "prune_last",
             "Replace": "replace",
+            "Force": "force",
             "ServerSideApply": "server_side_apply",
             "RespectIgnoreDifferences": "respect_ignore_differences",
         }
