@@ -9,8 +9,13 @@ from .model import REFRESH_ANNOTATION, Manifest
 from .source import redact_url
 from .status import short_revision
 
-__all__ = ["app_summary", "automated_enabled", "destination_namespace", "health_status", "name_of",
+__all__ = ["TOKEN_HEADER", "app_summary", "automated_enabled", "destination_namespace", "health_status", "name_of",
            "refresh_request", "repo_url", "rollback_request", "spec_of", "status_of", "sync_request", "sync_status"]
+
+
+# A bearer token for one request to the web UI's API from a client that is not a browser (`gantry
+# app diff`). Not Authorization: the API server's service proxy, the CLI's way in, keeps that one.
+TOKEN_HEADER = "X-Gantry-Authorization"
 
 
 def status_of(app: Manifest) -> dict:

@@ -14,10 +14,13 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
+from urllib.parse import quote, urlencode
 
 import yaml
 
@@ -45,7 +48,7 @@ from .model import (
 from .diff import crd_kinds  # (group, kind) → Resource of the CRDs in a render
 from .render import render
 from .source import GitCache
-from .application import automated_enabled, destination_namespace, health_status, refresh_request, repo_url
+from .application import TOKEN_HEADER, automated_enabled, destination_namespace, health_status, refresh_request, repo_url
 from .application import name_of as _name
 from .application import rollback_request
 from .application import spec_of as _spec
@@ -69,6 +72,7 @@ POLL_SECONDS = 0.5
 # this long without a later one it is taken as the answer (the controller reacts within a second).
 SAME_SECOND_GRACE = 3.0
 OUTPUTS = ("json", "yaml")
+DIFF_TIMEOUT = 300.0  # seconds for the controller's diff: a clone and a render of a large app
 
 T = TypeVar("T")
 
@@ -533,7 +537,68 @@ def object_diff_text(live: Manifest | None, predicted: Manifest | None, ignores=
     return text or MASKED_ONLY
 
 
-# ---------------------------------------------------------------------------------- waiting
+# ---------------------------------------------------------------------------------- the controller's diff
+
+# Where `gantry app diff` asks the controller, through the API server's service proxy: deploy/'s
+# Service and its port of the web UI.
+CONTROLLER_NAMESPACE = "gantry"
+CONTROLLER_SERVICE = "gantry-controller:ui"
+
+
+def controller_diff_path(controller_namespace: str, service: str, namespace: str, name: str) -> str:
+    """The API server's path to the controller's diff of one app: its service proxy to `service`
+    (`name:port`, or `name` for deploy/'s port `ui`) in `controller_namespace`."""
+    service = service if ":" in service else f"{service}:ui"
+    return (f"/api/v1/namespaces/{quote(controller_namespace, safe='')}/services/{quote(service, safe=':')}/proxy"
+            f"{ui_diff_path(namespace, name)}")
+
+
+def ui_diff_path(namespace: str, name: str) -> str:
+    return f"/api/v1/applications/{quote(namespace, safe='')}/{quote(name, safe='')}/diff"
+
+
+def report_of(answer: dict) -> DiffReport:
+    """The report the controller's answer (its web UI's diff of an app) carries: what
+    compute_diff returns there, so it prints as a diff computed here does."""
+    def ref(item: dict) -> ObjectRef:
+        return ObjectRef(item.get("group") or "", item.get("kind") or "", item.get("namespace") or "", item.get("name") or "")
+
+    return DiffReport(str(answer.get("revision") or ""),
+                      [DiffEntry(ref(r), r.get("action") or "update", r.get("diff") or "") for r in answer.get("resources") or []],
+                      [ApplyFailure(ref(f), f.get("message") or "") for f in answer.get("failures") or []])
+
+
+def kubeconfig_token(client: KubeClient) -> str | None:
+    """The bearer token the kubeconfig's user authenticates with (a token, or an exec plugin's),
+    or None for client certificates."""
+    configuration = client.configuration
+    value = configuration.get_api_key_with_prefix("authorization") or configuration.get_api_key_with_prefix("BearerToken")
+    scheme, _, token = (value or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def controller_refusal(status: int, reason: str, message: str, *, where: str, proxied: bool) -> CliError:
+    """One line for a diff the controller did not give. `reason`: the API server's own Status
+    reason (its proxy refused, or found no controller), empty when the controller answered."""
+    fallback = "pass --server URL (the web UI's address), or --local to render here with kustomize"
+    if proxied and reason:
+        if status == 403:
+            return CliError(f"forbidden: {message}; asking the controller through the API server needs get on "
+                            f"services/proxy {where} (see the README), or {fallback}")
+        if status == 401:
+            return CliError("the API server did not accept the credentials of the kubeconfig (401 Unauthorized)")
+        return CliError(f"cannot reach the controller through the API server's proxy to {where}: {message}; "
+                        f"name its Service with --controller-namespace and --controller-service, or {fallback}")
+    if status == 401:
+        return CliError(f"the controller at {where} did not accept the token ({message}): pass one the API server "
+                        "accepts with GANTRY_TOKEN or --token (kubectl create token NAME)")
+    if status == 403:
+        return CliError(f"forbidden: {message}")
+    if status == 422:  # the controller could not render or compare: a broken commit, an unknown revision
+        return CliError(message)
+    return CliError(f"the controller at {where} answered {status}: {message}")
+
+
 
 
 @dataclass(frozen=True)
@@ -917,10 +982,61 @@ def _report_diff(ctx: Context, report: DiffReport, output: str | None) -> int:
 
 
 def cmd_diff(ctx: Context, args: argparse.Namespace) -> int:
-    app = ctx.apps.get(args.name)
-    report = compute_diff(ctx.client, app, kustomize=kustomize_binary(args.kustomize), cache_dir=Path(args.cache_dir),
-                          revision=args.revision)
+    if args.local:
+        app = ctx.apps.get(args.name)
+        report = compute_diff(ctx.client, app, kustomize=kustomize_binary(args.kustomize),
+                              cache_dir=Path(args.cache_dir), revision=args.revision)
+    else:
+        report = report_of(_controller_diff(ctx, args))
     return _report_diff(ctx, report, args.output)
+
+
+def _controller_diff(ctx: Context, args: argparse.Namespace) -> dict:
+    """The controller's diff of the app (its web UI's API), through the API server's service proxy
+    or, with --server, from the UI's address; the user proves who they are with a bearer token in
+    a header of ours, which the UI checks as a sign-in (the proxy keeps Authorization for itself)."""
+    query = {"revision": args.revision} if args.revision else None
+    token = args.token or os.environ.get("GANTRY_TOKEN") or None
+    if args.server:
+        if token is None:
+            try:
+                token = kubeconfig_token(ctx.client)
+            except CliError:  # no kubeconfig: a UI that needs no sign-in (gantry ui) may still answer
+                token = None
+        url = args.server.rstrip("/") + ui_diff_path(args.namespace, args.name) + (f"?{urlencode(query)}" if query else "")
+        return _get_from_ui(url, token, args.server)
+    token = token or kubeconfig_token(ctx.client)
+    if token is None:
+        raise CliError("the kubeconfig's user has no bearer token (client certificates), and the controller can check "
+                       "only a token: pass one with GANTRY_TOKEN or --token (kubectl create token NAME), or --local to "
+                       "render here with kustomize")
+    where = f"{args.controller_namespace}/{args.controller_service}"
+    try:
+        return ctx.client.request("GET", controller_diff_path(args.controller_namespace, args.controller_service,
+                                                              args.namespace, args.name),
+                                  query=query, headers={TOKEN_HEADER: f"Bearer {token}"}, timeout=DIFF_TIMEOUT)
+    except KubeApiError as error:
+        if error.status == 0:
+            raise
+        raise controller_refusal(error.status, error.reason, error.message, where=where, proxied=True) from None
+
+
+def _get_from_ui(url: str, token: str | None, server: str) -> dict:
+    headers = {"Accept": "application/json", **({TOKEN_HEADER: f"Bearer {token}"} if token else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=DIFF_TIMEOUT) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            message = str(json.loads(body).get("error") or "")
+        except (ValueError, AttributeError):
+            message = " ".join(body.decode(errors="replace").split())[:200]
+        raise controller_refusal(error.code, "", message or str(error.reason), where=server, proxied=False) from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise CliError(f"cannot reach the controller's web UI at {server}: {reason}; check --server, or pass --local "
+                       "to render here with kustomize") from None
 
 
 def _request_sync(ctx: Context, name: str, *, revision: str | None, prune: bool, wait: bool,
@@ -1118,10 +1234,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=parse_timeout, default=parse_timeout(DEFAULT_TIMEOUT),
                          help="how long to wait: 30s, 5m, 1h (default 5m)")
 
-    def diff_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--kustomize", help="kustomize binary (default: $GANTRY_KUSTOMIZE, else kustomize on PATH)")
+    def diff_options(sub: argparse.ArgumentParser, where: str = "") -> None:
+        sub.add_argument("--kustomize", help=f"kustomize binary{where} (default: $GANTRY_KUSTOMIZE, else kustomize on PATH)")
         sub.add_argument("--cache-dir", default=str(default_cache_dir()),
-                         help="where git clones are cached (default: ~/.cache/gantry/cli-git)")
+                         help=f"where git clones are cached{where} (default: ~/.cache/gantry/cli-git)")
 
     sub = verb("list", cmd_list, "list Applications",
                "List Applications: name, sync, health, revision, repo, path, destination and message.")
@@ -1135,11 +1251,27 @@ def build_parser() -> argparse.ArgumentParser:
     output(sub)
 
     sub = verb("diff", cmd_diff, "show what a sync would change",
-               "Diff git (rendered with kustomize, dry-run applied on the server) against the live objects. "
+               "Diff git (rendered with kustomize, dry-run applied on the server) against the live objects, as the "
+               "controller computes it: it is asked through the API server's proxy to its Service (or at --server), "
+               "as you, with your bearer token. --local renders here instead (kustomize and git access needed). "
                "Secret values are masked. Exit code: 0 in sync, 1 differences, 2 error.")
     sub.add_argument("name")
     sub.add_argument("--revision", help="compare this branch, tag or commit instead of the targetRevision")
-    diff_options(sub)
+    where = sub.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true",
+                       help="render and compare here, with kustomize and git, instead of asking the controller")
+    where.add_argument("--server", default=os.environ.get("GANTRY_SERVER") or None, metavar="URL",
+                       help="the controller's web UI at URL (a port-forward, an Ingress) instead of the API server's "
+                            "proxy (default: $GANTRY_SERVER)")
+    sub.add_argument("--token", help="bearer token the controller checks with the API server (default: $GANTRY_TOKEN, "
+                                     "else the kubeconfig's; prefer the variable: arguments show in ps)")
+    sub.add_argument("--controller-namespace", default=os.environ.get("GANTRY_CONTROLLER_NAMESPACE") or CONTROLLER_NAMESPACE,
+                     help=f"namespace of the controller's Service (default: $GANTRY_CONTROLLER_NAMESPACE, else "
+                          f"{CONTROLLER_NAMESPACE})")
+    sub.add_argument("--controller-service", default=os.environ.get("GANTRY_CONTROLLER_SERVICE") or CONTROLLER_SERVICE,
+                     metavar="NAME[:PORT]", help=f"the controller's Service and its web UI port (default: "
+                                                 f"$GANTRY_CONTROLLER_SERVICE, else {CONTROLLER_SERVICE})")
+    diff_options(sub, " for --local")
     output(sub)
 
     sub = verb("sync", cmd_sync, "sync an Application",
@@ -1208,8 +1340,9 @@ def cmd_ui(ctx: Context, args: argparse.Namespace) -> int:
     namespaces = None if args.all_namespaces else (args.namespace,)
     try:
         server = UiServer(ctx.client, f"127.0.0.1:{args.port}", namespaces=namespaces, local=True,
-                          diff=lambda app: compute_diff(ctx.client, app, kustomize=kustomize_binary(None),
-                                                        cache_dir=default_cache_dir())).start()
+                          diff=lambda client, app, revision: compute_diff(
+                              client, app, kustomize=kustomize_binary(None), cache_dir=default_cache_dir(),
+                              revision=revision)).start()
     except OSError as error:
         raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}; pass another --port") from None
     except KubeApiError as error:

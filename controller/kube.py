@@ -173,20 +173,25 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
     ) -> Manifest:
+        """`headers`: more of them, for a service behind the API server's proxy."""
         url = self.host + path + (f"?{urlencode(query)}" if query else "")
         payload = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         self.requests_made += 1
         try:
             response = self._pool.request(
-                method, url, body=payload, headers=self._headers(content_type if payload else None),
+                method, url, body=payload, headers={**self._headers(content_type if payload else None), **(headers or {})},
                 timeout=urllib3.Timeout(connect=10, read=timeout), retries=False,
             )
         except urllib3.exceptions.HTTPError as error:
             raise KubeApiError(0, "ConnectionError", f"cannot reach the API server: {error}") from error
         data = _decode(response.data)
         if response.status >= 400:
-            raise KubeApiError(response.status, data.get("reason", ""), data.get("message", response.reason or ""))
+            # A service behind the API server's proxy (Gantry's web UI) words its errors {"error": …}
+            # and gives no reason: the API server's own answers are Statuses, with one.
+            raise KubeApiError(response.status, data.get("reason", ""),
+                               data.get("message", data.get("error", response.reason or "")))
         return data
 
     def stream(self, path: str, query: dict[str, Any], *, timeout: float) -> Iterator[Manifest]:

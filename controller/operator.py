@@ -508,19 +508,21 @@ def prepare(options: Options) -> Prepared:
         if options.ui_address:
             ui = listen("--ui-address", options.ui_address, lambda address: UiServer(
                 client, address, namespaces=served, anonymous_read=options.ui_anonymous_read,
-                diff=functools.partial(_ui_diff, client, options)).start())
+                diff=functools.partial(_ui_diff, options)).start())
     except StartupError:
         http.stop()
         raise
     return Prepared(client, metrics, http, ui)
 
 
-def _ui_diff(client: KubeClient, options: Options, app: Manifest):
-    """What a sync of `app` would change, for the UI: `gantry app diff`'s report, computed with the
-    controller's identity, git cache of its own and kustomize (the browser needs none of them)."""
+def _ui_diff(options: Options, client: KubeClient, app: Manifest, revision: str | None = None):
+    """What a sync of `app` (to `revision`) would change, for the UI and `gantry app diff`: its
+    report, computed with `client` (the controller's identity), a git cache of its own and the
+    controller's kustomize (the browser and the CLI need none of them)."""
     from .cli import compute_diff  # until the planner serves the controller, the CLI and the UI alike
 
-    return compute_diff(client, app, kustomize=options.kustomize, cache_dir=options.cache_dir / "ui-git")
+    return compute_diff(client, app, kustomize=options.kustomize, cache_dir=options.cache_dir / "ui-git",
+                        revision=revision)
 
 
 def _healthy() -> bool:

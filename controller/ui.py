@@ -18,17 +18,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import health as health_stage
-from .application import app_summary, automated_enabled, refresh_request, rollback_request, sync_request
+from .application import TOKEN_HEADER, app_summary, automated_enabled, refresh_request, rollback_request, sync_request
 from .kube import KubeApiError, KubeClient, Resource, list_and_watch
-from .model import API_GROUP, API_VERSION, Manifest
+from .model import API_GROUP, API_VERSION, Manifest, ObjectRef
 
-__all__ = ["AppFeed", "UiServer", "build_tree"]
+__all__ = ["TOKEN_HEADER", "AppFeed", "DryRunRecorder", "UiServer", "build_tree", "diff_answer", "timeline"]
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("ui_static")
@@ -157,6 +158,7 @@ class Session:
     user: str
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     read_only: bool = False
+    by_header: bool = False  # one request's, signed in by TOKEN_HEADER: kept nowhere, needs no CSRF token
     expires: float = field(default_factory=lambda: time.monotonic() + SESSION_SECONDS)
     answers: dict[tuple[str, str, str, str], tuple[float, bool]] = field(default_factory=dict)
 
@@ -182,6 +184,9 @@ class Session:
         return allowed
 
 
+HEADER_SESSION = web.RequestKey("gantry_header_session", Session)  # a request's own (TOKEN_HEADER)
+
+
 def who_is(client: KubeClient) -> str:
     """The user name the API server sees for `client` (a SelfSubjectReview); raises KubeApiError
     (401) for a token it does not accept."""
@@ -205,7 +210,10 @@ def build_tree(app: Manifest, lives: list[Manifest]) -> list[dict[str, Any]]:
     (ReplicaSets, Pods, Jobs by ownerReferences; PVCs under the Pods that mount them), each a
     node {id, parent, group, kind, namespace, name, sync, health, message}. `lives`: the live
     objects of the app's namespaces, of the kinds above. Pure: the server lists, this links."""
-    by_uid = {(obj.get("metadata") or {}).get("uid"): obj for obj in lives}
+    owned: dict[str, list[Manifest]] = {}
+    for obj in lives:
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+            owned.setdefault(ref.get("uid"), []).append(obj)
     by_ref = {(obj.get("kind"), (obj.get("metadata") or {}).get("namespace") or "",
                (obj.get("metadata") or {}).get("name")): obj for obj in lives}
     nodes: list[dict[str, Any]] = []
@@ -221,29 +229,24 @@ def build_tree(app: Manifest, lives: list[Manifest]) -> list[dict[str, Any]]:
         live = by_ref.get((entry.get("kind"), entry.get("namespace") or "", entry.get("name")))
         if live is not None:
             placed.add(node_id)
-            _children(live, node_id, lives, by_uid, nodes, placed)
+            _children(live, node_id, owned, by_ref, nodes, placed)
     return nodes
 
 
-def _children(parent: Manifest, parent_id: str, lives: list[Manifest], by_uid: dict, nodes: list[dict],
+def _children(parent: Manifest, parent_id: str, owned: dict[str, list[Manifest]], by_ref: dict, nodes: list[dict],
               placed: set[str]) -> None:
-    uid = (parent.get("metadata") or {}).get("uid")
-    for obj in lives:
+    for obj in owned.get((parent.get("metadata") or {}).get("uid"), ()):
         metadata = obj.get("metadata") or {}
-        if not any(ref.get("uid") == uid for ref in metadata.get("ownerReferences") or []):
-            continue
         node_id = _node_id(_group(obj), obj.get("kind", ""), metadata.get("namespace") or "", metadata.get("name", ""))
         if node_id in placed:
             continue
         placed.add(node_id)
         nodes.append(_live_node(obj, node_id, parent_id))
-        _children(obj, node_id, lives, by_uid, nodes, placed)
+        _children(obj, node_id, owned, by_ref, nodes, placed)
         if obj.get("kind") == "Pod":
             for volume in (obj.get("spec") or {}).get("volumes") or []:
                 claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-                pvc = next((o for o in lives if o.get("kind") == "PersistentVolumeClaim"
-                            and (o.get("metadata") or {}).get("name") == claim
-                            and (o.get("metadata") or {}).get("namespace") == metadata.get("namespace")), None)
+                pvc = by_ref.get(("PersistentVolumeClaim", metadata.get("namespace") or "", claim))
                 if pvc is not None:
                     pvc_id = _node_id("", "PersistentVolumeClaim", metadata.get("namespace") or "", claim)
                     if pvc_id not in placed:
@@ -269,6 +272,53 @@ def _node_id(group: str, kind: str, namespace: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The events timeline
+
+
+EVENTS_LIMIT = 200  # the newest events a timeline shows unless asked for fewer (at most EVENTS_MAX)
+EVENTS_MAX = 1000
+
+
+def event_time(event: Manifest) -> str:
+    """When an Event last happened: core/v1 Events from kubelets and kopf set lastTimestamp,
+    those of events.k8s.io clients eventTime and a series."""
+    return (event.get("lastTimestamp") or ((event.get("series") or {}).get("lastObservedTime"))
+            or event.get("eventTime") or event.get("firstTimestamp")
+            or (event.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _moment(timestamp: str) -> datetime:
+    # lastTimestamp has seconds, eventTime microseconds: compared as strings, 06:00:00Z would sort
+    # after 06:00:00.5Z.
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def timeline(app: Manifest, nodes: list[dict[str, Any]], events: list[Manifest], limit: int = EVENTS_LIMIT) -> dict:
+    """The Events of the app (the Application's own and those of every object of its tree),
+    newest first, at most `limit`: {items: [{time, type, reason, kind, namespace, name, message,
+    count}], total}. `events`: core/v1 Events of the app's namespaces, of any object; those of
+    objects outside the tree are left out. Pure."""
+    namespace, name = _key(app)
+    wanted = {("Application", namespace, name)}
+    wanted.update((node.get("kind"), node.get("namespace") or "", node.get("name")) for node in nodes)
+    mine = [event for event in events
+            if ((event.get("involvedObject") or {}).get("kind"), (event.get("involvedObject") or {}).get("namespace") or "",
+                (event.get("involvedObject") or {}).get("name")) in wanted]
+    mine.sort(key=lambda event: _moment(event_time(event)), reverse=True)
+    items = []
+    for event in mine[:limit]:
+        involved = event.get("involvedObject") or {}
+        items.append({"time": event_time(event), "type": event.get("type") or "Normal", "reason": event.get("reason") or "",
+                      "kind": involved.get("kind") or "", "namespace": involved.get("namespace") or "",
+                      "name": involved.get("name") or "", "message": event.get("message") or "",
+                      "count": event.get("count") or (event.get("series") or {}).get("count") or 1})
+    return {"items": items, "total": len(mine)}
+
+
+# --------------------------------------------------------------------------------------------
 # The server
 
 
@@ -277,14 +327,14 @@ class UiServer:
     identity, used for the Application watch; with `local` every request acts as that identity
     (`gantry ui` on loopback), otherwise each user signs in with a bearer token the API server
     accepts and acts as themselves. `anonymous_read`: without signing in, a user may read what
-    the controller may read, and do nothing. `diff(app)`: what a sync would change (a report of
-    the CLI's `gantry app diff`, Secret values masked), computed here, with the server's identity,
-    for users who may read the app."""
+    the controller may read, and do nothing. `diff(client, app, revision)`: what a sync (to
+    `revision`, else the app's) would change, `gantry app diff`'s report, computed with `client`
+    (the server's identity) for users who may read the app."""
 
     def __init__(self, client: KubeClient, address: str, *, namespaces: tuple[str, ...] | None = None,
                  local: bool = False, anonymous_read: bool = False,
                  client_for_token: Callable[[str], KubeClient] | None = None,
-                 diff: Callable[[Manifest], Any] | None = None) -> None:
+                 diff: Callable[[KubeClient, Manifest, str | None], Any] | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or "0.0.0.0", int(port)
         self.client = client
@@ -357,6 +407,7 @@ class UiServer:
             web.get("/api/v1/applications/{namespace}/{name}/tree", self._tree),
             web.get("/api/v1/applications/{namespace}/{name}/resource", self._resource),
             web.get("/api/v1/applications/{namespace}/{name}/diff", self._diff),
+            web.get("/api/v1/applications/{namespace}/{name}/events", self._events),
             web.get("/api/v1/applications/{namespace}/{name}/logs", self._logs),
             web.post("/api/v1/applications/{namespace}/{name}/refresh", self._refresh),
             web.post("/api/v1/applications/{namespace}/{name}/sync", self._sync),
@@ -372,6 +423,8 @@ class UiServer:
                 # A page of another site whose name was rebound to 127.0.0.1 would otherwise be
                 # "same origin" with us, and act as the kubeconfig's user.
                 raise _error(403, f"gantry ui answers only to 127.0.0.1 and localhost, not {request.host!r}")
+            if TOKEN_HEADER in request.headers and not self.local:
+                request[HEADER_SESSION] = await self._header_session(request.headers[TOKEN_HEADER])
             response = await handler(request)
         except web.HTTPException as error:
             response = error
@@ -384,6 +437,8 @@ class UiServer:
     def _session(self, request: web.Request) -> Session | None:
         if self.local_session is not None:
             return self.local_session
+        if request.get(HEADER_SESSION) is not None:
+            return request[HEADER_SESSION]
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if session is not None and session.expires < time.monotonic():
             self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
@@ -404,7 +459,10 @@ class UiServer:
         origin = request.headers.get("Origin")
         if origin and origin.split("://", 1)[-1] != request.host:
             raise _error(403, "cross-origin request refused")
-        if not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
+        # A browser sends a header of a page's own choosing to another site only after a CORS
+        # preflight, which this server never grants: a token in TOKEN_HEADER is no ambient
+        # credential another site could ride on, as a cookie is.
+        if not session.by_header and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
             raise _error(403, f"missing or wrong {CSRF_HEADER} header (reload the page)")
         return session
 
@@ -418,20 +476,34 @@ class UiServer:
         if not token:
             raise _error(400, 'give {"token": "…"}: a ServiceAccount token (kubectl create token NAME) or an '
                               "OIDC id token the cluster accepts")
+        session = await self._authenticate(token, "this token")
+        session_id = secrets.token_urlsafe(32)
+        self._forget_expired()
+        self.sessions[session_id] = session
+        logger.info("ui: %s signed in", session.user)
+        response = web.json_response({"user": session.user})
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", max_age=SESSION_SECONDS,
+                            secure=request.secure, path="/")
+        return response
+
+    async def _authenticate(self, token: str, what: str, **session: Any) -> Session:
+        """A session acting with `token`, once the API server says whose it is (a SelfSubjectReview
+        sent with it): a sign-in's, or one request's."""
         client = self.client_for_token(token)
         try:
             user = await asyncio.to_thread(who_is, client)
         except KubeApiError as error:
-            raise _error(401 if error.status == 401 else 502, "the API server did not accept this token"
+            raise _error(401 if error.status == 401 else 502, f"the API server did not accept {what}"
                          if error.status == 401 else f"cannot ask the API server who this is: {error.reason}")
-        session_id = secrets.token_urlsafe(32)
-        self._forget_expired()
-        self.sessions[session_id] = Session(client, user)
-        logger.info("ui: %s signed in", user)
-        response = web.json_response({"user": user})
-        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", max_age=SESSION_SECONDS,
-                            secure=request.secure, path="/")
-        return response
+        return Session(client, user, **session)
+
+    async def _header_session(self, value: str) -> Session:
+        """The session of a request that brings its own token (`gantry app diff`): treated as a
+        sign-in, checked with the API server each time, stored nowhere."""
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _error(401, f"{TOKEN_HEADER} must be 'Bearer <token>'")
+        return await self._authenticate(token.strip(), f"the token in {TOKEN_HEADER}", by_header=True)
 
     def _forget_expired(self) -> None:
         """Sessions live in memory: those past their time go at each sign-in, and beyond
@@ -568,6 +640,39 @@ class UiServer:
                 lives.extend(items)
         return lives, hidden
 
+    async def _events(self, request: web.Request) -> web.Response:
+        """The app's events timeline, read as the user: the Application's Events and those of
+        every object its tree holds, newest first (`limit`, default EVENTS_LIMIT). One list of
+        Events per namespace, filtered here, not one request per resource; namespaces whose
+        Events the user may not list are named in `hidden`, their Events left out."""
+        session = self._require(request)
+        app = await self._application(session, request)
+        try:
+            limit = max(1, min(int(request.query.get("limit") or EVENTS_LIMIT), EVENTS_MAX))
+        except ValueError:
+            raise _error(400, "limit must be a number of events") from None
+
+        def read() -> dict:
+            app_namespace, name = _key(app)
+            namespaces = sorted(_namespaces_of(app))
+            lives, hidden = self._list_children(session.client, namespaces)
+            events: list[Manifest] = []
+            for namespace in sorted({*namespaces, app_namespace}):
+                # Where only the Application lives, its own Events are all the timeline wants.
+                only_app = None if namespace in namespaces else f"involvedObject.kind=Application,involvedObject.name={name}"
+                try:
+                    events += _list_events(session.client, namespace, only_app)
+                except KubeApiError as error:
+                    if error.status not in (401, 403):
+                        raise
+                    hidden.append(f"Events in {namespace}")
+            return {**timeline(app, build_tree(app, lives), events, limit), "hidden": hidden}
+
+        try:
+            return web.json_response(await asyncio.to_thread(read))
+        except KubeApiError as error:
+            raise _error(error.status if error.status in (401, 403, 404) else 502, error.message or error.reason) from None
+
     def _member(self, app: Manifest, request: web.Request) -> tuple[str, str, str, str]:
         """The (group, kind, namespace, name) the query names, refused unless the app's tree holds
         it: these endpoints show the app's objects, not anything the user could name."""
@@ -595,11 +700,10 @@ class UiServer:
             events = []
             if namespace:
                 try:
-                    listing = session.client.request("GET", f"/api/v1/namespaces/{namespace}/events", query={
-                        "fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"})
                     events = [{"type": e.get("type"), "reason": e.get("reason"), "message": e.get("message"),
-                               "count": e.get("count"), "last": e.get("lastTimestamp") or e.get("eventTime")}
-                              for e in listing.get("items") or []]
+                               "count": e.get("count"), "last": event_time(e)}
+                              for e in _list_events(session.client, namespace,
+                                                    f"involvedObject.kind={kind},involvedObject.name={name}")]
                 except KubeApiError:
                     events = []
             return {"live": masked(live) if live else None, "events": events}
@@ -610,17 +714,23 @@ class UiServer:
             raise _error(error.status if error.status in (401, 403, 404) else 502, error.message or error.reason) from None
 
     async def _diff(self, request: web.Request) -> web.Response:
+        """What a sync would change (`revision`: to that revision): each object's diff, the
+        objects that could not be compared, and with `kind` and `name` (`group`, `namespace`)
+        only that object's, with its desired manifest. Secret values masked."""
         session = self._require(request)
         app = await self._application(session, request)
         if self.compute_diff is None:
             raise _error(404, "this server computes no diffs")
+        query = request.query
+        revision = query.get("revision", "").strip() or None
+        wanted = (ObjectRef(query.get("group", ""), query["kind"], query.get("namespace", ""), query["name"])
+                  if query.get("kind") and query.get("name") else None)
+        recorder = DryRunRecorder(self.client)
         try:
-            report = await asyncio.to_thread(self.compute_diff, app)
+            report = await asyncio.to_thread(self.compute_diff, recorder, app, revision)
         except Exception as error:  # noqa: BLE001: a render or git failure is the answer, in one line
             raise _error(422, str(error)) from None
-        return web.json_response({"revision": report.revision,
-                                  "resources": [entry.to_dict() for entry in report.entries],
-                                  "failures": [str(failure) for failure in report.failures]})
+        return web.json_response(diff_answer(report, recorder.sent, wanted))
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         """A pod's log, streamed from the API's pods/log as the user: `container`, `tailLines`
@@ -758,6 +868,39 @@ class UiServer:
 MASK = "++++++++"
 
 
+class DryRunRecorder:
+    """A KubeClient (every call goes to `client`) that keeps each object sent to a server-side
+    apply dry run, by ObjectRef: the desired manifest the diff compares with live, as the
+    controller renders and prepares it (destination namespace, tracking labels, live values kept
+    for RespectIgnoreDifferences). It lets the diff's one render show the desired manifests too."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self._client = client
+        self.sent: dict[ObjectRef, Manifest] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Manifest:
+        query, body = kwargs.get("query"), kwargs.get("body")
+        if method == "PATCH" and isinstance(query, dict) and query.get("dryRun") == "All" and isinstance(body, dict):
+            self.sent[ObjectRef.of(body)] = body
+        return self._client.request(method, path, **kwargs)
+
+
+def diff_answer(report: Any, desired: dict[ObjectRef, Manifest], wanted: ObjectRef | None = None) -> dict:
+    """The diff endpoint's answer from `gantry app diff`'s report: every object's (or, `wanted`,
+    one object's with its desired manifest, Secret values masked as in the live view)."""
+    entries = [e for e in report.entries if wanted is None or e.ref == wanted]
+    failures = [f for f in report.failures if wanted is None or f.ref == wanted]
+    answer: dict[str, Any] = {
+        "revision": report.revision, "resources": [entry.to_dict() for entry in entries],
+        "failures": [{**f.ref._asdict(), "message": f.message} for f in failures]}
+    if wanted is not None:
+        answer["desired"] = masked(desired[wanted]) if wanted in desired else None
+    return answer
+
+
 def masked(obj: Manifest) -> Manifest:
     """`obj` with managedFields dropped and, for a Secret, every value replaced by a mask: the
     browser never receives Secret data."""
@@ -784,6 +927,20 @@ def _resource_for(client: KubeClient, group: str, kind: str, api_version: str | 
     if preferred is None:
         raise KubeApiError(404, "NotFound", f"the API group {group!r} is not served")
     return client.resource(preferred, kind)
+
+
+def _list_events(client: KubeClient, namespace: str, field_selector: str | None = None) -> list[Manifest]:
+    """The core/v1 Events of `namespace` (those `field_selector` selects), every page of them."""
+    items: list[Manifest] = []
+    query: dict[str, Any] = {"limit": 500}
+    if field_selector:
+        query["fieldSelector"] = field_selector
+    while True:
+        page = client.request("GET", f"/api/v1/namespaces/{namespace}/events", query=query)
+        items += page.get("items") or []
+        query["continue"] = (page.get("metadata") or {}).get("continue")
+        if not query["continue"]:
+            return items
 
 
 def _event(kind: str, data: dict) -> bytes:

@@ -4,6 +4,7 @@
 const STATE_ICONS = {
   Synced: "✔", OutOfSync: "↻", Failed: "✖", Healthy: "♥", Progressing: "◔", Degraded: "✖",
   Suspended: "⏸", Missing: "?", Unknown: "?", Succeeded: "✔", Running: "◔", Error: "✖",
+  Normal: "ℹ", Warning: "⚠",
 };
 
 let session = null;  // {user, csrf, readOnly, local}
@@ -63,6 +64,10 @@ function since(timestamp) {
   if (seconds < 3600) return `${Math.round(seconds / 60)}m ago`;
   if (seconds < 86400) return `${Math.round(seconds / 3600)}h ago`;
   return `${Math.round(seconds / 86400)}d ago`;
+}
+
+function failureText(failure) {
+  return `${failure.kind} ${failure.namespace ? failure.namespace + "/" : ""}${failure.name}: ${failure.message}`;
 }
 
 function appPath(app) {
@@ -478,23 +483,34 @@ function appPage(namespace, name) {
     let diff = null;
     try {
       [data, diff] = await Promise.all([api(`${base}/resource?${query}`),
-        api(`${base}/diff`).catch((error) => ({ error: error.message }))]);
+        api(`${base}/diff?${query}`).catch((error) => ({ error: error.message }))]);
     } catch (error) {
       fill(resourceSection, el("h2", { id: "resource-title" }, `${node.kind} ${node.name}`),
         el("p", { class: "alert" }, error.message));
       return;
     }
     const parts = [el("h2", { id: "resource-title", tabindex: "-1" }, `${node.kind} ${node.name}`)];
-    if (diff && diff.error) parts.push(el("p", { class: "alert" }, `diff: ${diff.error}`));
-    else if (diff) {
-      const mine = diff.resources.find((r) => r.kind === node.kind && r.name === node.name
-        && (r.namespace || "") === (node.namespace || ""));
+    let desired = el("p", { class: "note", id: "resource-desired" }, "Not from git: made by a controller.");
+    if (diff.error) {
+      parts.push(el("p", { class: "alert" }, `diff: ${diff.error}`));
+      desired = el("p", { class: "note", id: "resource-desired" }, "Not known: the diff could not be computed.");
+    } else {
+      const [mine] = diff.resources;
       parts.push(el("h3", {}, "Diff (git → live)"), mine
-        ? el("pre", { class: "diff", id: "resource-diff", tabindex: "0" }, mine.diff)
-        : el("p", { class: "note", id: "resource-diff" }, node.sync ? "In sync with git." : "Not from git: made by a controller."));
+        ? el("pre", { class: "diff", id: "resource-diff", tabindex: "0", "aria-label": "Diff" }, mine.diff)
+        : el("p", { class: "note", id: "resource-diff" }, diff.desired ? "In sync with git." : "Not from git: made by a controller."),
+      ...diff.failures.map((f) => el("p", { class: "alert" }, failureText(f))));
+      if (diff.desired) {
+        desired = el("pre", { class: "manifest", id: "resource-desired", tabindex: "0", "aria-label": "Desired manifest" },
+          JSON.stringify(diff.desired, null, 2));
+      } else if (mine && mine.action === "prune") {
+        desired = el("p", { class: "note", id: "resource-desired" }, "Not in git any more: a sync with prune deletes it.");
+      }
     }
-    parts.push(el("h3", {}, "Live manifest"), el("pre", { class: "manifest", id: "resource-live", tabindex: "0" },
-      data.live ? JSON.stringify(data.live, null, 2) : "(not in the cluster)"));
+    parts.push(el("div", { class: "manifests" },
+      el("div", {}, el("h3", {}, `Desired manifest (git at ${diff.revision ? diff.revision.slice(0, 7) : "?"})`), desired),
+      el("div", {}, el("h3", {}, "Live manifest"), el("pre", { class: "manifest", id: "resource-live", tabindex: "0", "aria-label": "Live manifest" },
+        data.live ? JSON.stringify(data.live, null, 2) : "(not in the cluster)"))));
     parts.push(el("h3", {}, "Events"), data.events.length
       ? el("ul", { id: "resource-events" }, data.events.map((e) => el("li", {}, `${e.type} ${e.reason}: ${e.message}${e.count > 1 ? ` (×${e.count})` : ""}`)))
       : el("p", { class: "note" }, "No events."));
@@ -546,6 +562,49 @@ function appPage(namespace, name) {
 
   const planSection = el("section", { "aria-labelledby": "plan-title", id: "plan" });
 
+  // The timeline: built once, its list refilled (a refresh keeps the focus on its button). It is
+  // read again whenever the app changes (the page's stream) and when asked, never on a timer.
+  const eventsStatus = el("p", { class: "note", id: "events-status", "aria-live": "polite" }, "Loading…");
+  const eventsList = el("div", { id: "events-list" });
+  const eventsRefresh = el("button", { type: "button", id: "events-refresh", onclick: () => loadEvents() }, "Refresh events");
+  const eventsSection = el("section", { "aria-labelledby": "events-title", id: "events" },
+    el("h2", { id: "events-title" }, "Events"), el("div", { class: "actions" }, eventsRefresh), eventsStatus, eventsList);
+  let eventsLoading = null;
+
+  async function loadEvents() {
+    if (eventsLoading) { eventsLoading.again = true; return; }
+    eventsLoading = { again: false };
+    try {
+      renderEvents(await api(`${base}/events`));
+    } catch (error) {
+      fill(eventsList, el("p", { class: "alert" }, `events: ${error.message}`));
+      eventsStatus.textContent = "";
+    } finally {
+      const again = eventsLoading.again;
+      eventsLoading = null;
+      if (again) loadEvents();
+    }
+  }
+
+  function renderEvents(data) {
+    const rows = data.items.map((e) => el("tr", { "data-event-type": e.type, "data-object": `${e.kind}/${e.name}` },
+      el("td", {}, el("time", { datetime: e.time }, e.time.replace("T", " ").replace(/\.\d+/, "")),
+        el("div", { class: "note" }, since(e.time))),
+      el("td", {}, state(e.type)),
+      el("td", {}, e.reason),
+      el("td", {}, `${e.kind}/${e.name}`, e.namespace ? el("div", { class: "note" }, e.namespace) : null),
+      el("td", { class: "message" }, e.message, e.count > 1 ? el("span", { class: "note" }, ` (×${e.count})`) : null)));
+    const hidden = data.hidden.length ? el("p", { class: "note" }, `Not shown (no permission to list): ${data.hidden.join(", ")}`) : null;
+    eventsStatus.textContent = data.total > data.items.length
+      ? `The newest ${data.items.length} of ${data.total} events, newest first.`
+      : `${data.total} event${data.total === 1 ? "" : "s"}, newest first.`;
+    fill(eventsList, rows.length
+      ? el("table", { id: "events-table" }, el("caption", { class: "visually-hidden" }, "Events of the app and its resources"),
+        el("thead", {}, el("tr", {}, ["Time", "Type", "Reason", "Object", "Message"].map((t) => el("th", { scope: "col" }, t)))),
+        el("tbody", {}, rows))
+      : null, hidden);
+  }
+
   async function showPlan(button) {
     button.disabled = true;
     fill(planSection, el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "note" }, "Computing…"));
@@ -556,7 +615,7 @@ function appPage(namespace, name) {
           el("pre", { class: "diff", tabindex: "0" }, r.diff))));
       fill(planSection, el("h2", { id: "plan-title" }, `What a sync to ${plan.revision.slice(0, 7)} would change`),
         items.length ? el("ul", { id: "plan-list" }, items) : el("p", { class: "note", id: "plan-list" }, "Nothing: the cluster is as git says."),
-        ...plan.failures.map((f) => el("p", { class: "alert" }, f)));
+        ...plan.failures.map((f) => el("p", { class: "alert" }, failureText(f))));
     } catch (error) {
       fill(planSection, el("h2", { id: "plan-title" }, "What a sync would change"), el("p", { class: "alert" }, error.message));
     } finally {
@@ -608,6 +667,7 @@ function appPage(namespace, name) {
       renderHeader();
       renderTree(treeData);
       renderHistory();
+      loadEvents();
     } catch (error) {
       show(el("h1", {}, name), el("p", { class: "alert" }, error.message), link("/", "All applications"));
     } finally {
@@ -617,7 +677,7 @@ function appPage(namespace, name) {
     }
   }
 
-  show(el("p", {}, link("/", "← All applications")), header, planSection, tree, resourceSection, historySection);
+  show(el("p", {}, link("/", "← All applications")), header, planSection, tree, resourceSection, eventsSection, historySection);
   load();
   stream = new EventSource(`/api/v1/stream?${new URLSearchParams({ namespace, name })}`);
   let deleted = false;

@@ -139,7 +139,9 @@ def assert_accessible(page: Page, *, impacts: tuple[str, ...] = FAILING_IMPACTS,
 _FOCUSABLES_JS = """() => {
   const selector = 'a[href], area[href], button, input:not([type=hidden]), select, textarea, summary, iframe,'
     + ' [tabindex], [contenteditable=""], [contenteditable=true]';
-  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+  // checkVisibility: also false inside a closed <details>, whose content keeps its boxes but is
+  // skipped by rendering and by Tab.
+  const visible = el => el.getClientRects().length > 0 && el.checkVisibility({visibilityProperty: true});
   const radios = new Set();
   const list = [...document.querySelectorAll(selector)].filter(el => {
     if (el.tabIndex < 0 || el.matches(':disabled') || el.closest('[inert]') || !visible(el)) return false;

@@ -116,13 +116,13 @@ def test_secret_values_never_appear_in_diff_get_or_sync(make_app, gantry):
     app.apply(automated=False)
     app.wait_sync_status("OutOfSync")
 
-    diff = gantry("app", "diff", app.name)
+    diff = gantry("app", "diff", app.name, "--local")
     out = ok(diff, 1)
     assert f"===== /Secret {app.destination}/db =====" in out
     assert f"===== apps/Deployment {app.destination}/web =====" in out
     assert "password: ++++++++" in out and "token: ++++++++" in out
     assert_no_secret(out + diff.stderr, SECRET_VALUE)
-    structured = json.loads(ok(gantry("app", "diff", app.name, "-o", "json"), 1))
+    structured = json.loads(ok(gantry("app", "diff", app.name, "--local", "-o", "json"), 1))
     assert {(r["kind"], r["action"]) for r in structured["resources"]} >= {("Secret", "create"), ("Deployment", "create")}
     assert_no_secret(json.dumps(structured), SECRET_VALUE)
 
@@ -138,12 +138,12 @@ def test_secret_values_never_appear_in_diff_get_or_sync(make_app, gantry):
     assert app.object("secret", "db") is not None
     app.wait_synced(app.repo.head)
 
-    in_sync = gantry("app", "diff", app.name)
+    in_sync = gantry("app", "diff", app.name, "--local")
     assert ok(in_sync, 0) == ""
 
     # A rotated value is a difference, shown without either value.
     app.push(files_with_secret(SECRET_VALUE_2), message="rotate")
-    rotated = gantry("app", "diff", app.name)
+    rotated = gantry("app", "diff", app.name, "--local")
     out = ok(rotated, 1)
     assert f"===== /Secret {app.destination}/db =====" in out
     assert "only Secret values differ" in out
@@ -170,7 +170,7 @@ def test_manual_sync_then_rollback_restores_the_previous_revision(make_app, gant
     assert image_of(app) == "nginx:1.27"
 
     second = app.push(web_app_files(image="nginx:1.28"), message="bad image")
-    diff = ok(gantry("app", "diff", app.name), 1)
+    diff = ok(gantry("app", "diff", app.name, "--local"), 1)
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and "image:" in line]
     assert [line[0] + line[1:].strip() for line in changed] == ["-- image: nginx:1.27", "+- image: nginx:1.28"], diff
     out = ok(gantry("app", "sync", app.name))
@@ -391,7 +391,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(make_app, gantry, cluster, tmp
     missing = gantry("app", "get", "no-such-app")
     assert missing.returncode == 2
     assert missing.stderr == 'gantry: application "no-such-app" not found in namespace "gantry"\n'
-    for command in (("app", "sync", "no-such-app"), ("app", "diff", "no-such-app"), ("app", "wait", "no-such-app"),
+    for command in (("app", "sync", "no-such-app"), ("app", "diff", "no-such-app", "--local"), ("app", "wait", "no-such-app"),
                     ("app", "history", "no-such-app"), ("app", "delete", "no-such-app")):
         result = gantry(*command)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not found" in result.stderr, command
@@ -413,6 +413,6 @@ def test_errors_are_one_line_with_a_non_zero_exit(make_app, gantry, cluster, tmp
     app.repo.commit("broken")
     app.repo.push()
     app.apply(automated=False)
-    broken = gantry("app", "diff", app.name)
+    broken = gantry("app", "diff", app.name, "--local")
     assert broken.returncode == 2
     assert broken.stderr.startswith("gantry: k8s/deployment.yaml:") and broken.stderr.count("\n") == 1

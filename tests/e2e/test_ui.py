@@ -67,8 +67,9 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def accounts(cluster):
-    """Two ServiceAccounts: one may read Applications and what they deploy, one may also patch
-    Applications; their user names and tokens (as a user would paste them)."""
+    """ServiceAccounts: one may read Applications and what they deploy, one may also patch
+    Applications, one reads as the first except Events; their user names and tokens (as a user
+    would paste them)."""
     suffix = uuid.uuid4().hex[:6]
     names = {"reader": f"ui-reader-{suffix}", "operator": f"ui-operator-{suffix}"}
     rules = {
@@ -80,6 +81,10 @@ def accounts(cluster):
     rules["operator"] = [*rules["reader"], {"apiGroups": ["gantry.dev"], "resources": ["applications"],
                                             "verbs": ["patch", "delete"]},
                          {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
+    # Reads what the reader reads, except Events.
+    names["eventless"] = f"ui-eventless-{suffix}"
+    rules["eventless"] = [{**rule, "resources": [r for r in rule["resources"] if r != "events"]}
+                          for rule in rules["reader"]]
     documents = []
     for role, name in names.items():
         documents += [
@@ -288,6 +293,12 @@ def test_resource_view_and_diff_come_from_the_server_with_secret_values_masked(c
     assert actions[("Secret", "db")] == "create" and actions[("Deployment", "web")] == "create"
     assert SECRET_VALUE not in json.dumps(diff)
 
+    status, _, one = browser.call("GET", path + f"/diff?kind=Secret&namespace={app.destination}&name=db")
+    assert status == 200 and [r["action"] for r in one["resources"]] == ["create"], one
+    assert one["desired"]["stringData"] == {"password": "++++++++"}
+    assert one["desired"]["metadata"]["namespace"] == app.destination
+    assert SECRET_VALUE not in json.dumps(one)
+
     assert browser.call("POST", path + "/sync", {})[0] == 200
     app.wait_synced(app.repo.head)
     status, _, resource = browser.call("GET", path + f"/resource?kind=Secret&namespace={app.destination}&name=db")
@@ -347,14 +358,26 @@ def test_in_the_browser_sync_a_manual_app_look_at_its_secret_and_delete_it(contr
     expect_text(page.locator("#plan-list"), "create Deployment")
     assert SECRET_VALUE not in page.content()
     assert app.object("secret", "db") is None, "a dry run writes nothing"
+    # Not deployed yet: the desired manifest is what the controller would apply, beside no live one.
+    page.locator('button.node[data-kind="Deployment"]').click()
+    desired = page.locator("#resource-desired")
+    expect_text(desired, '"image": "nginx:1.27"')
+    expect_text(desired, f'"namespace": "{app.destination}"')  # prepared: the destination filled in
+    expect_text(desired, f'"gantry.dev/tracking-id": "{APP_NAMESPACE}/{app.name}:apps/Deployment:')
+    expect_text(page.locator("#resource-diff"), "+      - image: nginx:1.27")
+    expect_text(page.locator("#resource-live"), "(not in the cluster)")
     page.get_by_role("button", name="Sync", exact=True).click()
     expect_text(page.locator("#app-sync"), "Synced", timeout=60)
 
     page.locator('button.node[data-kind="Secret"]').click()
     expect_text(page.locator("#resource-live"), '"password": "++++++++"')
+    expect_text(page.locator("#resource-desired"), '"password": "++++++++"')
     expect_text(page.locator("#resource-diff"), "In sync with git.")
     assert SECRET_VALUE not in page.content()
     assert_accessible(page)
+    assert_keyboard_usable(page)
+    page.locator('button.node[data-kind="Pod"]').first.click()
+    expect_text(page.locator("#resource-desired"), "Not from git: made by a controller.")
 
     page.get_by_role("button", name="Delete…").click()
     dialog = page.get_by_role("dialog")
@@ -495,3 +518,218 @@ def test_in_the_browser_the_list_forgets_an_app_deleted_while_its_stream_was_dow
     finally:
         ui.terminate()
         ui.wait(10)
+
+
+def warning_event(namespace: str, kind: str, api_version: str, name: str, reason: str, message: str) -> str:
+    """A Warning Event about an object, as a controller would post one, happening now."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{name}.{uuid.uuid4().hex[:8]}", "namespace": namespace},
+        "involvedObject": {"apiVersion": api_version, "kind": kind, "name": name, "namespace": namespace},
+        "reason": reason, "message": message, "type": "Warning", "count": 1, "firstTimestamp": now,
+        "lastTimestamp": now, "source": {"component": "gantry-e2e"}})
+
+
+def test_in_the_browser_the_events_timeline_shows_the_app_and_its_resources_newest_first(cluster, controller, make_app,
+                                                                                        accounts, page):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    signed_in(page, controller, accounts["reader"][1])
+    page.goto(f"{controller.ui_url}/apps/{APP_NAMESPACE}/{app.name}")
+    table = page.locator("#events-table")
+    # What the cluster's own controllers said about the app's Deployment, its ReplicaSet and Pod.
+    table.locator('tr[data-object="Deployment/web"]', has_text="ScalingReplicaSet").first.wait_for()
+    table.locator('tr[data-object^="ReplicaSet/web-"]', has_text="SuccessfulCreate").first.wait_for()
+    table.locator('tr[data-object^="Pod/web-"]').first.wait_for()
+    expect_text(table.locator(f'tr[data-object="Application/{app.name}"]').first, "Normal")
+    times = [time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S") for t in table.locator("time").evaluate_all(
+        "nodes => nodes.map(n => n.getAttribute('datetime'))")]
+    assert times == sorted(times, reverse=True), "newest first"
+    assert_accessible(page)
+    assert_keyboard_usable(page)
+
+    # A Warning about the Deployment and one about an object of no app: the first shows at the
+    # top, with its type as a word, on a click of Refresh events (the page is not reloaded).
+    page.evaluate("() => { window.notReloaded = true; }")
+    cluster.kubectl("apply", "-f", "-", stdin=warning_event(app.destination, "Deployment", "apps/v1", "web",
+                                                            "ProbeWarning", "readiness probe failed: HTTP 503"))
+    cluster.kubectl("apply", "-f", "-", stdin=warning_event(app.destination, "ConfigMap", "v1", "not-of-this-app",
+                                                            "NotMine", "an object of no app"))
+    page.get_by_role("button", name="Refresh events").click()
+    first = table.locator("tbody tr").first
+    expect_text(first, "ProbeWarning")
+    assert first.get_attribute("data-object") == "Deployment/web"
+    expect_text(first.locator("td").nth(1), "Warning")
+    expect_text(first, "readiness probe failed: HTTP 503")
+    assert table.locator("tr", has_text="NotMine").count() == 0
+    assert page.evaluate("() => window.notReloaded === true")
+
+
+def test_the_events_timeline_leaves_out_what_the_user_may_not_list(controller, make_app, accounts):
+    app = make_app()
+    app.apply()
+    app.wait_synced(app.repo.head)
+    path = f"/api/v1/applications/{APP_NAMESPACE}/{app.name}/events"
+    reader = Browser(controller.ui_url)
+    reader.sign_in(accounts["reader"][1])
+    status, _, shown = reader.call("GET", path)
+    assert status == 200 and shown["items"] and not shown["hidden"], shown
+    assert {e["kind"] for e in shown["items"]} >= {"Deployment", "ReplicaSet"}
+    assert reader.call("GET", path + "?limit=1")[2]["items"] == shown["items"][:1]
+
+    eventless = Browser(controller.ui_url)
+    eventless.sign_in(accounts["eventless"][1])
+    status, _, hidden = eventless.call("GET", path)
+    assert status == 200 and hidden["items"] == [] and hidden["total"] == 0, hidden
+    assert sorted(hidden["hidden"]) == sorted([f"Events in {app.destination}", f"Events in {APP_NAMESPACE}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# gantry app diff asks the controller
+
+
+def gantry_cli(cluster, tmp_path, *args: str, kubeconfig=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m controller *args --kubeconfig …` as a user runs it; whatever happens is said
+    without a traceback."""
+    environ = {**os_environ(), "PATH": f"{cluster.bin_dir}:{os_environ()['PATH']}", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+               **(env or {})}
+    for name in ("KUBECONFIG", "GANTRY_TOKEN", "GANTRY_SERVER"):
+        if name not in (env or {}):
+            environ.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "controller", *args, "--kubeconfig", str(kubeconfig or cluster.kubeconfig)],
+                            capture_output=True, text=True, cwd=ROOT, env=environ, timeout=300, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def os_environ() -> dict:
+    import os
+
+    return dict(os.environ)
+
+
+def reachable_address() -> str:
+    """This machine's address on its network, which the API server can dial (never loopback: the
+    API server proxies only to the IP of a Pod, and no Endpoints may name 127.0.0.0/8)."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("198.51.100.1", 9))  # a documentation address: nothing is sent, a route is chosen
+        address = probe.getsockname()[0]
+    except OSError as error:
+        pytest.fail(f"the service-proxy test needs a network address besides loopback: {error}")
+    finally:
+        probe.close()
+    assert not address.startswith("127."), address
+    return address
+
+
+def serve_through_a_service(cluster, namespace: str, service: str, address: str, port: int) -> None:
+    """A Service whose one endpoint is the controller's UI at address:port, outside the cluster,
+    as deploy/'s Service leads to the controller's pod. The API server proxies only to Pods' IPs:
+    a Pod on a fake node (kwok leaves its test-fault 'proxy-target' alone) is given the address."""
+    pod = f"{service}-0"
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": namespace, "labels": {"gantry.dev/test-fault": "proxy-target"}},
+        "spec": {"nodeName": "kwok-node-0", "containers": [{"name": "ui", "image": "gantry:latest"}]}}))
+    cluster.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}]}}))
+    documents = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
+         "spec": {"ports": [{"name": "ui", "port": 8082, "targetPort": port}]}},
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": service, "namespace": namespace},
+         "subsets": [{"addresses": [{"ip": address, "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}}],
+                      "ports": [{"name": "ui", "port": port}]}]},
+    ]
+    cluster.kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in documents))
+
+
+def may_proxy(cluster, namespace: str, service: str, account: str, role: str) -> None:
+    """What deploy/ui-proxy grants: GETs through the API server's proxy to the Service's port ui."""
+    cluster.kubectl("create", "role", role, "-n", namespace, "--verb=get", "--resource=services/proxy",
+                    f"--resource-name={service}:ui")
+    cluster.kubectl("create", "rolebinding", role, "-n", namespace, f"--role={role}",
+                    f"--serviceaccount={account}")
+
+
+def test_gantry_app_diff_asks_the_controller_through_the_api_servers_service_proxy(cluster, controller, make_app,
+                                                                                  accounts, tmp_path):
+    from harness import token_kubeconfig
+
+    app = make_app(with_secret(SECRET_VALUE))
+    namespace = f"gantry-proxy-{uuid.uuid4().hex[:6]}"
+    service = "gantry-ui"
+    address, port = reachable_address(), free_port()
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        with controller_instead(cluster, controller, tmp_path, "--ui-address", f"{address}:{port}"):
+            app.apply(automated=False)
+            app.wait_sync_status("OutOfSync")
+            serve_through_a_service(cluster, namespace, service, address, port)
+            reader = accounts["reader"][0].rpartition(":")[2]
+            reader_config = token_kubeconfig(cluster, APP_NAMESPACE, reader, tmp_path / "reader.kubeconfig")
+            proxy = ("--controller-namespace", namespace, "--controller-service", service)
+
+            # The API server's own refusal first: the reader may not use its proxy yet.
+            refused = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *proxy, kubeconfig=reader_config)
+            assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused
+            assert refused.stderr.startswith("gantry: forbidden: ") and "services/proxy" in refused.stderr
+
+            may_proxy(cluster, namespace, service, f"{APP_NAMESPACE}:{reader}", "reader-proxy")
+            asked = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *proxy, kubeconfig=reader_config)
+            assert asked.returncode == 1, asked  # differences, as diff(1) says
+            assert f"===== /Secret {app.destination}/db ===== (would be created)" in asked.stdout
+            assert "password: ++++++++" in asked.stdout and SECRET_VALUE not in asked.stdout + asked.stderr
+            # The same text as a diff computed here, with kustomize, as the admin.
+            local = gantry_cli(cluster, tmp_path, "app", "diff", app.name, "--local")
+            assert (local.returncode, local.stdout) == (1, asked.stdout)
+            structured = json.loads(gantry_cli(cluster, tmp_path, "app", "diff", app.name, *proxy, "-o", "json",
+                                               kubeconfig=reader_config).stdout)
+            assert structured["revision"] == app.repo.head and structured["inSync"] is False
+            assert ("create", "Deployment", "web") in {(r["action"], r["kind"], r["name"]) for r in structured["resources"]}
+
+            # Who may use the proxy but not read the app gets the controller's refusal, as themselves.
+            stranger = f"stranger-{uuid.uuid4().hex[:6]}"
+            cluster.kubectl("create", "serviceaccount", stranger, "-n", namespace)
+            may_proxy(cluster, namespace, service, f"{namespace}:{stranger}", "stranger-proxy")
+            stranger_config = token_kubeconfig(cluster, namespace, stranger, tmp_path / "stranger.kubeconfig")
+            forbidden = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *proxy, kubeconfig=stranger_config)
+            assert forbidden.returncode == 2 and forbidden.stdout == "", forbidden
+            assert forbidden.stderr.strip() == (
+                f'gantry: forbidden: applications.gantry.dev "{app.name}" is forbidden: User '
+                f'"system:serviceaccount:{namespace}:{stranger}" cannot get resource "applications" in API group '
+                f'"gantry.dev" in the namespace "{APP_NAMESPACE}"')
+
+            # The admin's kubeconfig has client certificates, no token: said in one line, nothing rendered.
+            certificates = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *proxy)
+            assert certificates.returncode == 2 and certificates.stderr.count("\n") == 1
+            assert "no bearer token" in certificates.stderr and "--local" in certificates.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_gantry_app_diff_at_the_uis_address_with_a_token(cluster, controller, make_app, accounts, tmp_path):
+    app = make_app(with_secret(SECRET_VALUE))
+    app.apply()
+    app.wait_synced(app.repo.head)
+    server = ("--server", controller.ui_url)
+    in_sync = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *server, env={"GANTRY_TOKEN": accounts["reader"][1]})
+    assert (in_sync.returncode, in_sync.stdout, in_sync.stderr) == (0, "", ""), in_sync
+
+    pushed = app.push(with_secret("rotated-" + SECRET_VALUE), message="rotate")
+    changed = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *server, "--revision", pushed,
+                         env={"GANTRY_TOKEN": accounts["reader"][1]})
+    assert changed.returncode == 1, changed
+    assert "(only Secret values differ; they are never shown)" in changed.stdout
+    assert SECRET_VALUE not in changed.stdout + changed.stderr
+
+    wrong = gantry_cli(cluster, tmp_path, "app", "diff", app.name, *server, "--token", "not-a-token")
+    assert wrong.returncode == 2 and wrong.stderr.startswith(f"gantry: the controller at {controller.ui_url} did not "
+                                                             "accept the token"), wrong
+    nobody = gantry_cli(cluster, tmp_path, "app", "diff", app.name, "--server", "http://127.0.0.1:9",
+                        env={"GANTRY_TOKEN": accounts["reader"][1]})
+    assert nobody.returncode == 2 and nobody.stderr.count("\n") == 1
+    assert nobody.stderr.startswith("gantry: cannot reach the controller's web UI at http://127.0.0.1:9: ")
