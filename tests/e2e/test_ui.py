@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from browser import assert_accessible, assert_keyboard_usable
-from harness import APP_NAMESPACE, ROOT, controller_instead, web_app_files
+from harness import APP_NAMESPACE, ROOT, controller_instead, token_kubeconfig, web_app_files
 from localcluster import free_port
 
 
@@ -592,7 +594,7 @@ def test_the_events_timeline_leaves_out_what_the_user_may_not_list(controller, m
 def gantry_cli(cluster, tmp_path, *args: str, kubeconfig=None, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m controller *args --kubeconfig …` as a user runs it; whatever happens is said
     without a traceback."""
-    environ = {**os_environ(), "PATH": f"{cluster.bin_dir}:{os_environ()['PATH']}", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+    environ = {**os.environ, "PATH": f"{cluster.bin_dir}:{os.environ['PATH']}", "XDG_CACHE_HOME": str(tmp_path / "xdg"),
                **(env or {})}
     for name in ("KUBECONFIG", "GANTRY_TOKEN", "GANTRY_SERVER"):
         if name not in (env or {}):
@@ -603,17 +605,9 @@ def gantry_cli(cluster, tmp_path, *args: str, kubeconfig=None, env: dict | None 
     return result
 
 
-def os_environ() -> dict:
-    import os
-
-    return dict(os.environ)
-
-
 def reachable_address() -> str:
     """This machine's address on its network, which the API server can dial (never loopback: the
     API server proxies only to the IP of a Pod, and no Endpoints may name 127.0.0.0/8)."""
-    import socket
-
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         probe.connect(("198.51.100.1", 9))  # a documentation address: nothing is sent, a route is chosen
@@ -657,8 +651,6 @@ def may_proxy(cluster, namespace: str, service: str, account: str, role: str) ->
 
 def test_gantry_app_diff_asks_the_controller_through_the_api_servers_service_proxy(cluster, controller, make_app,
                                                                                   accounts, tmp_path):
-    from harness import token_kubeconfig
-
     app = make_app(with_secret(SECRET_VALUE))
     namespace = f"gantry-proxy-{uuid.uuid4().hex[:6]}"
     service = "gantry-ui"
