@@ -137,13 +137,15 @@ class Reconciler:
                  workers: int = 8, count: Callable[[str], None] | None = None,
                  policy: NamespacePolicy | None = None,
                  repo_access: Callable[[str, str], str | None] | None = None,
-                 render_limits: RenderLimits = RenderLimits()) -> None:
+                 render_limits: RenderLimits = RenderLimits(),
+                 health_rules: Callable[[], health_stage.UserRules] | None = None) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
         policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
         cluster-scoped objects are refused. None: cluster mode.
         repo_access(repo URL, app namespace): why Applications there may not read that repository
         (another team's private one), or None (credentials.CredentialStore.refusal).
-        render_limits: what one render may read and spend (render.RenderLimits)."""
+        render_limits: what one render may read and spend (render.RenderLimits).
+        health_rules: the users' health rules as they are now (health.RuleSource.current)."""
         self.client = client
         self.policy = policy
         self.repo_access = repo_access
@@ -151,6 +153,7 @@ class Reconciler:
         self.live = live
         self.kustomize = kustomize
         self.render_limits = render_limits
+        self.health_rules = health_rules
         self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
         self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
@@ -694,12 +697,13 @@ class Reconciler:
                 pods[namespace] = self.client.list(self.client.resource("v1", "Pod"), namespace)["items"]
             return pods[namespace]
 
+        rules = self.health_rules() if self.health_rules else None
         try:
             resource = self.client.resource("networking.k8s.io/v1", "IngressClass")
             return health_stage.HealthContext.from_ingress_classes(self.client.list(resource)["items"],
-                                                                   pods_in=pods_in)
+                                                                   pods_in=pods_in, rules=rules)
         except (KubeApiError, UnservedApiError):
-            return health_stage.HealthContext(ingress_classes=None, pods_in=pods_in)
+            return health_stage.HealthContext(ingress_classes=None, pods_in=pods_in, rules=rules)
 
 
 def _sync_result_entry(result: ResourceResult) -> dict:
