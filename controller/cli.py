@@ -670,6 +670,8 @@ def sync_outcome(app: Manifest, *, requested_at: str, previous_state: dict | Non
     """
     status = _status(app)
     state = status.get("operationState") or None
+    if state and state.get("phase") in ("Running", "Terminating"):
+        return None  # a staged sync goes on over several passes: its end is the result
     if not app.get("operation"):
         if state and (state != previous_state or (state.get("finishedAt") or "") >= requested_at):
             return SyncOutcome(state.get("phase") or "Unknown", state.get("message") or "", state,
@@ -1049,6 +1051,9 @@ def _request_sync(ctx: Context, name: str, *, revision: str | None, prune: bool,
                        f"kubectl -n {apps.namespace} patch app {name} --type merge -p '{{\"operation\":null}}'",
                        EXIT_FAILED)
     previous_state = _status(app).get("operationState") or None
+    if (previous_state or {}).get("phase") in ("Running", "Terminating"):
+        raise CliError(f'a sync of "{name}" is running ({previous_state.get("message") or "no message yet"}): wait for '
+                       f"it, or stop it with gantry app terminate-op {name}", EXIT_FAILED)
     request = request or sync_request(revision, prune)
     # resourceVersion makes the patch conditional: it fails rather than overwrite an operation
     # someone requested since we looked.
@@ -1108,6 +1113,38 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     entry = history_entry(app, args.id)
     return _request_sync(ctx, args.name, revision=entry["revision"], prune=args.prune, wait=not args.async_,
                          timeout=args.timeout, request=rollback_request(entry, args.prune))
+
+
+def cmd_terminate_op(ctx: Context, args: argparse.Namespace) -> int:
+    """Stop the running sync, as `argocd app terminate-op` does: ask in the status (the field Argo
+    CD's API server sets), then wait for the controller to end it."""
+    apps = ctx.apps
+    app = apps.get(args.name)
+    state = _status(app).get("operationState") or {}
+    if state.get("phase") not in ("Running", "Terminating"):
+        raise CliError(f'no operation is running on "{args.name}"'
+                       + (f" (the last one {state['phase']})" if state.get("phase") else ""), EXIT_FAILED)
+    try:
+        apps.client.request("PATCH", APPLICATION.object_path(args.name, apps.namespace) + "/status",
+                            body={"metadata": {"resourceVersion": app["metadata"]["resourceVersion"]},
+                                  "status": {"operationState": {"phase": "Terminating"}}},
+                            query={"fieldManager": FIELD_MANAGER}, content_type="application/merge-patch+json")
+    except KubeApiError as error:
+        if error.status == 409:
+            raise CliError(f'"{args.name}" changed meanwhile; run the command again') from None
+        raise
+    print(f"asked to terminate the operation of {args.name}; waiting for the controller …", file=sys.stderr)
+
+    def ended(current: Manifest | None, _waited: float) -> dict | None:
+        if current is None:
+            raise CliError(f'application "{args.name}" was deleted')
+        now_state = _status(current).get("operationState") or {}
+        return None if now_state.get("phase") in ("Running", "Terminating") else now_state
+
+    final = apps.wait(args.name, ended, timeout=args.timeout,
+                      describe=lambda _current: "the controller has not ended the operation (is it running?)")
+    ctx.write(format_operation(final, colour=ctx.colour))
+    return EXIT_OK
 
 
 def cmd_refresh(ctx: Context, args: argparse.Namespace) -> int:
@@ -1303,6 +1340,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("id", type=int, help="history ID (see `gantry app history`)")
     sub.add_argument("--prune", action="store_true", help="delete resources the old revision does not have")
     sub.add_argument("--async", dest="async_", action="store_true", help="do not wait for the sync to finish")
+    timeout(sub)
+
+    sub = verb("terminate-op", cmd_terminate_op, "stop the running sync",
+               "Stop the sync operation that is running (waves, hooks): what it applied stays, later waves are "
+               "not applied, nothing is pruned; the operation ends Failed with \"Operation terminated\".")
+    sub.add_argument("name")
     timeout(sub)
 
     sub = verb("wait", cmd_wait, "wait until Synced and/or Healthy",

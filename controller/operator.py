@@ -158,6 +158,13 @@ class Scheduler:
             worker.superseded.remove(metadata["resourceVersion"])
             return
         worker.body = dict(body)
+        if terminating(body, worker.status):
+            # `gantry app terminate-op` (or Argo CD's way) wrote it into the status we otherwise own.
+            operation_state = (worker.status or {}).get("operationState") or {}
+            worker.status = {**(worker.status or {}), "operationState": {**operation_state, "phase": "Terminating"}}
+            worker.urgent = True
+            worker.wake.set()
+            return
         annotations = metadata.get("annotations") or {}
         if (metadata.get("generation") != worker.seen_generation or REFRESH_ANNOTATION in annotations
                 or body.get("operation") or metadata.get("deletionTimestamp")):
@@ -399,6 +406,14 @@ class Scheduler:
         self.client.request("PATCH", _app_path(metadata),
                             body={"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}},
                             content_type="application/merge-patch+json")
+
+
+def terminating(body: Manifest, status: dict | None) -> bool:
+    """Whether someone asked, in the Application's status, to terminate the operation that the
+    status this controller last wrote (`status`) has Running."""
+    asked = ((body.get("status") or {}).get("operationState") or {}).get("phase") == "Terminating"
+    ours = ((status or {}).get("operationState") or {}).get("phase")
+    return asked and ours == "Running"
 
 
 def without_served_requests(current: Manifest, served: Manifest, outcome: Outcome) -> Manifest:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import health as health_stage
+from . import plan as plan_stage
 from . import status as status_stage
 from .cache import LiveCache
 from .diff import DiffResult, Differ, ObjectDiff, crd_kinds, owned_elsewhere, prepare, unserved_message
@@ -41,6 +42,7 @@ from .model import (
     SyncOptions,
     SyncStatus,
 )
+from .operation import Operation, OperationRunner, Work
 from .render import RenderLimits, load_yaml, render
 from .source import GitCache, redact_url
 from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
@@ -156,6 +158,7 @@ class Reconciler:
         self.health_rules = health_rules
         self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
         self.syncer = Syncer(client, workers=workers, count=count)
+        self.runner = OperationRunner(client, self.syncer, live, self._health_context)
         self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
         self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
         self._render_lock = threading.Lock()
@@ -170,7 +173,8 @@ class Reconciler:
         started = now()
         outcome = self._reconcile(body, attempt=attempt, source=source)
         request = Request.of(body)
-        if request.sync_requested and not outcome.consumed_operation and not outcome.retrying:
+        if (request.sync_requested and not outcome.consumed_operation and not outcome.retrying
+                and not plan_stage.running(outcome.status.get("operationState"))):
             # A requested sync that failed before applying anything (bad revision, broken commit)
             # is finished, Failed, as Argo CD finishes it; left pending it would be retried for ever.
             message = outcome.status.get("message") or "sync failed"
@@ -225,6 +229,13 @@ class Reconciler:
         except RenderError as error:
             return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
 
+        try:
+            split = plan_stage.plan(objects)
+        except plan_stage.PlanError as error:
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, [ApplyFailure(error.ref, error.message)])
+        objects = list(split.resources)
+        hooks = list({id(t.manifest): t.manifest for t in split.hooks}.values())
+
         previous_entries = set(inventory_of(previous))
         auto_sync = spec.automated and request.sync_requested is False
         if not objects and previous_entries and auto_sync and not spec.allow_empty:
@@ -246,8 +257,11 @@ class Reconciler:
 
         # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
         # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
-        if forbidden := self._not_permitted(objects, spec):
+        if forbidden := self._not_permitted([*objects, *hooks], spec):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, forbidden)
+        if unserved := self._unserved(hooks):
+            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+        hook_targets = self._prepare(hooks, spec, (checkout, commit, "hooks")) if hooks else []
         prerequisites = [o for o in objects if stage(o) == 0]
         rest = [o for o in objects if stage(o) != 0]
         if unserved := self._unserved(prerequisites):
@@ -272,20 +286,14 @@ class Reconciler:
                                         ours={e.ref for e in previous_entries}):
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, conflicts)
 
-        # Whether an automated sync may run this pass: always for a new commit or spec; for drift
-        # only with selfHeal. A revision whose sync failed is not tried again once its retries are
-        # spent (attempt back at 0), until a refresh, a new commit or an edit of the Application:
-        # it would fail the same way, as Argo CD reasons too.
         operation_state = previous.get("operationState") or {}
-        last_synced = (operation_state.get("syncResult", {}).get("revision")
-                       if operation_state.get("phase") == "Succeeded" else None)
         generation_changed = previous.get("observedGeneration") != metadata.get("generation")
-        failed_before = (operation_state.get("phase") == "Failed"
-                         and ((operation_state.get("operation") or {}).get("sync") or {}).get("revision") == commit
-                         and attempt == 0 and request.refresh is None and not generation_changed)
-        may_auto_sync = auto_sync and not failed_before and (spec.self_heal or commit != last_synced
-                                                              or generation_changed)
-        wants_sync = request.sync_requested or may_auto_sync
+        decision = plan_stage.decide(plan_stage.Situation(
+            automated=auto_sync, self_heal=spec.self_heal, requested=request.sync_requested, commit=commit,
+            attempt=attempt, refreshed=request.refresh is not None, generation_changed=generation_changed,
+            operation_state=operation_state))
+        failed_before, may_auto_sync = decision.failed_before, decision.may_sync and not request.sync_requested
+        wants_sync = decision.may_sync
         respect = spec.sync_options.respect_ignore_differences
         # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
         # so objects that do not exist are applied without a dry run first (half the requests).
@@ -323,28 +331,25 @@ class Reconciler:
             return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
 
         all_targets = [*targets, *rest_targets]
-        # By identity, not apiVersion: an object whose manifest moved to another version of its API
-        # (autoscaling/v1 → v2) is the same object, and must not be pruned right after its apply.
-        target_refs = {ObjectRef.of(t) for t in all_targets}
-        stale = sorted((e for e in previous_entries if e.ref not in target_refs),
-                       key=lambda e: (e.kind, e.namespace, e.name))
+        stale = plan_stage.stale(previous_entries, all_targets)
         out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
-        do_sync = request.sync_requested or (may_auto_sync and out_of_sync)
-        prune = request.sync_prune if request.sync_requested else spec.prune
+        do_sync = decision.resume or request.sync_requested or (may_auto_sync and out_of_sync)
         pruned: list[ResourceResult] = []
+        operation: Operation | None = None
         if do_sync:
-            started = now()
-            applied += self.syncer.apply(diff.diffs, replace=spec.sync_options.replace)
-            self._remember(applied)
-            sync_failed = any(r.failed for r in applied)
-            if prune and stale and not sync_failed:
-                pruned = self.syncer.prune(stale, spec.key, propagation=spec.sync_options.prune_propagation_policy)
-                for result in pruned:
-                    if result.action is Action.DELETED:
-                        self.live.forget(result.ref)
-            outcome.consumed_operation = request.sync_requested
-            self._record_operation(status, previous, checkout, spec, commit, applied, pruned, started, prune, outcome,
-                                   initiated_by=request.initiated_by or {"automated": True})
+            operation = (Operation.resumed(operation_state) if decision.resume else Operation(
+                commit, request.sync_prune if request.sync_requested else spec.prune,
+                request.initiated_by or {"automated": True}, now(), source=request.sync_source))
+            ran = self.runner.run(operation, Work(
+                plan_stage.plan([*all_targets, *hook_targets]), {d.ref: d for d in [*pre_diff.diffs, *diff.diffs]},
+                stale, spec.key, replace=spec.sync_options.replace,
+                propagation=spec.sync_options.prune_propagation_policy, applied=applied))
+            ran_refs = {r.ref for r in ran.applied}
+            applied = [*(r for r in applied if r.ref not in ran_refs), *ran.applied]
+            pruned = ran.pruned
+            # A sync asked for while a staged one runs waits for it to end (Argo CD refuses it).
+            outcome.consumed_operation = request.sync_requested and not decision.resume
+            self._record_operation(status, previous, checkout, spec, operation, applied, pruned, outcome)
         else:
             status["operationState"] = previous.get("operationState")
 
@@ -353,6 +358,8 @@ class Reconciler:
         remaining_stale = [e for e in stale if e.ref not in deleted]
         outcome = self._summarise(outcome, previous, checkout, spec, commit, [*pre_diff.diffs, *diff.diffs],
                                   applied, remaining_stale, attempt)
+        if operation is not None and operation.phase != "Succeeded" and not any(r.failed for r in applied):
+            self._operation_progress(outcome, previous, spec, operation, attempt)
         if failed_before and out_of_sync and auto_sync:
             # Still the revision whose sync failed: say so, rather than a plain OutOfSync.
             message = (f"sync to {status_stage.short_revision(commit)} failed and is not retried: "
@@ -402,14 +409,22 @@ class Reconciler:
         previous = body.get("status") or {}
         refresh = (fetch_git or request.refresh is not None
                    or previous.get("observedGeneration") != body["metadata"].get("generation"))
+        state = previous.get("operationState") or {}
+        if plan_stage.running(state):  # a staged sync goes on at the commit it started with
+            revision = ((state.get("operation") or {}).get("sync") or {}).get("revision")
+            if revision:
+                return SourceWanted(spec.repo_url, revision, False, spec.namespace)
         return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh, spec.namespace)
 
     @staticmethod
     def _spec(body: Manifest, request: Request) -> AppSpec:
         metadata = body["metadata"]
         raw = body.get("spec") or {}
-        if request.sync_source:  # a rollback to a history entry's source (Argo CD's operation.sync.source)
-            raw = {**raw, "source": {**(raw.get("source") or {}), **request.sync_source}}
+        state = (body.get("status") or {}).get("operationState") or {}
+        source = (((state.get("operation") or {}).get("sync") or {}).get("source") if plan_stage.running(state)
+                  else request.sync_source)
+        if source:  # a rollback to a history entry's source (Argo CD's operation.sync.source)
+            raw = {**raw, "source": {**(raw.get("source") or {}), **source}}
         return AppSpec.parse(metadata["name"], metadata["namespace"], raw)
 
     def _destination_allowed(self, spec: AppSpec) -> bool:
@@ -574,44 +589,58 @@ class Reconciler:
             outcome.events.append(Event("Warning", condition_type, message))
         return outcome
 
-    def _record_operation(self, status: dict, previous: dict, checkout: Path, spec: AppSpec, commit: str,
-                          applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], started: str,
-                          prune: bool, outcome: Outcome, *, initiated_by: dict) -> None:
-        failed = [r for r in [*applied, *pruned] if r.failed]
+    def _record_operation(self, status: dict, previous: dict, checkout: Path, spec: AppSpec, operation: Operation,
+                          applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], outcome: Outcome) -> None:
+        """The operation's state, its events and, once it succeeded, its history entry."""
+        commit = operation.revision
+        if operation.phase == "Failed" and any(r.failed for r in [*applied, *pruned]):
+            operation.message = describe_failures(checkout, spec.path, [(r.ref, r.message) for r in [*applied, *pruned]
+                                                                         if r.failed])
+        status["operationState"] = operation.state()
         changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
-        phase = "Failed" if failed else "Succeeded"
-        outcome.sync_phase = phase
-        message = (describe_failures(checkout, spec.path, [(r.ref, r.message) for r in failed]) if failed
-                   else f"successfully synced (applied {len(changed)}, pruned "
-                        f"{sum(r.action is Action.DELETED for r in pruned)})")
-        status["operationState"] = {
-            "phase": phase,
-            "message": message,
-            "startedAt": started,
-            "finishedAt": now(),
-            "operation": {"sync": {"revision": commit, "prune": prune}, "initiatedBy": initiated_by},
-            "syncResult": {
-                "revision": commit,
-                "resources": [_sync_result_entry(r) for r in [*applied, *pruned]
-                              if r.action is not Action.UNCHANGED or r.message],
-            },
-        }
-        if failed:
-            outcome.events.append(Event("Warning", "SyncFailed", f"sync to {status_stage.short_revision(commit)} failed: {message}"))
-            return
         if changed:
             outcome.events.append(Event("Normal", "Synced", f"synced {status_stage.short_revision(commit)}: " + ", ".join(
                 f"{r.ref} {r.action.value}" for r in changed[:20]) + (" …" if len(changed) > 20 else "")))
         for result in pruned:
             if result.action is Action.DELETED:
                 outcome.events.append(Event("Normal", "Pruned", f"{result.ref} pruned: no longer in git"))
+        if operation.phase in ("Running", "Terminating"):
+            return
+        outcome.sync_phase = operation.phase
+        if operation.phase == "Failed":
+            outcome.events.append(Event("Warning", "SyncFailed", f"sync to {status_stage.short_revision(commit)} failed: "
+                                                                 f"{operation.message}"))
+            return
+        # A staged sync that ran over several passes changed things in each of them.
+        changed_any = bool(changed) or any(e.get("action") in ("created", "configured") for e in operation.results)
         status["history"] = status_stage.history_after_sync(
             previous.get("history") or [], commit,
             {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
-            now(), changed=bool(changed), limit=spec.history_limit,
-            details={"initiatedBy": initiated_by,
+            now(), changed=changed_any, limit=spec.history_limit,
+            details={"initiatedBy": operation.initiated_by,
                      **({"revisionMetadata": status["sync"]["revisionMetadata"]}
                         if (status.get("sync") or {}).get("revisionMetadata") else {})})
+
+    def _operation_progress(self, outcome: Outcome, previous: dict, spec: AppSpec, operation: Operation,
+                            attempt: int) -> None:
+        """A staged sync still running, or one a hook or an unhealthy object stopped: its message is
+        the app's, as that is what a user must know first."""
+        status = outcome.status
+        if operation.phase in ("Running", "Terminating"):
+            status["message"] = status_stage.one_line(operation.message)
+            outcome.requeue_after = 2.0  # the watches of what it applied wake it sooner
+            return
+        message = f"sync failed: {operation.message}"
+        status["sync"] = {**status["sync"], "status": SyncStatus.FAILED.value}
+        status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
+                                                       previous.get("conditions")),
+                                *[c for c in status.get("conditions") or [] if c.get("type") != "SyncError"]]
+        status["message"] = status_stage.one_line(message)
+        # Retried only as the Application's retry policy says: a hook that failed is not re-run
+        # for ever on its own, as in Argo CD.
+        if spec.retry is not None:
+            outcome.requeue_after = self._retry_delay(spec, attempt)
+            outcome.retrying = outcome.requeue_after is not None
 
     def _summarise(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
                    diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
