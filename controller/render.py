@@ -640,9 +640,13 @@ class _KustomizeError:
                 path=self.kustomization,
             )
         if match := self._NO_NAME.search(text):
+            file = self.directory / match[1]
+            generated = file.is_file() and _inside(self.root, file) and "generateName" in file.read_text(errors="replace")
             return RenderError(
-                "object has no metadata.name; every object needs apiVersion, kind and metadata.name",
-                path=self.rel(self.directory / match[1]),
+                "object has no metadata.name; every object needs apiVersion, kind and metadata.name" + (
+                    " (kustomize refuses metadata.generateName: name the hook and give it "
+                    "argocd.argoproj.io/hook-delete-policy: BeforeHookCreation instead)" if generated else ""),
+                path=self.rel(file),
             )
         if match := self._DUPLICATE.search(text):
             return RenderError(
@@ -733,6 +737,20 @@ def _line_matching(path: Path, pattern: str) -> int | None:
 # What every object must be
 
 
+# A hook (see plan.py) may leave its name to the API server with metadata.generateName, as
+# Argo CD and Helm allow; any other object needs a name to be tracked, diffed and pruned by.
+_HOOK_ANNOTATIONS = ("argocd.argoproj.io/hook", "helm.sh/hook")
+
+
+def _name_or_hook_prefix(metadata: Any) -> Any:
+    if not isinstance(metadata, dict):
+        return None
+    annotations = metadata.get("annotations")
+    if not metadata.get("name") and isinstance(annotations, dict) and any(a in annotations for a in _HOOK_ANNOTATIONS):
+        return metadata.get("generateName")
+    return metadata.get("name")
+
+
 def _check(objects: list[_Located]) -> None:
     seen: dict[ObjectRef, _Located] = {}
     for located in objects:
@@ -748,7 +766,7 @@ def _check(objects: list[_Located]) -> None:
         required = {
             "apiVersion": manifest.get("apiVersion"),
             "kind": manifest.get("kind"),
-            "metadata.name": metadata.get("name") if isinstance(metadata, dict) else None,
+            "metadata.name": _name_or_hook_prefix(metadata),
         }
         missing = [name for name, value in required.items() if not isinstance(value, str) or not value]
         if missing:
@@ -758,6 +776,8 @@ def _check(objects: list[_Located]) -> None:
                 line=located.line,
             )
         ref = ObjectRef.of(manifest)
+        if not ref.name:  # a generateName hook: two with one prefix are two runs, not one object twice
+            ref = ObjectRef(ref.group, ref.kind, ref.namespace, f"{metadata['generateName']}<{len(seen)}>")
         first = seen.get(ref)
         if first is not None:
             raise RenderError(

@@ -522,8 +522,8 @@ def test_global_options_work_before_and_after_the_command():
     (["app", "rollback", "web", "x"], "gantry app rollback: error: argument id: invalid int value: 'x' "
      "(try 'gantry app rollback --help')"),
     (["app", "bogus"], "gantry app: error: argument VERB: invalid choice: 'bogus' (choose from 'list', 'get', 'diff', "
-     "'sync', 'refresh', 'history', 'rollback', 'wait', 'delete') (try 'gantry app --help')"),
-    (["app"], "gantry app: error: a verb is required: one of list, get, diff, sync, refresh, history, rollback, wait, "
+     "'sync', 'refresh', 'history', 'rollback', 'terminate-op', 'wait', 'delete') (try 'gantry app --help')"),
+    (["app"], "gantry app: error: a verb is required: one of list, get, diff, sync, refresh, history, rollback, terminate-op, wait, "
      "delete (try 'gantry app --help')"),
     ([], "gantry: error: a command is required: one of app, ui (try 'gantry --help')"),
     (["--bogus"], "gantry: error: unrecognized arguments: --bogus (try 'gantry --help')"),

@@ -690,3 +690,25 @@ def test_an_app_over_the_total_limit_is_refused(tmp_path: Path, kustomize: Path)
 def test_nesting_too_deep_to_read_is_a_render_error(tmp_path: Path, name: str, text: str):
     error = render_error(tmp_path, {f"k8s/{name}": text})
     assert error.path == f"k8s/{name}" and "nest" in str(error)
+
+
+HOOK_JOB = ("apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n"
+            "  annotations:\n    argocd.argoproj.io/hook: PreSync\nspec: {}\n")
+
+
+def test_plain_hooks_may_leave_their_name_to_the_api_server(tmp_path: Path):
+    root = write(tmp_path / "checkout", {"k8s/a.yaml": HOOK_JOB, "k8s/b.yaml": HOOK_JOB.replace("PreSync", "PostSync")})
+    objects = render(root, "k8s", kustomize="kustomize")
+    assert [o["metadata"]["generateName"] for o in objects] == ["migrate-", "migrate-"]
+
+
+def test_an_object_that_is_not_a_hook_needs_a_name_even_with_generate_name(tmp_path: Path):
+    error = render_error(tmp_path, {"k8s/a.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: c-\n"})
+    assert "object has no metadata.name" in str(error)
+
+
+def test_kustomize_refusing_generate_name_says_what_to_do_instead(tmp_path: Path, kustomize: Path):
+    error = render_error(tmp_path, {"k8s/kustomization.yaml": "resources:\n- job.yaml\n", "k8s/job.yaml": HOOK_JOB},
+                         kustomize=kustomize)
+    assert error.path == "k8s/job.yaml"
+    assert "generateName" in str(error) and "BeforeHookCreation" in str(error), str(error)
