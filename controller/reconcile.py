@@ -295,11 +295,14 @@ class Reconciler:
         failed_before, may_auto_sync = decision.failed_before, decision.may_sync and not request.sync_requested
         wants_sync = decision.may_sync
         respect = spec.sync_options.respect_ignore_differences
+        # Replace=true / Force=true: immutable changes are recreated instead of refused (traps.py)
+        recreate = spec.sync_options.replace or spec.sync_options.force
         # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
         # so objects that do not exist are applied without a dry run first (half the requests).
         first_sync = not previous_entries
         pre_diff = self.differ.diff(targets, lambda t: pre_lives[ObjectRef.of(t)], spec.ignore_differences,
-                                    respect_ignores=respect, dry_run_missing=not first_sync)
+                                    respect_ignores=respect, dry_run_missing=not first_sync,
+                                    recreate=recreate)
         applied: list[ResourceResult] = []
         if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
             if not first_sync:
@@ -309,7 +312,8 @@ class Reconciler:
                 early = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) not in defined]
                 early_targets = self._prepare(early, spec, (checkout, commit, "early"))
                 early_diff = self.differ.diff(early_targets, lambda t: lives[ObjectRef.of(t)],
-                                              spec.ignore_differences, respect_ignores=respect, dry_run_missing=False)
+                                              spec.ignore_differences, respect_ignores=respect, dry_run_missing=False,
+                                              recreate=recreate)
                 if early_diff.failures:
                     return self._dry_run_failed(outcome, previous, checkout, spec, commit, early_diff.failures)
             if spec.sync_options.create_namespace and self.policy is None:
@@ -320,7 +324,8 @@ class Reconciler:
             self._ensure_namespace(spec.destination_namespace)
 
         diff = self.differ.diff(rest_targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
-                                respect_ignores=respect, dry_run_missing=not first_sync)
+                                respect_ignores=respect, dry_run_missing=not first_sync,
+                                recreate=recreate)
         if awaiting:
             pending = prepare(awaiting, lambda o: defined[(ObjectRef.of(o).group, o["kind"])],
                               destination_namespace=spec.destination_namespace, app_key=spec.key)
@@ -648,6 +653,7 @@ class Reconciler:
         status = outcome.status
         applied_ok = {r.ref for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)}
         failed = {r.ref: r.message for r in applied if r.failed}
+        transient_only = bool(failed) and all(r.transient for r in applied if r.failed)
         context = self._health_context()
         resources, healths, lives = [], [], []
         for d in diffs:
@@ -676,9 +682,14 @@ class Reconciler:
         if failed:
             sync_status = SyncStatus.FAILED
             message = "sync failed: " + describe_failures(checkout, spec.path, list(failed.items()))
-            outcome.requeue_after = self._retry_delay(spec, attempt)
+            # A failure that passes by itself (a namespace still being deleted) does not spend the
+            # retry limit: it is retried with the default backoff until it is gone.
+            outcome.requeue_after = (DEFAULT_RETRY.delay(attempt + 1) if transient_only
+                                     else self._retry_delay(spec, attempt))
             outcome.retrying = outcome.requeue_after is not None
-            if not outcome.retrying and spec.automated:
+            if transient_only:
+                message += " (retried until it passes)"
+            elif not outcome.retrying and spec.automated:
                 message += (f" (retried {attempt} time{'' if attempt == 1 else 's'}, the retry limit; not retried "
                             f"again until a refresh, a new commit or an edit of the Application)")
             status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],

@@ -274,36 +274,22 @@ def test_statefulset_immutable_change_is_refused_then_recreated_keeping_its_pods
         assert [o["uid"] for o in owners] == [new["metadata"]["uid"]]
 
 
-def test_app_level_replace_lets_the_differ_and_syncer_recreate(cluster):
-    """The app's syncOptions Replace=true, as the reconcile passes it to Differ.diff(recreate=…)."""
-    from controller.diff import Differ, prepare
-    from controller.kube import KubeClient
-    from controller.sync import Syncer
-
-    namespace = f"traps-app-level-{os.getpid()}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        client = KubeClient.from_kubeconfig(str(cluster.kubeconfig))
-        differ, syncer = Differ(client), Syncer(client)
-
-        def sync(obj: dict, **options):
-            (target,) = prepare([obj], client.resource_of, destination_namespace=namespace, app_key="gantry/t")
-            live = client.get(client.resource_of(target), target["metadata"]["name"], namespace)
-            result = differ.diff([target], lambda _: live, **options)
-            return result, (syncer.apply(result.diffs, replace=options.get("recreate", False))
-                            if not result.failures else [])
-
-        sync(deployment())
-        old = client.get(client.resource("apps/v1", "Deployment"), "web", namespace)
-        result, _ = sync(deployment(labels={"app": "web", "track": "blue"}))
-        assert "spec.selector is immutable" in result.failures[0].message
-        result, applied = sync(deployment(labels={"app": "web", "track": "blue"}), recreate=True)
-        assert result.diffs[0].recreate == ("spec.selector",) and [r.action.value for r in applied] == ["created"]
-        new = client.get(client.resource("apps/v1", "Deployment"), "web", namespace)
-        assert new["metadata"]["uid"] != old["metadata"]["uid"]
-        assert new["spec"]["selector"]["matchLabels"] == {"app": "web", "track": "blue"}
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+def test_the_apps_replace_option_lets_the_controller_recreate_an_immutable_change(make_app):
+    """syncPolicy.syncOptions Replace=true on the Application, not on the object, is enough."""
+    app = make_app(files_of(deployment()))
+    app.apply(syncPolicy={"automated": {"prune": True, "selfHeal": True},
+                          "syncOptions": ["CreateNamespace=true", "Replace=true"]})
+    app.wait_synced(app.repo.head)
+    old = app.object("deployment", "web")
+    before = failures(app)
+    changed = app.push(files_of(deployment(labels={"app": "web", "track": "blue"})), message="new selector")
+    app.refresh()
+    status = synced_in_one_sync(app, changed, healthy=True, before=before)
+    new = app.object("deployment", "web")
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    assert new["spec"]["selector"]["matchLabels"] == {"app": "web", "track": "blue"}
+    entry = operation_entry(status, "Deployment", "web")
+    assert entry["action"] == "created" and "recreated (deleted and created again): spec.selector" in entry["message"]
 
 
 # ------------------------------------------------------------------ conflicts with other field managers
@@ -335,7 +321,9 @@ def test_drift_by_another_field_manager_is_taken_over_and_said_whose_it_was(make
 
 def test_a_namespace_being_deleted_is_retried_until_it_is_gone_then_created(make_app):
     app = make_app(files_of(deployment(), config("hello")))
-    app.apply()
+    # No retries at all for failures that stay: a namespace being deleted is not one of them.
+    app.apply(syncPolicy={"automated": {"prune": True, "selfHeal": True}, "syncOptions": ["CreateNamespace=true"],
+                          "retry": {"limit": 0}})
     app.wait_synced(app.repo.head)
     # A ConfigMap Gantry does not manage holds the namespace in Terminating until its finalizer goes.
     app.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
