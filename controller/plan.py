@@ -5,31 +5,46 @@ is stale, what is refused, and whether to sync at all. The reconcile executes th
 app diff` and the UI ask the same planner, so what they show is what the controller does.
 
 Ordering rules (written here once; Argo CD's, unless said otherwise):
-1. Phases go PreSync → Sync → PostSync. SyncFail runs only when one of them failed; PreDelete
-   only when an Application with the resources finalizer is deleted, before its resources go.
+1. Phases go PreSync → Sync → PostSync. SyncFail runs only when one of them failed. PreDelete
+   hooks are planned (Plan.pre_delete) for the deletion of an Application with the resources
+   finalizer, before its resources go; the reconcile does not run them yet.
 2. Within a phase, objects go in waves: `argocd.argoproj.io/sync-wave` or `gantry.dev/sync-wave`
-   (an integer, default 0, negative allowed); Helm hooks' `helm.sh/hook-weight` is their wave.
+   (an integer, default 0, negative allowed; Argo CD's wins when both are set), else
+   `helm.sh/hook-weight`, which Argo CD reads as a sync wave on any object. A wave that is not an
+   integer refuses the commit (Argo CD silently uses 0 instead).
 3. Within a wave, by kind (sync.KIND_ORDER: config and RBAC before the workloads that use them,
    Ingresses last), then namespace and name. Objects of one wave go in parallel.
 4. Namespaces and CRDs of the Sync phase go before everything, whatever their wave: the commit is
    dry-run whole before anything is applied, and nothing can be dry-run in a namespace or of a
-   kind that does not exist yet. (Argo CD orders them by wave; Gantry's guard needs them first.)
+   kind that does not exist yet. The reconcile applies them before the first step, PreSync hooks
+   included; in the plan they join the first Sync step. (Argo CD orders them by phase and wave;
+   its maintainers considered Namespaces before hooks in argoproj/argo-cd#3502.)
 5. A step (one wave of one phase) starts only when every object of the earlier steps is applied
    and Healthy, and every hook of them completed. The last step is not waited for: the operation
-   ends when it is applied, and health is reported as it comes, as Argo CD does.
+   ends when it is applied, and health is reported as it comes, as Argo CD does for resources.
+   (operation.py does not wait for the last step's hooks either, where Argo CD waits for them and
+   fails the sync when one fails.)
 6. Stale objects (in the previous inventory, not in the render) are pruned after the last Sync
-   wave, before PostSync, and only when nothing failed.
+   wave, before PostSync, and only when nothing failed; all together, where Argo CD prunes them
+   wave by wave, the highest first.
 7. A failure (an apply refused, a hook failed, an object Degraded while a later wave waits)
    ends the operation there: later steps are not run, nothing is pruned, SyncFail hooks run.
 8. Hooks are not desired state: they are not in the inventory, never pruned as drift and never
-   OutOfSync. `Skip` objects are neither applied nor tracked.
+   OutOfSync. `Skip` objects are neither applied nor tracked (`Skip` among other hooks is ignored,
+   as in Argo CD), nor are Helm hooks without a sync phase (`test`, `*-rollback`) and PostDelete
+   hooks, which Gantry does not run: all three are listed in Plan.skipped. An unknown
+   `argocd.argoproj.io/hook` or delete policy refuses the commit (Argo CD ignores it); unknown
+   Helm hooks are skipped, as Argo CD does.
+9. A hook's delete policies are those of both annotations, Argo CD's and Helm's; BeforeHookCreation
+   when neither names one.
 An app without hooks or waves has one step: it syncs in one pass, as before waves existed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import groupby
 
@@ -62,6 +77,7 @@ class DeletePolicy(StrEnum):
 # The phases of a sync, in their order; SyncFail and the deletion phases run apart.
 SYNC_PHASES = (Phase.PRE_SYNC, Phase.SYNC, Phase.POST_SYNC)
 SKIP = "Skip"
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 # Helm's hooks as Argo CD maps them; the others (test, rollback) have no sync phase and are skipped.
 HELM_HOOKS = {
@@ -161,57 +177,71 @@ def _annotations(obj: Manifest) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 
 
+def _ref(obj: Manifest) -> ObjectRef:
+    """The object's identity for a message: a `generateName` hook has no name yet, only its prefix."""
+    ref = ObjectRef.of(obj)
+    return ref if ref.name else ref._replace(name=(obj.get("metadata") or {}).get("generateName") or "")
+
+
+def _words(annotations: Mapping[str, str], name: str) -> list[str]:
+    """A comma list, blanks dropped: `PreSync,` is one hook, as Argo CD reads it."""
+    return [w.strip() for w in str(annotations.get(name) or "").split(",") if w.strip()]
+
+
 def wave_of(obj: Manifest) -> int:
     annotations = _annotations(obj)
-    for name in (*WAVE_ANNOTATIONS, *((HELM_WEIGHT_ANNOTATION,) if HELM_HOOK_ANNOTATION in annotations else ())):
+    for name in (*WAVE_ANNOTATIONS, HELM_WEIGHT_ANNOTATION):
         if name in annotations:
             text = str(annotations[name]).strip()
-            try:
-                return int(text)
-            except ValueError:
-                raise PlanError(ObjectRef.of(obj), f"annotation {name}: {text!r} is not an integer wave "
-                                                   f"(use e.g. \"-1\", \"0\" or \"5\")") from None
+            # ASCII digits only: Python's int() also takes "1_0" and other scripts' digits, Go's Atoi does not.
+            if not _INTEGER.fullmatch(text):
+                raise PlanError(_ref(obj), f"annotation {name}: {text!r} is not an integer wave "
+                                           f"(use e.g. \"-1\", \"0\" or \"5\")")
+            return int(text)
     return 0
 
 
 def hook_phases(obj: Manifest) -> tuple[Phase, ...] | None:
-    """The phases a hook runs in; () for `Skip`; None for an object that is not a hook."""
+    """The phases a hook runs in; () for one that never runs (`Skip`, a Helm hook without a sync
+    phase); None for an object that is not a hook."""
     annotations = _annotations(obj)
-    ref = ObjectRef.of(obj)
     if HOOK_ANNOTATION in annotations:
+        words = _words(annotations, HOOK_ANNOTATION)
+        if words == [SKIP]:
+            return ()
         phases: list[Phase] = []
-        for word in (w.strip() for w in str(annotations[HOOK_ANNOTATION]).split(",")):
+        for word in words:
             if word == SKIP:
-                return ()
+                continue  # with other hooks, Skip is ignored (Argo CD skips only a lone Skip)
             try:
                 phases.append(Phase(word))
             except ValueError:
                 known = ", ".join([*(p.value for p in Phase), SKIP])
-                raise PlanError(ref, f"annotation {HOOK_ANNOTATION}: unknown hook {word!r} (one of {known})") from None
+                raise PlanError(_ref(obj), f"annotation {HOOK_ANNOTATION}: unknown hook {word!r} "
+                                           f"(one of {known})") from None
         return tuple(dict.fromkeys(phases))
     if HELM_HOOK_ANNOTATION in annotations:
-        words = [w.strip() for w in str(annotations[HELM_HOOK_ANNOTATION]).split(",") if w.strip()]
-        if "crd-install" in words:
+        if str(annotations[HELM_HOOK_ANNOTATION]).strip() == "crd-install":
             return None  # Helm 2's way of shipping CRDs: an ordinary resource, CRDs go first anyway
+        words = _words(annotations, HELM_HOOK_ANNOTATION)
         return tuple(dict.fromkeys(HELM_HOOKS[w] for w in words if w in HELM_HOOKS))
     return None
 
 
 def delete_policies(obj: Manifest) -> frozenset[DeletePolicy]:
-    """A hook's delete policies; BeforeHookCreation when it names none, as in Argo CD."""
+    """A hook's delete policies, from Argo CD's and Helm's annotations together; BeforeHookCreation
+    when neither names one, as in Argo CD."""
     annotations = _annotations(obj)
     policies: set[DeletePolicy] = set()
-    if HOOK_DELETE_POLICY_ANNOTATION in annotations:
-        for word in (w.strip() for w in str(annotations[HOOK_DELETE_POLICY_ANNOTATION]).split(",") if w.strip()):
-            try:
-                policies.add(DeletePolicy(word))
-            except ValueError:
-                known = ", ".join(p.value for p in DeletePolicy)
-                raise PlanError(ObjectRef.of(obj), f"annotation {HOOK_DELETE_POLICY_ANNOTATION}: unknown policy "
-                                                   f"{word!r} (one of {known})") from None
-    elif HELM_DELETE_POLICY_ANNOTATION in annotations:
-        words = str(annotations[HELM_DELETE_POLICY_ANNOTATION]).split(",")
-        policies = {HELM_DELETE_POLICIES[w.strip()] for w in words if w.strip() in HELM_DELETE_POLICIES}
+    for word in _words(annotations, HOOK_DELETE_POLICY_ANNOTATION):
+        try:
+            policies.add(DeletePolicy(word))
+        except ValueError:
+            known = ", ".join(p.value for p in DeletePolicy)
+            raise PlanError(_ref(obj), f"annotation {HOOK_DELETE_POLICY_ANNOTATION}: unknown policy "
+                                       f"{word!r} (one of {known})") from None
+    policies |= {HELM_DELETE_POLICIES[w] for w in _words(annotations, HELM_DELETE_POLICY_ANNOTATION)
+                 if w in HELM_DELETE_POLICIES}
     return frozenset(policies or {DeletePolicy.BEFORE_HOOK_CREATION})
 
 
@@ -235,11 +265,11 @@ def plan(objects: Iterable[Manifest]) -> Plan:
             resources.append(obj)
             tasks.append(Task(obj, Phase.SYNC, wave))
             continue
-        if not phases:
-            skipped.append(ObjectRef.of(obj))
+        if not phases or set(phases) == {Phase.POST_DELETE}:
+            skipped.append(_ref(obj))  # never run: Skip, a Helm test hook, PostDelete (rule 8)
             continue
         policies = delete_policies(obj)
-        for phase in phases:
+        for phase in (p for p in phases if p is not Phase.POST_DELETE):
             task = Task(obj, phase, wave, hook=True, delete_policies=policies)
             {Phase.SYNC_FAIL: sync_fail, Phase.PRE_DELETE: pre_delete}.get(phase, tasks).append(task)
     steps = tuple(Step(phase, wave, tuple(group))
@@ -260,7 +290,10 @@ def _prerequisites_first(steps: tuple[Step, ...]) -> tuple[Step, ...]:
         return steps
     result = list(steps)
     head = steps[sync[0]]
-    result[sync[0]] = Step(head.phase, head.wave, tuple(sorted([*head.tasks, *moved], key=_task_order)))
+    # They take the first step's wave, so that they sort into it by kind (Namespaces first) rather
+    # than after its own objects by their old wave.
+    joined = [replace(t, wave=head.wave) for t in moved]
+    result[sync[0]] = Step(head.phase, head.wave, tuple(sorted([*head.tasks, *joined], key=_task_order)))
     for i in sync[1:]:
         result[i] = Step(steps[i].phase, steps[i].wave, tuple(t for t in steps[i].tasks if not any(t is m for m in moved)))
     return tuple(s for s in result if s.tasks)
@@ -348,16 +381,27 @@ def next_step(plan_: Plan, applied_key: str | None) -> int:
 
 
 def prune_after(plan_: Plan) -> int:
-    """The index of the step after which stale objects are pruned (rule 6): the last Sync step."""
-    sync = [i for i, s in enumerate(plan_.steps) if s.phase is Phase.SYNC]
-    return sync[-1] if sync else len(plan_.steps) - 1
+    """The index of the step after which stale objects are pruned (rule 6): the last Sync step, or
+    without one the last step before PostSync (a commit that keeps only hooks still prunes before
+    its PostSync hooks run)."""
+    before_post = [i for i, s in enumerate(plan_.steps) if s.phase is not Phase.POST_SYNC]
+    sync = [i for i in before_post if plan_.steps[i].phase is Phase.SYNC]
+    return (sync or before_post or [len(plan_.steps) - 1])[-1]
+
+
+# What the API server appends to a generateName (k8s.io/apiserver storage/names): 5 characters of
+# this alphabet, after the prefix cut to 58 so that the name fits in 63.
+_GENERATED_SUFFIX = re.compile(r"[bcdfghjklmnpqrstvwxz2456789]{5}")
+_GENERATED_PREFIX_MAX = 58
 
 
 def hook_name_taken(task: Task, names: Sequence[str]) -> list[str]:
     """Names of earlier instances of a hook that BeforeHookCreation deletes: its own name, or for a
-    `generateName` hook every name made from its prefix (so they do not pile up)."""
+    `generateName` hook every name the API server can have made from its prefix (so they do not pile
+    up, and a named hook that merely starts with the prefix is left alone)."""
     metadata = task.manifest.get("metadata") or {}
     if metadata.get("name"):
         return [n for n in names if n == metadata["name"]]
-    prefix = metadata.get("generateName") or ""
-    return [n for n in names if prefix and n.startswith(prefix) and len(n) == len(prefix) + 5]
+    prefix = (metadata.get("generateName") or "")[:_GENERATED_PREFIX_MAX]
+    return [n for n in names if prefix and n.startswith(prefix)
+            and _GENERATED_SUFFIX.fullmatch(n[len(prefix):])]
