@@ -34,13 +34,13 @@ from . import webhook
 from .metrics import HttpServer, Metrics, Route, metrics_server
 from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
                     SourceError, SpecError)
-from .reconcile import Event, Fetched, Outcome, Reconciler, now
+from .reconcile import Fetched, Outcome, Reconciler, now
 from .render import MiB, RenderLimits
 from .ui import UiServer
 from .webhook import PushEvent
 from .source import GitCache, redact_url
 from .startup import APPLICATIONS, EXIT_CODE, StartupError, check_cluster, listen, load_client
-from .status import merge_patch, one_line, slimmed
+from .status import Event, Reason, merge_patch, one_line, reconcile_error, slimmed
 
 logger = logging.getLogger("gantry")
 PLURAL = APPLICATIONS  # the CRD the startup checks found served
@@ -375,13 +375,11 @@ class Scheduler:
     def _report_error(self, body: Manifest, error: Exception) -> None:
         """Say on the Application that its reconcile broke, instead of only in our log."""
         message = f"reconcile failed unexpectedly: {type(error).__name__}: {error}"[:1000]
-        status = {"sync": {**((body.get("status") or {}).get("sync") or {}), "status": "Unknown"},
-                  "conditions": [{"type": "ReconcileError", "message": message, "lastTransitionTime": now()}],
-                  "message": message[:200], "reconciledAt": now()}
+        status = reconcile_error(body.get("status") or {}, message, now())
         try:
             self.client.request("PATCH", _app_path(body["metadata"], "/status"), body={"status": status},
                                 content_type="application/merge-patch+json")
-            post_event(self.client, body, Event("Warning", "ReconcileError", message))
+            post_event(self.client, body, Event("Warning", Reason.RECONCILE_ERROR, message))
         except KubeApiError as patch_error:
             logger.warning("could not report the error on %s: %s", body["metadata"]["name"], patch_error)
 
@@ -397,9 +395,9 @@ class Scheduler:
         failed = [r for r in results if r.failed]
         for result in results:
             if result.action.value == "deleted":
-                post_event(self.client, body, Event("Normal", "Pruned", f"{result.ref} deleted with the application"))
+                post_event(self.client, body, Event("Normal", Reason.PRUNED, f"{result.ref} deleted with the application"))
         if failed:
-            post_event(self.client, body, Event("Warning", "DeleteFailed",
+            post_event(self.client, body, Event("Warning", Reason.DELETE_FAILED,
                                                 "; ".join(f"{r.ref}: {r.message}" for r in failed)))
             return
         remaining = [f for f in finalizers if f not in RESOURCE_FINALIZERS]

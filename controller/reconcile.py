@@ -45,6 +45,7 @@ from .model import (
 from .operation import Operation, OperationRunner, Work
 from .render import RenderLimits, load_yaml, render
 from .source import GitCache, redact_url
+from .status import Event, Reason, Report
 from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,6 @@ DEFAULT_RETRY = RetryPolicy(limit=-1, backoff_seconds=10, factor=2, max_backoff_
 
 def now() -> str:
     return status_stage.timestamp()
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -75,6 +69,52 @@ class Outcome:
     consumed_refresh: bool = False
     consumed_operation: bool = False
     sync_phase: str | None = None  # Succeeded | Failed when this pass ran a sync
+    report: Report | None = None  # the writer of `status` and `events` (status.Report)
+
+
+class Refused(Exception):
+    """A guard said no before anything was applied: the pass marks the app Failed with `reason`
+    and `message` and returns (kustomize-controller's shape: mark the reason, return)."""
+
+    def __init__(self, reason: Reason, message: str, *, revision: str | None = None,
+                 health: HealthStatus | None = None, failures: Sequence[ApplyFailure] = (),
+                 retry: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.revision, self.health = reason, message, revision, health
+        self.failures = tuple(failures)  # the objects refused and why, when it was objects
+        self.retry = retry  # a failure that may pass (git unreachable): retried as the policy says
+
+
+@dataclass
+class Desired:
+    """The desired state of one pass, checked and prepared for the differ, with the live objects
+    it maps to (Reconciler.desired)."""
+
+    commit: str
+    checkout: Path
+    prerequisites: list[Manifest]  # Namespaces and CRDs, prepared: applied before the rest is dry-run
+    rest: list[Manifest]  # every other object as rendered
+    rest_targets: list[Manifest]  # the same, prepared
+    pending: list[Manifest]  # custom resources of a CRD in this render, not served yet: to create
+    defined: dict  # (group, kind) → Resource, for the kinds this render's CRDs define
+    hooks: list[Manifest]  # prepared
+    pre_lives: dict[ObjectRef, Manifest | None]
+    lives: dict[ObjectRef, Manifest | None]
+    previous_entries: set[InventoryEntry]
+
+    @property
+    def targets(self) -> list[Manifest]:
+        """Every object of the desired state (hooks are not: they are run, not kept in sync)."""
+        return [*self.prerequisites, *self.rest_targets, *self.pending]
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The desired state diffed against live: each object's diff (those to create among them),
+    and the prerequisites applied on the way."""
+
+    diffs: list[ObjectDiff]
+    applied: list[ResourceResult]
 
 
 @dataclass(frozen=True)
@@ -175,100 +215,112 @@ class Reconciler:
         request = Request.of(body)
         if (request.sync_requested and not outcome.consumed_operation and not outcome.retrying
                 and not plan_stage.running(outcome.status.get("operationState"))):
-            # A requested sync that failed before applying anything (bad revision, broken commit)
-            # is finished, Failed, as Argo CD finishes it; left pending it would be retried for ever.
-            message = outcome.status.get("message") or "sync failed"
-            outcome.status["operationState"] = {
-                "phase": "Failed", "message": message, "startedAt": started, "finishedAt": now(),
-                "operation": {"sync": {k: v for k, v in (("revision", request.sync_revision),
-                                                         ("prune", request.sync_prune)) if v}},
-            }
+            sync = {k: v for k, v in (("revision", request.sync_revision), ("prune", request.sync_prune)) if v}
+            outcome.report.request_failed(outcome.status.get("message") or "sync failed", started=started,
+                                          finished=now(), sync=sync)
             outcome.consumed_operation = True
             outcome.sync_phase = "Failed"
-            outcome.events.append(Event("Warning", "SyncFailed", f"sync failed: {message}"))
         return outcome
 
     def _reconcile(self, body: Manifest, *, attempt: int, source: Fetched | SourceError | None) -> Outcome:
-        metadata = body["metadata"]
+        """The guards in their fixed order (spec, destination, git, render, plan, what may be
+        written), each refusal one Refused; then the sync pass."""
         previous = body.get("status") or {}
         request = Request.of(body)
-        status: dict = {
-            "observedGeneration": metadata.get("generation"),
-            "reconciledAt": now(),
-            "history": previous.get("history") or [],
-        }
-        outcome = Outcome(status, consumed_refresh=request.refresh is not None)
+        report = Report(previous, body["metadata"].get("generation"), now())
+        outcome = Outcome(report.status, report.events, consumed_refresh=request.refresh is not None, report=report)
+        spec: AppSpec | None = None
+        try:
+            spec = self._checked_spec(body, request)
+            fetched = self._fetched(body, request, spec, source)
+            report.revision(fetched.commit, fetched.metadata)
+            desired = self.desired(spec, fetched, inventory_of(previous), hard=request.refresh == "hard",
+                                   auto_sync=spec.automated and request.sync_requested is False)
+        except Refused as refused:
+            return self._refused(outcome, spec, refused, attempt)
+        return self._sync_pass(outcome, body, request, spec, desired, attempt)
 
+    def _checked_spec(self, body: Manifest, request: Request) -> AppSpec:
         try:
             spec = self._spec(body, request)
         except SpecError as error:
             # Stalled: retrying cannot help until someone edits the Application.
-            return self._failed(outcome, previous, "InvalidSpecError", str(error), health=HealthStatus.UNKNOWN)
-
+            raise Refused(Reason.INVALID_SPEC, str(error), health=HealthStatus.UNKNOWN) from None
         if not self._destination_allowed(spec):
-            return self._failed(outcome, previous, "InvalidSpecError",
-                                "destination " + self.policy.refusal(spec.key, spec.destination_namespace),
-                                health=HealthStatus.UNKNOWN)
+            raise Refused(Reason.INVALID_SPEC, "destination " + self.policy.refusal(spec.key, spec.destination_namespace),
+                          health=HealthStatus.UNKNOWN)
+        return spec
 
+    def _fetched(self, body: Manifest, request: Request, spec: AppSpec,
+                 source: Fetched | SourceError | None) -> Fetched:
         if source is None:
-            wanted = self._source_wanted(body, request, spec, fetch_git=False)
-            source = self.fetch(wanted)
+            source = self.fetch(self._source_wanted(body, request, spec, fetch_git=False))
         if isinstance(source, SourceError):
-            outcome = self._failed(outcome, previous, "ComparisonError", str(source))
-            if source.transient:
-                outcome.requeue_after = self._retry_delay(spec, attempt)
-                outcome.retrying = outcome.requeue_after is not None
-            return outcome
-        commit, checkout = source.commit, source.checkout
-        status["sync"] = {"revision": commit, "shortRevision": status_stage.short_revision(commit),
-                          **({"revisionMetadata": source.metadata} if source.metadata else {})}
+            raise Refused(Reason.COMPARISON_ERROR, str(source), retry=source.transient)
+        return source
 
-        try:
-            objects = self._render(checkout, commit, spec.path, hard=request.refresh == "hard",
-                                   recurse=spec.directory_recurse, overrides=spec.kustomize)
-        except RenderError as error:
-            return self._failed(outcome, previous, "ComparisonError", str(error), revision=commit)
+    def _refused(self, outcome: Outcome, spec: AppSpec | None, refused: Refused, attempt: int) -> Outcome:
+        outcome.report.failed(refused.reason, refused.message, revision=refused.revision, health=refused.health)
+        if refused.retry and spec is not None:
+            outcome.requeue_after = self._retry_delay(spec, attempt)
+            outcome.retrying = outcome.requeue_after is not None
+        return outcome
 
+    # ------------------------------------------------------------------ the desired state
+
+    def desired(self, spec: AppSpec, fetched: Fetched, previous_entries: Sequence[InventoryEntry], *,
+                hard: bool = False, auto_sync: bool = False) -> Desired:
+        """What git wants of the cluster at `fetched`, checked by every guard that needs no dry
+        run and prepared for the differ; raises Refused. The controller, `gantry app diff` and
+        the web UI's diff all start here."""
+        commit, checkout = fetched.commit, fetched.checkout
         try:
+            objects = self._render(checkout, commit, spec.path, hard=hard, recurse=spec.directory_recurse,
+                                   overrides=spec.kustomize)
             split = plan_stage.plan(objects)
+        except RenderError as error:
+            raise Refused(Reason.COMPARISON_ERROR, str(error), revision=commit) from None
         except plan_stage.PlanError as error:
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, [ApplyFailure(error.ref, error.message)])
+            raise self._refusal(checkout, spec, commit, [ApplyFailure(error.ref, error.message)]) from None
         objects = list(split.resources)
         hooks = list({id(t.manifest): t.manifest for t in split.hooks}.values())
+        self._check_size(spec, commit, objects, previous_entries, auto_sync=auto_sync)
+        # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
+        for failures in (self._not_permitted([*objects, *hooks], spec), self._unserved(hooks)):
+            if failures:
+                raise self._refusal(checkout, spec, commit, failures)
+        desired = self._targets(spec, fetched, objects, previous_entries)
+        desired.hooks = self._prepare(hooks, spec, (checkout, commit, "hooks")) if hooks else []
+        return desired
 
-        previous_entries = set(inventory_of(previous))
-        auto_sync = spec.automated and request.sync_requested is False
+    def _check_size(self, spec: AppSpec, commit: str, objects: Sequence[Manifest],
+                    previous_entries: Sequence[InventoryEntry], *, auto_sync: bool) -> None:
         if not objects and previous_entries and auto_sync and not spec.allow_empty:
             # Most likely a mistake (a kustomization emptied, the wrong path): syncing it would
             # prune the whole app. Argo CD refuses this too unless allowEmpty is set.
-            return self._failed(
-                outcome, previous, "SyncError",
+            raise Refused(Reason.SYNC_ERROR, (
                 f"{spec.path} renders no objects at {status_stage.short_revision(commit)}: an automated sync would "
                 f"delete all {len(previous_entries)} resources of this app, so it is not done; restore the manifests, "
-                f"sync by hand, or set syncPolicy.automated.allowEmpty: true to allow an empty app",
-                revision=commit)
-
+                f"sync by hand, or set syncPolicy.automated.allowEmpty: true to allow an empty app"), revision=commit)
         refs = [ObjectRef.of(o) for o in objects]
         if (size := status_stage.inventory_bytes(refs, spec.destination_namespace)) > status_stage.STATUS_BUDGET:
             # The status write would be refused after the apply, leaving no inventory to prune or
             # cascade-delete from: refused before anything is written instead.
-            return self._failed(outcome, previous, "ComparisonError",
-                                f"{spec.path}: {status_stage.inventory_refusal(len(refs), size)}", revision=commit)
+            raise Refused(Reason.COMPARISON_ERROR, f"{spec.path}: {status_stage.inventory_refusal(len(refs), size)}",
+                          revision=commit)
 
-        # Namespaces and CRDs come first: without them the rest cannot even be dry-run.
-        # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
-        if forbidden := self._not_permitted([*objects, *hooks], spec):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, forbidden)
-        if unserved := self._unserved(hooks):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
-        hook_targets = self._prepare(hooks, spec, (checkout, commit, "hooks")) if hooks else []
+    def _targets(self, spec: AppSpec, fetched: Fetched, objects: Sequence[Manifest],
+                 previous_entries: Sequence[InventoryEntry]) -> Desired:
+        """Namespaces and CRDs first (without them the rest cannot even be dry-run), the rest, and
+        the custom resources whose CRD this render brings and the cluster does not serve yet."""
+        commit, checkout = fetched.commit, fetched.checkout
         prerequisites = [o for o in objects if stage(o) == 0]
         rest = [o for o in objects if stage(o) != 0]
         if unserved := self._unserved(prerequisites):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+            raise self._refusal(checkout, spec, commit, unserved)
         targets = self._prepare(prerequisites, spec, (checkout, commit, "prerequisites"))
-        # Custom resources whose CRD this render brings: until it is applied the cluster may not
-        # serve them (an app not synced yet), so they count as missing, not broken.
+        # Until its CRD is applied the cluster may not serve them (an app not synced yet): they
+        # count as missing, not broken.
         defined = crd_kinds(prerequisites)
         awaiting = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) in defined
                     and not self._served(o)] if defined else []
@@ -277,105 +329,114 @@ class Reconciler:
         # Checked before anything is applied, so that a broken commit does not get as far as
         # changing its Namespaces and CRDs.
         if unserved := self._unserved(rest):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, unserved)
+            raise self._refusal(checkout, spec, commit, unserved)
         # Every object this pass may write, looked up once before anything is written: one that
         # another Application owns stops the commit, so it is neither taken over now nor pruned later.
         rest_targets = self._prepare(rest, spec, (checkout, commit, "rest", len(awaiting)))
         pre_lives, lives = self.live.lookup(targets), self.live.lookup(rest_targets)
         if conflicts := owned_elsewhere(spec.key, [*pre_lives.values(), *lives.values()],
                                         ours={e.ref for e in previous_entries}):
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, conflicts)
+            raise self._refusal(checkout, spec, commit, conflicts)
+        pending = prepare(awaiting, lambda o: defined[(ObjectRef.of(o).group, o["kind"])],
+                          destination_namespace=spec.destination_namespace, app_key=spec.key) if awaiting else []
+        return Desired(commit, checkout, targets, rest, rest_targets, pending, defined, [], pre_lives, lives,
+                       set(previous_entries))
 
-        operation_state = previous.get("operationState") or {}
-        generation_changed = previous.get("observedGeneration") != metadata.get("generation")
-        decision = plan_stage.decide(plan_stage.Situation(
-            automated=auto_sync, self_heal=spec.self_heal, requested=request.sync_requested, commit=commit,
-            attempt=attempt, refreshed=request.refresh is not None, generation_changed=generation_changed,
-            operation_state=operation_state))
-        failed_before, may_auto_sync = decision.failed_before, decision.may_sync and not request.sync_requested
-        wants_sync = decision.may_sync
+    def compare(self, spec: AppSpec, desired: Desired, *, apply_prerequisites: bool,
+                first_sync: bool = False) -> Compared:
+        """Dry-run diffs of the desired state against live; with `apply_prerequisites`, the
+        Namespaces and CRDs that differ are applied between the two dry runs (the rest cannot
+        be dry-run before them). `first_sync`: nothing of the app runs yet, so what does not
+        exist is not dry-run (its errors surface when it is applied). Raises Refused for what
+        the API server refuses."""
+        dry_run_missing = not first_sync
         respect = spec.sync_options.respect_ignore_differences
         # Replace=true / Force=true: immutable changes are recreated instead of refused (traps.py)
         recreate = spec.sync_options.replace or spec.sync_options.force
-        # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
-        # so objects that do not exist are applied without a dry run first (half the requests).
-        first_sync = not previous_entries
-        pre_diff = self.differ.diff(targets, lambda t: pre_lives[ObjectRef.of(t)], spec.ignore_differences,
-                                    respect_ignores=respect, dry_run_missing=not first_sync,
-                                    recreate=recreate)
+
+        def diff(targets: list[Manifest], lives: dict, missing: bool) -> DiffResult:
+            return self.differ.diff(targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
+                                    respect_ignores=respect, dry_run_missing=missing, recreate=recreate)
+
+        pre_diff = diff(desired.prerequisites, desired.pre_lives, dry_run_missing)
         applied: list[ResourceResult] = []
-        if wants_sync and not pre_diff.failures and not pre_diff.in_sync:
+        if apply_prerequisites and not pre_diff.failures and not pre_diff.in_sync:
             if not first_sync:
                 # Dry-run what already exists before changing Namespaces or CRDs: a commit the
                 # API server refuses must not change them either. Kinds this render defines are
                 # left to the dry run after the CRDs are applied, as their schema may be changing.
-                early = [o for o in rest if (ObjectRef.of(o).group, o.get("kind")) not in defined]
-                early_targets = self._prepare(early, spec, (checkout, commit, "early"))
-                early_diff = self.differ.diff(early_targets, lambda t: lives[ObjectRef.of(t)],
-                                              spec.ignore_differences, respect_ignores=respect, dry_run_missing=False,
-                                              recreate=recreate)
-                if early_diff.failures:
-                    return self._dry_run_failed(outcome, previous, checkout, spec, commit, early_diff.failures)
-            if spec.sync_options.create_namespace and self.policy is None:
-                self._ensure_namespace(spec.destination_namespace)
+                early = [o for o in desired.rest if (ObjectRef.of(o).group, o.get("kind")) not in desired.defined]
+                early_targets = self._prepare(early, spec, (desired.checkout, desired.commit, "early"))
+                if failures := diff(early_targets, desired.lives, False).failures:
+                    raise self._refusal(desired.checkout, spec, desired.commit, failures)
+            self._ensure_destination(spec)
             applied += self.syncer.apply(pre_diff.diffs, replace=spec.sync_options.replace)
             self._remember(applied)
-        elif wants_sync and spec.sync_options.create_namespace and self.policy is None:
-            self._ensure_namespace(spec.destination_namespace)
+        elif apply_prerequisites:
+            self._ensure_destination(spec)
+        rest = diff(desired.rest_targets, desired.lives, dry_run_missing)
+        pending = tuple(ObjectDiff(ObjectRef.of(t), t, None, None, False) for t in desired.pending)
+        if failures := [*pre_diff.failures, *rest.failures]:
+            raise self._refusal(desired.checkout, spec, desired.commit, failures)
+        return Compared([*pre_diff.diffs, *rest.diffs, *pending], applied)
 
-        diff = self.differ.diff(rest_targets, lambda t: lives[ObjectRef.of(t)], spec.ignore_differences,
-                                respect_ignores=respect, dry_run_missing=not first_sync,
-                                recreate=recreate)
-        if awaiting:
-            pending = prepare(awaiting, lambda o: defined[(ObjectRef.of(o).group, o["kind"])],
-                              destination_namespace=spec.destination_namespace, app_key=spec.key)
-            diff = DiffResult(diff.diffs + tuple(ObjectDiff(ObjectRef.of(t), t, None, None, False) for t in pending),
-                              diff.failures)
-            rest_targets = [*rest_targets, *pending]
-        if failures := [*pre_diff.failures, *diff.failures]:
-            return self._dry_run_failed(outcome, previous, checkout, spec, commit, failures)
+    # ------------------------------------------------------------------ the sync
 
-        all_targets = [*targets, *rest_targets]
-        stale = plan_stage.stale(previous_entries, all_targets)
-        out_of_sync = not diff.in_sync or not pre_diff.in_sync or bool(stale)
-        do_sync = decision.resume or request.sync_requested or (may_auto_sync and out_of_sync)
-        pruned: list[ResourceResult] = []
-        operation: Operation | None = None
-        if do_sync:
-            operation = (Operation.resumed(operation_state) if decision.resume else Operation(
-                commit, request.sync_prune if request.sync_requested else spec.prune,
-                request.initiated_by or {"automated": True}, now(), source=request.sync_source))
-            ran = self.runner.run(operation, Work(
-                plan_stage.plan([*all_targets, *hook_targets]), {d.ref: d for d in [*pre_diff.diffs, *diff.diffs]},
-                stale, spec.key, replace=spec.sync_options.replace,
-                propagation=spec.sync_options.prune_propagation_policy, applied=applied))
-            ran_refs = {r.ref for r in ran.applied}
-            applied = [*(r for r in applied if r.ref not in ran_refs), *ran.applied]
-            pruned = ran.pruned
-            # A sync asked for while a staged one runs waits for it to end (Argo CD refuses it).
-            outcome.consumed_operation = request.sync_requested and not decision.resume
-            self._record_operation(status, previous, checkout, spec, operation, applied, pruned, outcome)
+    def _sync_pass(self, outcome: Outcome, body: Manifest, request: Request, spec: AppSpec, desired: Desired,
+                   attempt: int) -> Outcome:
+        """Whether to sync (the planner decides), the dry runs, the operation's next step, and the
+        status of what the cluster now has."""
+        previous = body.get("status") or {}
+        operation_state = previous.get("operationState") or {}
+        auto_sync = spec.automated and request.sync_requested is False
+        decision = plan_stage.decide(plan_stage.Situation(
+            automated=auto_sync, self_heal=spec.self_heal, requested=request.sync_requested, commit=desired.commit,
+            attempt=attempt, refreshed=request.refresh is not None,
+            generation_changed=previous.get("observedGeneration") != body["metadata"].get("generation"),
+            operation_state=operation_state))
+        # Nothing of this app runs yet on a first sync: there is nothing a bad object could damage,
+        # so objects that do not exist are applied without a dry run first (half the requests).
+        try:
+            compared = self.compare(spec, desired, apply_prerequisites=decision.may_sync,
+                                    first_sync=not desired.previous_entries)
+        except Refused as refused:
+            return self._refused(outcome, spec, refused, attempt)
+        stale = plan_stage.stale(desired.previous_entries, desired.targets)
+        out_of_sync = not all(d.in_sync for d in compared.diffs) or bool(stale)
+        may_auto_sync = decision.may_sync and not request.sync_requested
+        applied, pruned, operation = compared.applied, [], None
+        if decision.resume or request.sync_requested or (may_auto_sync and out_of_sync):
+            operation, applied, pruned = self._run_operation(outcome, request, spec, desired, compared, stale,
+                                                             decision.resume, operation_state)
         else:
-            status["operationState"] = previous.get("operationState")
-
+            outcome.report.operation_kept()
         # What is still stale after this pass stays listed (requiresPruning) until it is pruned.
         deleted = {r.ref for r in pruned if r.action is Action.DELETED}
-        remaining_stale = [e for e in stale if e.ref not in deleted]
-        outcome = self._summarise(outcome, previous, checkout, spec, commit, [*pre_diff.diffs, *diff.diffs],
-                                  applied, remaining_stale, attempt)
+        self._summarise(outcome, desired.checkout, spec, desired.commit, compared.diffs, applied,
+                        [e for e in stale if e.ref not in deleted], attempt)
         if operation is not None and operation.phase != "Succeeded" and not any(r.failed for r in applied):
-            self._operation_progress(outcome, previous, spec, operation, attempt)
-        if failed_before and out_of_sync and auto_sync:
-            # Still the revision whose sync failed: say so, rather than a plain OutOfSync.
-            message = (f"sync to {status_stage.short_revision(commit)} failed and is not retried: "
-                       f"{operation_state.get('message') or 'see operationState'}; refresh the app, push a new "
-                       f"commit or edit the Application to try again")
-            status["sync"]["status"] = SyncStatus.FAILED.value
-            status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
-                                                           previous.get("conditions")), *status["conditions"]]
-            status["message"] = status_stage.one_line(message)
-            outcome.events = [e for e in outcome.events if e.reason != "OutOfSync"]
+            self._operation_progress(outcome, spec, operation, attempt)
+        if decision.failed_before and out_of_sync and auto_sync:
+            outcome.report.not_retried(desired.commit, operation_state.get("message") or "see operationState")
         return outcome
+
+    def _run_operation(self, outcome: Outcome, request: Request, spec: AppSpec, desired: Desired,
+                       compared: Compared, stale: Sequence[InventoryEntry], resume: bool,
+                       operation_state: dict) -> tuple[Operation, list[ResourceResult], list[ResourceResult]]:
+        """This pass's step of the sync operation (a new one, or the one still running)."""
+        operation = (Operation.resumed(operation_state) if resume else Operation(
+            desired.commit, request.sync_prune if request.sync_requested else spec.prune,
+            request.initiated_by or {"automated": True}, now(), source=request.sync_source))
+        ran = self.runner.run(operation, Work(
+            plan_stage.plan([*desired.targets, *desired.hooks]), {d.ref: d for d in compared.diffs},
+            stale, spec.key, replace=spec.sync_options.replace,
+            propagation=spec.sync_options.prune_propagation_policy, applied=list(compared.applied)))
+        ran_refs = {r.ref for r in ran.applied}
+        applied = [*(r for r in compared.applied if r.ref not in ran_refs), *ran.applied]
+        # A sync asked for while a staged one runs waits for it to end (Argo CD refuses it).
+        outcome.consumed_operation = request.sync_requested and not resume
+        self._record_operation(outcome, desired.checkout, spec, operation, applied, ran.pruned)
+        return operation, applied, ran.pruned
 
     # ------------------------------------------------------------------ git, ahead of a pass
 
@@ -499,6 +560,12 @@ class Reconciler:
                 _trim(self._prepared, entries=256)
         return cached
 
+    def _ensure_destination(self, spec: AppSpec) -> None:
+        """CreateNamespace=true: the destination namespace exists before anything goes into it
+        (namespaced mode creates none: its namespaces are the administrator's)."""
+        if spec.sync_options.create_namespace and self.policy is None:
+            self._ensure_namespace(spec.destination_namespace)
+
     def _ensure_namespace(self, name: str) -> None:
         resource = self.client.resource("v1", "Namespace")
         if self.client.get(resource, name) is None:
@@ -561,108 +628,62 @@ class Reconciler:
                 failures.append(ApplyFailure(ObjectRef.of(obj), unserved_message(error)))
         return failures
 
-    def _dry_run_failed(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
-                        failures: Sequence[ApplyFailure]) -> Outcome:
+    def _refusal(self, checkout: Path, spec: AppSpec, commit: str, failures: Sequence[ApplyFailure]) -> Refused:
         """Failed before anything was applied; each cause named as `k8s/file.yaml: Kind ns/name: reason`."""
-        return self._failed(outcome, previous, "ComparisonError",
-                            describe_failures(checkout, spec.path, [(f.ref, f.message) for f in failures]),
-                            revision=commit)
+        return Refused(Reason.COMPARISON_ERROR,
+                       describe_failures(checkout, spec.path, [(f.ref, f.message) for f in failures]),
+                       revision=commit, failures=failures)
 
-    def _failed(self, outcome: Outcome, previous: dict, condition_type: str, message: str, *,
-                revision: str | None = None, health: HealthStatus | None = None) -> Outcome:
-        status = outcome.status
-        sync = {"status": SyncStatus.FAILED.value}
-        # Git could not be read: what runs is still the previous revision, so the column keeps it.
-        revision = revision or (previous.get("sync") or {}).get("revision")
-        if revision:
-            sync.update(revision=revision, shortRevision=status_stage.short_revision(revision))
-            # Who made the commit, from this pass's read of git, else as the status said before.
-            known = next((s.get("revisionMetadata") for s in (status.get("sync") or {}, previous.get("sync") or {})
-                          if s.get("revision") == revision and s.get("revisionMetadata")), None)
-            if known:
-                sync["revisionMetadata"] = known
-        status["sync"] = sync
-        # Health stays what it was: the running resources were not touched.
-        status["health"] = previous.get("health") or {"status": (health or HealthStatus.UNKNOWN).value}
-        status["resources"] = previous.get("resources") or []
-        status["summary"] = previous.get("summary") or {}
-        status["operationState"] = previous.get("operationState")
-        status["conditions"] = [status_stage.condition(condition_type, message, status["reconciledAt"],
-                                                       previous.get("conditions"))]
-        status["message"] = status_stage.one_line(message)
-        if status_stage.one_line(message) != previous.get("message"):
-            outcome.events.append(Event("Warning", condition_type, message))
-        return outcome
-
-    def _record_operation(self, status: dict, previous: dict, checkout: Path, spec: AppSpec, operation: Operation,
-                          applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult], outcome: Outcome) -> None:
+    def _record_operation(self, outcome: Outcome, checkout: Path, spec: AppSpec, operation: Operation,
+                          applied: Sequence[ResourceResult], pruned: Sequence[ResourceResult]) -> None:
         """The operation's state, its events and, once it succeeded, its history entry."""
-        commit = operation.revision
+        report, commit = outcome.report, operation.revision
         if operation.phase == "Failed" and any(r.failed for r in [*applied, *pruned]):
             operation.message = describe_failures(checkout, spec.path, [(r.ref, r.message) for r in [*applied, *pruned]
                                                                          if r.failed])
-        status["operationState"] = operation.state()
         changed = [r for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)]
-        if changed:
-            outcome.events.append(Event("Normal", "Synced", f"synced {status_stage.short_revision(commit)}: " + ", ".join(
-                f"{r.ref} {r.action.value}" for r in changed[:20]) + (" …" if len(changed) > 20 else "")))
-        for result in pruned:
-            if result.action is Action.DELETED:
-                outcome.events.append(Event("Normal", "Pruned", f"{result.ref} pruned: no longer in git"))
+        report.operation(operation.state(), revision=commit, changed=[f"{r.ref} {r.action.value}" for r in changed],
+                         pruned=[r.ref for r in pruned if r.action is Action.DELETED])
         if operation.phase in ("Running", "Terminating"):
             return
         outcome.sync_phase = operation.phase
-        if operation.phase == "Failed":
-            outcome.events.append(Event("Warning", "SyncFailed", f"sync to {status_stage.short_revision(commit)} failed: "
-                                                                 f"{operation.message}"))
-            return
-        # A staged sync that ran over several passes changed things in each of them.
-        changed_any = bool(changed) or any(e.get("action") in ("created", "configured") for e in operation.results)
-        status["history"] = status_stage.history_after_sync(
-            previous.get("history") or [], commit,
-            {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
-            now(), changed=changed_any, limit=spec.history_limit,
-            details={"initiatedBy": operation.initiated_by,
-                     **({"revisionMetadata": status["sync"]["revisionMetadata"]}
-                        if (status.get("sync") or {}).get("revisionMetadata") else {})})
+        if operation.phase == "Succeeded":
+            # A staged sync that ran over several passes changed things in each of them.
+            revision_metadata = (outcome.status.get("sync") or {}).get("revisionMetadata")
+            report.deployed(
+                commit, {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
+                now(), changed=bool(changed) or any(e.get("action") in ("created", "configured")
+                                                    for e in operation.results),
+                limit=spec.history_limit, details={"initiatedBy": operation.initiated_by,
+                                                   **({"revisionMetadata": revision_metadata} if revision_metadata else {})})
 
-    def _operation_progress(self, outcome: Outcome, previous: dict, spec: AppSpec, operation: Operation,
-                            attempt: int) -> None:
-        """A staged sync still running, or one a hook or an unhealthy object stopped: its message is
-        the app's, as that is what a user must know first."""
-        status = outcome.status
+    def _operation_progress(self, outcome: Outcome, spec: AppSpec, operation: Operation, attempt: int) -> None:
+        """A staged sync still running, or one a hook or an unhealthy object stopped."""
         if operation.phase in ("Running", "Terminating"):
-            status["message"] = status_stage.one_line(operation.message)
+            outcome.report.operation_running(operation.message)
             outcome.requeue_after = 2.0  # the watches of what it applied wake it sooner
             return
-        message = f"sync failed: {operation.message}"
-        status["sync"] = {**status["sync"], "status": SyncStatus.FAILED.value}
-        status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
-                                                       previous.get("conditions")),
-                                *[c for c in status.get("conditions") or [] if c.get("type") != "SyncError"]]
-        status["message"] = status_stage.one_line(message)
+        outcome.report.operation_failed(f"sync failed: {operation.message}")
         # Retried only as the Application's retry policy says: a hook that failed is not re-run
         # for ever on its own, as in Argo CD.
         if spec.retry is not None:
             outcome.requeue_after = self._retry_delay(spec, attempt)
             outcome.retrying = outcome.requeue_after is not None
 
-    def _summarise(self, outcome: Outcome, previous: dict, checkout: Path, spec: AppSpec, commit: str,
-                   diffs: Sequence[ObjectDiff], applied: Sequence[ResourceResult],
-                   stale: Sequence[InventoryEntry], attempt: int) -> Outcome:
-        status = outcome.status
+    def _summarise(self, outcome: Outcome, checkout: Path, spec: AppSpec, commit: str, diffs: Sequence[ObjectDiff],
+                   applied: Sequence[ResourceResult], stale: Sequence[InventoryEntry], attempt: int) -> None:
+        """Each resource's sync and health after this pass, and whether a failure is retried."""
         applied_ok = {r.ref for r in applied if r.action in (Action.CREATED, Action.CONFIGURED)}
         failed = {r.ref: r.message for r in applied if r.failed}
-        transient_only = bool(failed) and all(r.transient for r in applied if r.failed)
         context = self._health_context()
         resources, healths, lives = [], [], []
         for d in diffs:
             live = self.live.get(d.target) if d.ref in applied_ok else d.live
-            in_sync = d.in_sync or d.ref in applied_ok
             result = (health_stage.assess(live, context) if live is not None
                       else HealthResult(HealthStatus.MISSING, "not created yet"))
             entry = status_stage.resource_entry(d.ref, d.target["apiVersion"].rpartition("/")[2],
-                                                SyncStatus.SYNCED if in_sync else SyncStatus.OUT_OF_SYNC, result)
+                                                SyncStatus.SYNCED if d.in_sync or d.ref in applied_ok
+                                                else SyncStatus.OUT_OF_SYNC, result)
             if result is not None:
                 healths.append(result)
             if d.ref in failed:
@@ -670,61 +691,30 @@ class Reconciler:
             resources.append(entry)
             if live is not None:
                 lives.append(live)
-        for entry in stale:
-            resources.append(status_stage.resource_entry(entry.ref, entry.api_version.rpartition("/")[2],
-                                                         SyncStatus.OUT_OF_SYNC, None, requires_pruning=True))
-        status["resources"] = resources
-        app_health = health_stage.worst(healths) if healths else HealthStatus.HEALTHY
-        worst_message = next((h.message for h in healths if h.status == app_health and h.message), "")
-        status["health"] = {"status": app_health.value, **({"message": worst_message} if worst_message else {})}
-        status["summary"] = status_stage.summary(lives)
-        out_of_sync = [r for r in resources if r["status"] != SyncStatus.SYNCED.value]
+        resources += [status_stage.resource_entry(e.ref, e.api_version.rpartition("/")[2], SyncStatus.OUT_OF_SYNC,
+                                                  None, requires_pruning=True) for e in stale]
+        failure = None
         if failed:
-            sync_status = SyncStatus.FAILED
-            message = "sync failed: " + describe_failures(checkout, spec.path, list(failed.items()))
-            # A failure that passes by itself (a namespace still being deleted) does not spend the
-            # retry limit: it is retried with the default backoff until it is gone.
-            outcome.requeue_after = (DEFAULT_RETRY.delay(attempt + 1) if transient_only
-                                     else self._retry_delay(spec, attempt))
-            outcome.retrying = outcome.requeue_after is not None
-            if transient_only:
-                message += " (retried until it passes)"
-            elif not outcome.retrying and spec.automated:
-                message += (f" (retried {attempt} time{'' if attempt == 1 else 's'}, the retry limit; not retried "
-                            f"again until a refresh, a new commit or an edit of the Application)")
-            status["conditions"] = [status_stage.condition("SyncError", message, status["reconciledAt"],
-                                                           previous.get("conditions"))]
-        else:
-            sync_status = SyncStatus.OUT_OF_SYNC if out_of_sync else SyncStatus.SYNCED
-            status["conditions"] = []
-            if out_of_sync:
-                names = ", ".join(f"{r['kind']}/{r['name']}" for r in out_of_sync[:5])
-                more = f" and {len(out_of_sync) - 5} more" if len(out_of_sync) > 5 else ""
-                why = "requires pruning" if all(r.get("requiresPruning") for r in out_of_sync) else "differs from git"
-                count = f"{len(out_of_sync)} resource{'s' if len(out_of_sync) > 1 else ''}"
-                if why == "differs from git" and len(out_of_sync) > 1:
-                    why = "differ from git"
-                message = f"{count} {why}: {names}{more}"
-            else:
-                message = f"synced to {status_stage.short_revision(commit)}"
-                if app_health is not HealthStatus.HEALTHY and worst_message:
-                    message += f"; {app_health.value.lower()}: {worst_message}"
-        status["sync"] = {**(status.get("sync") or {}), "status": sync_status.value, "revision": commit,
-                          "shortRevision": status_stage.short_revision(commit)}
-        if spec.unsupported:
-            # Argo CD fields this Application uses that Gantry does not act on: said, not dropped.
-            warning = (f"{', '.join(spec.unsupported)}: not supported by Gantry and ignored; the objects are "
-                       f"rendered and compared without {'it' if len(spec.unsupported) == 1 else 'them'}")
-            status["conditions"].append(status_stage.condition("UnsupportedFieldWarning", warning,
-                                                               status["reconciledAt"], previous.get("conditions")))
-            if not any(c.get("type") == "UnsupportedFieldWarning" for c in previous.get("conditions") or ()):
-                outcome.events.append(Event("Warning", "UnsupportedFieldWarning", warning))
-        status["message"] = status_stage.one_line(message)
-        if previous.get("sync", {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
-            outcome.events.append(Event("Normal", "OutOfSync", message))
-        if not failed and app_health is HealthStatus.PROGRESSING:
+            failure = "sync failed: " + describe_failures(checkout, spec.path, list(failed.items()))
+            failure += self._retry_failed(outcome, spec, attempt, [r for r in applied if r.failed])
+        outcome.report.compared(commit, resources, healths, lives, failure=failure, unsupported=spec.unsupported)
+        if not failed and outcome.status["health"]["status"] == HealthStatus.PROGRESSING.value:
             outcome.requeue_after = 5.0  # watches also wake us; this covers objects we do not watch
-        return outcome
+
+    def _retry_failed(self, outcome: Outcome, spec: AppSpec, attempt: int, failed: Sequence[ResourceResult]) -> str:
+        """Requeue a sync that failed to apply as the retry policy says; what to add to its message."""
+        # A failure that passes by itself (a namespace still being deleted) does not spend the
+        # retry limit: it is retried with the default backoff until it is gone.
+        transient_only = all(r.transient for r in failed)
+        outcome.requeue_after = (DEFAULT_RETRY.delay(attempt + 1) if transient_only
+                                 else self._retry_delay(spec, attempt))
+        outcome.retrying = outcome.requeue_after is not None
+        if transient_only:
+            return " (retried until it passes)"
+        if not outcome.retrying and spec.automated:
+            return (f" (retried {attempt} time{'' if attempt == 1 else 's'}, the retry limit; not retried "
+                    f"again until a refresh, a new commit or an edit of the Application)")
+        return ""
 
     def _health_context(self) -> health_stage.HealthContext:
         """The cluster's IngressClasses (None when they cannot be read: Ingresses then wait for an

@@ -1,17 +1,26 @@
-"""Status: the pieces of an Application's status built from values the other stages return (last in the flow).
+"""Status: an Application's status built from values the other stages return (last in the flow).
 
-Pure functions, no API calls: operator.py writes what these build through kopf's `patch.status`.
+`Report` is the one writer of a pass's status and events: the reconcile hands it what each stage
+found (a refusal, the operation, the resources' sync and health) and nothing else assembles
+status. Reasons are `Reason`, one StrEnum for condition types and event reasons alike, named as
+Argo CD names them so its tooling reads ours. Pure, no API calls: operator.py writes the result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
-from controller.model import HealthResult, Manifest, ObjectRef, SyncStatus
+from controller.health import worst as worst_health
+from controller.model import HealthResult, HealthStatus, Manifest, ObjectRef, SyncStatus
 
 __all__ = [
+    "Event",
+    "Reason",
+    "Report",
     "condition",
     "external_urls",
     "images",
@@ -35,6 +44,32 @@ STATUS_BUDGET = 1_250_000
 # Bytes of one object's two entries besides its names: keys, punctuation, version, sync and
 # health status, and room for a health message of average length (measured: tests/unit/test_status.py).
 _ENTRY_BYTES = 300
+
+
+
+class Reason(StrEnum):
+    """Why the status says what it says: the type of each condition and the reason of each event."""
+
+    INVALID_SPEC = "InvalidSpecError"  # the Application is invalid: stalled until someone edits it
+    COMPARISON_ERROR = "ComparisonError"  # git, the render or a dry run failed: nothing was applied
+    SYNC_ERROR = "SyncError"  # a sync failed while applying, or a failed one is not tried again
+    UNSUPPORTED_FIELD = "UnsupportedFieldWarning"  # Argo CD fields Gantry ignores: said, not dropped
+    RECONCILE_ERROR = "ReconcileError"  # the reconcile itself broke (a bug in Gantry)
+    SYNCED = "Synced"  # event: objects were created or changed
+    PRUNED = "Pruned"  # event: an object no longer in git was deleted
+    SYNC_FAILED = "SyncFailed"  # event: a sync operation ended Failed
+    OUT_OF_SYNC = "OutOfSync"  # event: the app went out of sync
+    DELETE_FAILED = "DeleteFailed"  # event: the cascade delete of an Application failed
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the Application."""
+
+    type: str  # Normal | Warning
+    reason: str  # a Reason
+    message: str
+
 
 # Where each workload kind keeps its pod template.
 _POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -272,3 +307,162 @@ def merge_patch(old: Any, new: Any) -> Any:
         if key not in new:
             patch[key] = None
     return patch
+
+
+def out_of_sync_message(resources: Sequence[Mapping]) -> str:
+    """`2 resources differ from git: Deployment/web, Service/web`: what is not Synced, first five named."""
+    out_of_sync = [r for r in resources if r["status"] != SyncStatus.SYNCED.value]
+    names = ", ".join(f"{r['kind']}/{r['name']}" for r in out_of_sync[:5])
+    more = f" and {len(out_of_sync) - 5} more" if len(out_of_sync) > 5 else ""
+    count = f"{len(out_of_sync)} resource{'s' if len(out_of_sync) > 1 else ''}"
+    if all(r.get("requiresPruning") for r in out_of_sync):
+        why = "requires pruning"
+    else:
+        why = "differ from git" if len(out_of_sync) > 1 else "differs from git"
+    return f"{count} {why}: {names}{more}"
+
+
+def reconcile_error(previous: Mapping, message: str, now: str) -> dict:
+    """The status patch that says a reconcile broke (a bug, not the app's fault): sync Unknown,
+    as nothing can be said about it, and the rest of the status left as it was."""
+    return {"sync": {**(previous.get("sync") or {}), "status": "Unknown"},
+            "conditions": [{"type": Reason.RECONCILE_ERROR.value, "message": message, "lastTransitionTime": now}],
+            "message": one_line(message), "reconciledAt": now}
+
+
+class Report:
+    """The status and events of one pass over an Application, built from `previous` (the status
+    the pass read) and what the stages found. Each method records one finding; `status` and
+    `events` are what operator.py writes and posts."""
+
+    def __init__(self, previous: Mapping, generation: Any, reconciled_at: str) -> None:
+        self.previous = previous
+        self.status: dict = {"observedGeneration": generation, "reconciledAt": reconciled_at,
+                             "history": previous.get("history") or []}
+        self.events: list[Event] = []
+
+    def event(self, type_: str, reason: Reason, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def _condition(self, reason: Reason, message: str) -> dict:
+        return condition(reason.value, message, self.status["reconciledAt"], self.previous.get("conditions"))
+
+    def _message(self, message: str) -> None:
+        self.status["message"] = one_line(message)
+
+    # ------------------------------------------------------------------ what was compared
+
+    def revision(self, commit: str, metadata: Mapping | None = None) -> None:
+        """The commit this pass compares with, and who made it."""
+        self.status["sync"] = {"revision": commit, "shortRevision": short_revision(commit),
+                               **({"revisionMetadata": dict(metadata)} if metadata else {})}
+
+    def failed(self, reason: Reason, message: str, *, revision: str | None = None,
+               health: HealthStatus | None = None) -> None:
+        """A guard refused the pass before anything was applied: the app is Failed with `message`,
+        and what the status said of the running resources stays, as they were not touched."""
+        previous, status = self.previous, self.status
+        sync: dict = {"status": SyncStatus.FAILED.value}
+        # Git could not be read: what runs is still the previous revision, so the column keeps it.
+        revision = revision or (previous.get("sync") or {}).get("revision")
+        if revision:
+            sync.update(revision=revision, shortRevision=short_revision(revision))
+            # Who made the commit, from this pass's read of git, else as the status said before.
+            known = next((s.get("revisionMetadata") for s in (status.get("sync") or {}, previous.get("sync") or {})
+                          if s.get("revision") == revision and s.get("revisionMetadata")), None)
+            if known:
+                sync["revisionMetadata"] = known
+        status["sync"] = sync
+        status["health"] = previous.get("health") or {"status": (health or HealthStatus.UNKNOWN).value}
+        status["resources"] = previous.get("resources") or []
+        status["summary"] = previous.get("summary") or {}
+        status["operationState"] = previous.get("operationState")
+        status["conditions"] = [self._condition(reason, message)]
+        self._message(message)
+        if one_line(message) != previous.get("message"):
+            self.event("Warning", reason, message)
+
+    def compared(self, commit: str, resources: list[dict], healths: Sequence[HealthResult],
+                 lives: Iterable[Manifest], *, failure: str | None, unsupported: Sequence[str] = ()) -> None:
+        """The resources' sync and health after this pass; `failure`: why applying some failed."""
+        status, previous = self.status, self.previous
+        status["resources"] = resources
+        app_health = worst_health(healths)  # Healthy for an app of none, as in Argo CD
+        worst_message = next((h.message for h in healths if h.status == app_health and h.message), "")
+        status["health"] = {"status": app_health.value, **({"message": worst_message} if worst_message else {})}
+        status["summary"] = summary(lives)
+        if failure is not None:
+            sync_status = SyncStatus.FAILED
+            message = failure
+            status["conditions"] = [self._condition(Reason.SYNC_ERROR, message)]
+        else:
+            in_sync = all(r["status"] == SyncStatus.SYNCED.value for r in resources)
+            sync_status = SyncStatus.SYNCED if in_sync else SyncStatus.OUT_OF_SYNC
+            status["conditions"] = []
+            message = f"synced to {short_revision(commit)}" if in_sync else out_of_sync_message(resources)
+            if in_sync and app_health is not HealthStatus.HEALTHY and worst_message:
+                message += f"; {app_health.value.lower()}: {worst_message}"
+        status["sync"] = {**(status.get("sync") or {}), "status": sync_status.value, "revision": commit,
+                          "shortRevision": short_revision(commit)}
+        if unsupported:
+            warning = (f"{', '.join(unsupported)}: not supported by Gantry and ignored; the objects are "
+                       f"rendered and compared without {'it' if len(unsupported) == 1 else 'them'}")
+            status["conditions"].append(self._condition(Reason.UNSUPPORTED_FIELD, warning))
+            if not any(c.get("type") == Reason.UNSUPPORTED_FIELD for c in previous.get("conditions") or ()):
+                self.event("Warning", Reason.UNSUPPORTED_FIELD, warning)
+        self._message(message)
+        if (previous.get("sync") or {}).get("status") != sync_status.value and sync_status is SyncStatus.OUT_OF_SYNC:
+            self.event("Normal", Reason.OUT_OF_SYNC, message)
+
+    def not_retried(self, commit: str, why: str) -> None:
+        """Still the revision whose sync failed and is not tried again: said, not a plain OutOfSync."""
+        message = (f"sync to {short_revision(commit)} failed and is not retried: {why}; refresh the app, push a "
+                   f"new commit or edit the Application to try again")
+        self.status["sync"]["status"] = SyncStatus.FAILED.value
+        self.status["conditions"] = [self._condition(Reason.SYNC_ERROR, message), *self.status["conditions"]]
+        self._message(message)
+        self.events[:] = [e for e in self.events if e.reason != Reason.OUT_OF_SYNC]
+
+    # ------------------------------------------------------------------ the operation
+
+    def operation_kept(self) -> None:
+        """No sync this pass: the last operation's state stays as it was."""
+        self.status["operationState"] = self.previous.get("operationState")
+
+    def operation(self, state: dict, *, revision: str, changed: Sequence[str], pruned: Sequence[ObjectRef]) -> None:
+        """The operation's state after this pass, and its events: `changed`, what this pass
+        created or configured (`Kind ns/name created`), `pruned`, what it deleted."""
+        self.status["operationState"] = state
+        if changed:
+            self.event("Normal", Reason.SYNCED, f"synced {short_revision(revision)}: " + ", ".join(changed[:20])
+                       + (" …" if len(changed) > 20 else ""))
+        for ref in pruned:
+            self.event("Normal", Reason.PRUNED, f"{ref} pruned: no longer in git")
+        if state.get("phase") == "Failed":
+            self.event("Warning", Reason.SYNC_FAILED, f"sync to {short_revision(revision)} failed: "
+                                                      f"{state.get('message') or ''}")
+
+    def deployed(self, revision: str, source: dict, deployed_at: str, *, changed: bool, limit: int,
+                 details: dict) -> None:
+        """A sync that succeeded: its entry in status.history."""
+        self.status["history"] = history_after_sync(self.previous.get("history") or [], revision, source,
+                                                    deployed_at, changed=changed, limit=limit, details=details)
+
+    def operation_running(self, message: str) -> None:
+        """A staged sync that goes on in the next pass: what it waits for is the app's message."""
+        self._message(message)
+
+    def operation_failed(self, message: str) -> None:
+        """A hook or an unhealthy wave stopped the sync: that is what a user must know first."""
+        self.status["sync"] = {**self.status["sync"], "status": SyncStatus.FAILED.value}
+        self.status["conditions"] = [self._condition(Reason.SYNC_ERROR, message),
+                                     *[c for c in self.status.get("conditions") or []
+                                       if c.get("type") != Reason.SYNC_ERROR]]
+        self._message(message)
+
+    def request_failed(self, message: str, *, started: str, finished: str, sync: dict) -> None:
+        """A requested sync that failed before applying anything is finished, Failed, as Argo CD
+        finishes it; left pending it would be tried for ever."""
+        self.status["operationState"] = {"phase": "Failed", "message": message, "startedAt": started,
+                                         "finishedAt": finished, "operation": {"sync": sync}}
+        self.event("Warning", Reason.SYNC_FAILED, f"sync failed: {message}")
