@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ from .allocator import limit_malloc_arenas, release_free_memory
 from .cache import LiveCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
-from . import webhook
+from . import health, webhook
 from .metrics import HttpServer, Metrics, Route, metrics_server
 from .model import (API_GROUP, API_VERSION, REFRESH_ANNOTATION, RESOURCE_FINALIZERS, Manifest, NamespacePolicy,
                     SourceError, SpecError)
@@ -67,6 +68,11 @@ class Options:
     render_limits: RenderLimits = RenderLimits()
     ui_address: str = ":8082"  # the web UI; its streams live long, so not beside the probes either
     ui_anonymous_read: bool = False
+    # The users' health rules: a ConfigMap NAMESPACE/NAME (None: HEALTH_RULES_CONFIGMAP in
+    # `namespace`; "": none) and files or directories, read again every `health_rules_interval` s.
+    health_rules_configmap: str | None = None
+    health_rules_files: tuple[Path, ...] = ()
+    health_rules_interval: float = 10.0
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Scheduler:
         self._released_at = float("-inf")
         self._last_beat = time.monotonic()
         self._beat_handle = self.loop.call_later(self.beat_every, self._beat)
+        self._rules_task: asyncio.Task | None = None
 
     def _beat(self) -> None:
         self._last_beat = time.monotonic()
@@ -133,6 +140,8 @@ class Scheduler:
 
     def stop(self) -> None:
         self._beat_handle.cancel()
+        if self._rules_task is not None:
+            self._rules_task.cancel()
         for worker in self.workers.values():
             if worker.task:
                 worker.task.cancel()
@@ -209,6 +218,26 @@ class Scheduler:
                 logger.warning("cannot read Secret %s: %s", webhook.SECRET_NAME, error.reason or error.status)
             return webhook.WebhookSecrets()  # refuses every delivery with 401
         return webhook.WebhookSecrets.from_secret_data(secret.get("data"))
+
+    def follow_health_rules(self, rules: health.RuleSource) -> None:
+        """Wake every app when the users' health rules change: they change apps' health, and an app
+        that is Healthy would otherwise not be looked at again before its next git poll."""
+        self._rules_task = self.loop.create_task(self._follow_rules(rules), name="health-rules")
+
+    async def _follow_rules(self, rules: health.RuleSource) -> None:
+        seen = await self.loop.run_in_executor(None, rules.current)  # reads the API: not in the loop
+        while True:
+            await asyncio.sleep(rules.ttl)
+            try:
+                current = await self.loop.run_in_executor(None, rules.current)
+            except Exception:  # a bug here must not stop the rules from being followed
+                logger.exception("reading the health rules failed unexpectedly")
+                continue
+            if current is not seen:  # RuleSource parses anew only when a text changed
+                seen = current
+                logger.info("health rules changed; assessing every application again")
+                for key in list(self.workers):
+                    self._wake(key)
 
     def wake_threadsafe(self, app_key: str, _obj: Manifest | None = None) -> None:
         """Called from watch threads when a managed object changed."""
@@ -591,10 +620,14 @@ def _start(settings: kopf.OperatorSettings, prepared: Prepared, logger: logging.
     namespaced = tuple(sorted(_options.policy.namespaces)) if _options.policy else None
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
+    rules = health_rule_source(client, _options)
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
                             policy=_options.policy, repo_access=credentials.refusal,
-                            render_limits=_options.render_limits)
+                            render_limits=_options.render_limits, health_rules=rules.current if rules else None)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
+    if rules is not None:
+        _scheduler.follow_health_rules(rules)
+        logger.info("health rules from %s, read every %.0fs", ", ".join(name for name, _ in rules.readers), rules.ttl)
     live.on_change = _scheduler.wake_threadsafe
     metrics.cluster_objects.labels(client.host).set_function(live.size)
     prepared.http.start()
@@ -663,6 +696,56 @@ def progress_check_delay(requeue_after: float, checks: int, *, steady: int = 12,
     return min(requeue_after * 2 ** min(max(0, checks - steady), 8), longest)
 
 
+HEALTH_RULES_CONFIGMAP = "gantry-health-rules"
+
+
+def health_rule_source(client: KubeClient, options: Options) -> health.RuleSource | None:
+    """The users' health rules where `options` say: the ConfigMap, then each file or directory
+    (the first rule for a kind wins), or None when there is nowhere to read them from. What cannot
+    be read or parsed is logged, once each time it changes; the rules it breaks make their objects
+    Unknown with the error (health._cel)."""
+    readers: list[tuple[str, Callable[[], dict[str, str] | None]]] = []
+    configmap = (f"{options.namespace}/{HEALTH_RULES_CONFIGMAP}" if options.health_rules_configmap is None
+                 else options.health_rules_configmap)
+    if configmap:
+        namespace, _, name = configmap.rpartition("/")
+        namespace = namespace or options.namespace
+        readers.append((f"ConfigMap {namespace}/{name}", _configmap_reader(client, namespace, name)))
+    for path in options.health_rules_files:
+        readers.append((f"{'directory' if path.is_dir() else 'file'} {path}", _path_reader(path)))
+    if not readers:
+        return None
+    return health.RuleSource(readers, ttl=options.health_rules_interval,
+                             report=lambda problem: logger.warning("health rules: %s", problem))
+
+
+def _configmap_reader(client: KubeClient, namespace: str, name: str) -> Callable[[], dict[str, str] | None]:
+    def read() -> dict[str, str] | None:
+        try:
+            configmap = client.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        except KubeApiError as error:
+            if error.status == 404:
+                return None  # no rules: the built-in ones only
+            raise
+        return configmap.get("data") or {}
+
+    return read
+
+
+def _path_reader(path: Path) -> Callable[[], dict[str, str] | None]:
+    """A file, or a directory's files: a ConfigMap mounted as a volume is a directory with a file
+    per key (and hidden ..data links), updated in place by the kubelet, unlike a subPath mount."""
+    def read() -> dict[str, str] | None:
+        if path.is_dir():
+            return {entry.name: entry.read_text() for entry in sorted(path.iterdir())
+                    if not entry.name.startswith(".") and entry.is_file()}
+        if not path.exists():
+            return None
+        return {path.name: path.read_text()}
+
+    return read
+
+
 def _served_namespaces(options: Options) -> list[str]:
     return [options.namespace, *[n for n in options.app_namespaces if n != options.namespace]]
 
@@ -675,6 +758,20 @@ def _mebibytes(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of MiB")
     return int(value * MiB)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
+# A namespace (a DNS label) and a ConfigMap name (a DNS subdomain), or the name alone.
+_CONFIGMAP_REF = re.compile(r"(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,6 +816,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default {defaults.total_bytes // MiB})")
     parser.add_argument("--kustomize-memory-limit", type=_mebibytes, default=defaults.kustomize_memory, metavar="MIB",
                         help=f"memory one kustomize build may use (default {defaults.kustomize_memory // MiB})")
+    parser.add_argument("--health-rules-configmap", metavar="NAMESPACE/NAME",
+                        help=f"ConfigMap of health rules, CEL expressions per kind (see the README's Health); while it "
+                             f"does not exist there are none (default: <--namespace>/{HEALTH_RULES_CONFIGMAP}; empty: "
+                             f"read no ConfigMap)")
+    parser.add_argument("--health-rules-file", action="append", default=[], type=Path, metavar="PATH",
+                        help="a file of health rules, or a directory of them (a mounted ConfigMap); repeatable")
+    parser.add_argument("--health-rules-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                        help="how often the health rules are read again (default 10)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     # Absolute, and checked now: kustomize runs inside each checkout, where a relative path or a
@@ -731,6 +836,12 @@ def main(argv: list[str] | None = None) -> int:
         policy = NamespacePolicy.parse(args.namespaces, args.destination_apps)
     except SpecError as error:
         parser.error(str(error))
+    rules_configmap = args.health_rules_configmap
+    if rules_configmap and not _CONFIGMAP_REF.fullmatch(rules_configmap):
+        parser.error(f"--health-rules-configmap {rules_configmap!r}: give NAMESPACE/NAME (or NAME, in --namespace)")
+    for path in args.health_rules_file:
+        if not path.exists():  # a typo would otherwise read as "no rules" for ever
+            parser.error(f"--health-rules-file {path}: no such file or directory")
 
     global _options
     _options = Options(
@@ -747,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=Path(args.cache_dir),
         ui_address=args.ui_address,
         ui_anonymous_read=args.ui_anonymous_read,
+        health_rules_configmap=rules_configmap,
+        health_rules_files=tuple(path.absolute() for path in args.health_rules_file),
+        health_rules_interval=args.health_rules_interval,
         render_limits=RenderLimits(file_bytes=args.max_file_size, total_bytes=args.max_render_size,
                                    kustomize_memory=args.kustomize_memory_limit, remote_bases=not args.no_remote_bases),
     )
