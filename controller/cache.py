@@ -41,9 +41,12 @@ def _newer(candidate: Manifest, current: Manifest | None) -> bool:
 
 class LiveCache:
     def __init__(self, client: KubeClient, on_change: Callable[[str, Manifest], None] | None = None,
-                 *, watch_timeout: int = 300, namespaces: tuple[str, ...] | None = None) -> None:
-        """namespaces: watch only these (namespaced mode, where cluster-wide watches are forbidden)."""
+                 *, watch_timeout: int = 300, namespaces: tuple[str, ...] | None = None,
+                 watch: bool = True) -> None:
+        """namespaces: watch only these (namespaced mode, where cluster-wide watches are forbidden).
+        watch=False: no watches, every lookup reads the server (one look, as `gantry app diff` takes)."""
         self.client = client
+        self.watch = watch
         self.namespaces = namespaces
         self.on_change = on_change
         self.watch_timeout = watch_timeout
@@ -140,6 +143,8 @@ class LiveCache:
 
     def ensure_watched(self, resource: Resource, wait: float = 30.0) -> bool:
         """Start watches on resource's type if none run; True once their initial lists are in."""
+        if not self.watch:
+            return False
         if self.namespaces is None:
             scopes: tuple[str | None, ...] = (None,)
         elif resource.namespaced:

@@ -26,7 +26,9 @@ import yaml
 
 from . import health as health_stage
 from .credentials import CredentialStore
-from .diff import Differ, prepare, unified_diff, unserved_message
+from . import plan as plan_stage
+from .cache import LiveCache
+from .diff import unified_diff
 from .kube import KubeApiError, KubeClient, KubeconfigError, Resource, UnservedApiError, describe_kube_error
 from .model import (
     API_GROUP,
@@ -34,19 +36,20 @@ from .model import (
     FINALIZER,
     REFRESH_ANNOTATION,
     RESOURCE_FINALIZERS,
-    TRACKING_ANNOTATION,
     AppSpec,
     ApplyFailure,
     GantryError,
     HealthResult,
     HealthStatus,
     Manifest,
+    NamespacePolicy,
     ObjectRef,
+    SourceError,
     SpecError,
     parse_duration,
 )
-from .diff import crd_kinds  # (group, kind) → Resource of the CRDs in a render
-from .render import render
+from .reconcile import Reconciler, Refused, Request, SourceWanted
+from .render import RenderLimits
 from .source import GitCache
 from .application import TOKEN_HEADER, automated_enabled, destination_namespace, health_status, refresh_request, repo_url
 from .application import name_of as _name
@@ -55,7 +58,7 @@ from .application import spec_of as _spec
 from .application import status_of as _status
 from .application import sync_request, sync_status
 from .status import short_revision, timestamp
-from .sync import inventory_of
+from .sync import InventoryEntry, inventory_of, prunable
 
 __all__ = ["CliError", "main"]
 
@@ -797,73 +800,59 @@ class DiffReport:
 
 
 def compute_diff(client: KubeClient, app: Manifest, *, kustomize: str, cache_dir: Path,
-                 revision: str | None = None, include_prune: bool = True) -> DiffReport:
-    """What a sync of `app` (to `revision`, else its targetRevision) would change, computed here with
-    the controller's own stages: git → kustomize → prepare → server-side-apply dry run → diff."""
+                 revision: str | None = None, include_prune: bool = True, controller_namespace: str | None = None,
+                 policy: NamespacePolicy | None = None, render_limits: RenderLimits = RenderLimits()) -> DiffReport:
+    """What a sync of `app` (to `revision`, else its targetRevision) would change, found as the
+    controller finds it: Reconciler.desired (the render with the app's recurse and kustomize
+    overrides, the planner's split of hooks from desired state, every guard) and
+    Reconciler.compare (the dry runs), applying nothing; stale objects are those prune would delete.
+
+    controller_namespace: the diff is the controller's (its web UI, which gantry app diff asks):
+    repository Secrets are read there and its tenant rules (`policy`, which repositories an app's
+    namespace may read, `render_limits`) apply as in its own passes. Else the user's diff: the
+    Secrets of the app's namespace, as far as the user may read them."""
     metadata = app["metadata"]
+    credentials = CredentialStore(client, controller_namespace or metadata["namespace"])
+    git = GitCache(_usable_cache_dir(cache_dir), min_fetch_interval=0, credentials=credentials)
+    # One look at the cluster: no watches, and the dry runs' answers kept for the diff's text.
+    reconciler = Reconciler(client, git, LiveCache(client, watch=False), kustomize=kustomize, policy=policy,
+                            repo_access=credentials.refusal if controller_namespace else None,
+                            render_limits=render_limits, keep_predicted=True)
+    commit = None
     try:
-        spec = AppSpec.parse(metadata["name"], metadata["namespace"], _spec(app))
-    except SpecError as error:
-        raise CliError(f'application "{metadata["name"]}" is invalid: {error}') from None
-    # Private repositories: the controller's repository Secrets, when the user may read them.
-    git = GitCache(_usable_cache_dir(cache_dir), min_fetch_interval=0,
-                   credentials=CredentialStore(client, metadata["namespace"]))
-    commit = git.resolve(spec.repo_url, revision or spec.target_revision, refresh=True)
-    checkout = git.checkout(spec.repo_url, commit)
-    try:
-        objects = render(checkout, spec.path, kustomize=kustomize)
+        spec = reconciler.checked_spec(app, Request())
+        fetched = reconciler.fetch(SourceWanted(spec.repo_url, revision or spec.target_revision, True, spec.namespace))
+        if isinstance(fetched, SourceError):
+            raise fetched
+        commit = fetched.commit
+        desired = reconciler.desired(spec, fetched, inventory_of(_status(app)))
+        compared = reconciler.compare(spec, desired, apply_prerequisites=False)
+    except Refused as refused:
+        if refused.failures and commit is not None:  # objects the controller would refuse: named, one by one
+            return DiffReport(commit, [], list(refused.failures))
+        raise CliError(refused.message) from None
     except FileNotFoundError:
         raise CliError(f"kustomize not found ({kustomize}): put it on PATH, pass --kustomize or set GANTRY_KUSTOMIZE") from None
-
-    # Custom resources whose CRD is in the same commit cannot be dry-run before the CRD exists;
-    # the controller applies CRDs first, so they show as objects to create, as it reports them.
-    defined = crd_kinds(objects)
-    served, pending, failures = [], [], []
-    for obj in objects:
-        ref = ObjectRef.of(obj)
-        try:
-            served.extend(prepare([obj], client.resource_of, destination_namespace=spec.destination_namespace,
-                                  app_key=spec.key))
-        except UnservedApiError as error:
-            if (ref.group, ref.kind) in defined:
-                pending.extend(prepare([obj], lambda _o, r=defined[(ref.group, ref.kind)]: r,
-                                       destination_namespace=spec.destination_namespace, app_key=spec.key))
-            else:
-                failures.append(ApplyFailure(ref, unserved_message(error)))
-
-    def live_of(target: Manifest) -> Manifest | None:
-        resource = client.resource_of(target)
-        return client.get(resource, target["metadata"]["name"], target["metadata"].get("namespace"))
-
-    result = Differ(client).diff(served, live_of, spec.ignore_differences,
-                                 respect_ignores=spec.sync_options.respect_ignore_differences)
-    failures.extend(result.failures)
     entries = [
         DiffEntry(d.ref, "create" if d.live is None else "update",
                   object_diff_text(d.live, d.predicted if d.predicted is not None else d.target, spec.ignore_differences))
-        for d in result.diffs if not d.in_sync
+        for d in compared.diffs if not d.in_sync
     ]
-    entries += [DiffEntry(ObjectRef.of(t), "create", object_diff_text(None, t)) for t in pending]
     if include_prune:
-        entries += _stale_entries(client, app, spec, [*served, *pending])
-    return DiffReport(commit, sorted(entries, key=lambda e: e.ref), failures)
+        entries += _prune_entries(client, spec, plan_stage.stale(desired.previous_entries, desired.targets))
+    return DiffReport(commit, sorted(entries, key=lambda e: e.ref), [])
 
 
-def _stale_entries(client: KubeClient, app: Manifest, spec: AppSpec, targets: Sequence[Manifest]) -> list[DiffEntry]:
-    """Objects this app applied before (its inventory) that git no longer has: prune deletes them."""
-    wanted = {ObjectRef.of(t) for t in targets}
+def _prune_entries(client: KubeClient, spec: AppSpec, stale: Sequence[InventoryEntry]) -> list[DiffEntry]:
+    """The stale inventory entries (plan.stale) whose objects a prune would delete (sync.prunable)."""
     entries = []
-    for item in inventory_of(_status(app)):
-        ref = item.ref
-        if ref in wanted:
-            continue
+    for entry in stale:
         try:
-            live = client.get(client.resource(item.api_version, ref.kind), ref.name, ref.namespace or None)
+            live = client.get(client.resource(entry.api_version, entry.kind), entry.name, entry.namespace or None)
         except UnservedApiError:
             continue
-        owner = (((live or {}).get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION, "")
-        if live is not None and owner.startswith(f"{spec.key}:"):
-            entries.append(DiffEntry(ref, "prune", object_diff_text(live, None, spec.ignore_differences)))
+        if live is not None and prunable(live, spec.key, entry.ref):
+            entries.append(DiffEntry(entry.ref, "prune", object_diff_text(live, None, spec.ignore_differences)))
     return entries
 
 

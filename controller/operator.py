@@ -559,12 +559,14 @@ def prepare(options: Options) -> Prepared:
 
 def _ui_diff(options: Options, client: KubeClient, app: Manifest, revision: str | None = None):
     """What a sync of `app` (to `revision`) would change, for the UI and `gantry app diff`: its
-    report, computed with `client` (the controller's identity), a git cache of its own and the
-    controller's kustomize (the browser and the CLI need none of them)."""
-    from .cli import compute_diff  # until the planner serves the controller, the CLI and the UI alike
+    report, computed with `client` (the controller's identity), a git cache of its own, the
+    controller's kustomize, repository Secrets and tenant rules (the browser and the CLI need
+    none of them)."""
+    from .cli import compute_diff  # the CLI's module: it needs nothing of the controller's to run alone
 
     return compute_diff(client, app, kustomize=options.kustomize, cache_dir=options.cache_dir / "ui-git",
-                        revision=revision)
+                        revision=revision, controller_namespace=options.namespace, policy=options.policy,
+                        render_limits=options.render_limits)
 
 
 def _healthy() -> bool:

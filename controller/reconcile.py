@@ -180,14 +180,16 @@ class Reconciler:
                  policy: NamespacePolicy | None = None,
                  repo_access: Callable[[str, str], str | None] | None = None,
                  render_limits: RenderLimits = RenderLimits(),
-                 health_rules: Callable[[], health_stage.UserRules] | None = None) -> None:
+                 health_rules: Callable[[], health_stage.UserRules] | None = None,
+                 keep_predicted: bool = False) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
         policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
         cluster-scoped objects are refused. None: cluster mode.
         repo_access(repo URL, app namespace): why Applications there may not read that repository
         (another team's private one), or None (credentials.CredentialStore.refusal).
         render_limits: what one render may read and spend (render.RenderLimits).
-        health_rules: the users' health rules as they are now (health.RuleSource.current)."""
+        health_rules: the users' health rules as they are now (health.RuleSource.current).
+        keep_predicted: keep each dry run's answer, for a diff people read (cli.compute_diff)."""
         self.client = client
         self.policy = policy
         self.repo_access = repo_access
@@ -196,7 +198,7 @@ class Reconciler:
         self.kustomize = kustomize
         self.render_limits = render_limits
         self.health_rules = health_rules
-        self.differ = Differ(client, workers=workers, count=count, keep_predicted=False)
+        self.differ = Differ(client, workers=workers, count=count, keep_predicted=keep_predicted)
         self.syncer = Syncer(client, workers=workers, count=count)
         self.runner = OperationRunner(client, self.syncer, live, self._health_context)
         self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
@@ -231,7 +233,7 @@ class Reconciler:
         outcome = Outcome(report.status, report.events, consumed_refresh=request.refresh is not None, report=report)
         spec: AppSpec | None = None
         try:
-            spec = self._checked_spec(body, request)
+            spec = self.checked_spec(body, request)
             fetched = self._fetched(body, request, spec, source)
             report.revision(fetched.commit, fetched.metadata)
             desired = self.desired(spec, fetched, inventory_of(previous), hard=request.refresh == "hard",
@@ -240,7 +242,8 @@ class Reconciler:
             return self._refused(outcome, spec, refused, attempt)
         return self._sync_pass(outcome, body, request, spec, desired, attempt)
 
-    def _checked_spec(self, body: Manifest, request: Request) -> AppSpec:
+    def checked_spec(self, body: Manifest, request: Request) -> AppSpec:
+        """The Application's spec, and whether its destination is allowed; raises Refused."""
         try:
             spec = self._spec(body, request)
         except SpecError as error:

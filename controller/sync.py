@@ -109,6 +109,14 @@ def inventory_of(status: Mapping) -> list[InventoryEntry]:
     return [InventoryEntry.of_resource(e) for e in status.get("resources") or ()]
 
 
+def prunable(live: Manifest, app_key: str, ref: ObjectRef) -> bool:
+    """Whether prune may delete `live`, the object of a stale inventory entry `ref`: only while it
+    carries this app's tracking id for that very object (else someone created or adopted it since).
+    The prune and every preview of it (gantry app diff, the UI) ask this."""
+    owner = ((live.get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION)
+    return owner == tracking_id(app_key, ref)
+
+
 class Syncer:
     def __init__(self, client: KubeClient, *, workers: int = 8, count: Callable[[str], None] | None = None) -> None:
         self.client = client
@@ -325,8 +333,7 @@ class Syncer:
                 if live is None:
                     results.append(ResourceResult(ref, Action.DELETED, "already gone"))
                     continue
-                owner = ((live.get("metadata") or {}).get("annotations") or {}).get(TRACKING_ANNOTATION)
-                if owner != tracking_id(app_key, ref):
+                if not prunable(live, app_key, ref):
                     # Not ours (any more): someone else created or adopted it. Never delete that.
                     results.append(ResourceResult(ref, Action.UNCHANGED, "not pruned: not created by this application"))
                     continue

@@ -154,6 +154,101 @@ def test_secret_values_never_appear_in_diff_get_or_sync(make_app, gantry):
     assert_no_secret(shown.stdout + gantry("app", "get", app.name, "-o", "yaml").stdout, SECRET_VALUE, SECRET_VALUE_2)
 
 
+def cli_plan(gantry, app) -> set[tuple[str, str, str]]:
+    """What `gantry app diff --local` says a sync would do: (kind, name, create | update | prune)."""
+    result = gantry("app", "diff", app.name, "--local", "-o", "json")
+    assert result.returncode in (0, 1), result.stderr
+    answer = json.loads(result.stdout)
+    assert not answer["failures"], answer["failures"]
+    return {(r["kind"], r["name"], r["action"]) for r in answer["resources"]}
+
+
+def controller_plan(status: dict) -> set[tuple[str, str, str]]:
+    """The same, as the controller's own comparison left it in the status: what is not Synced,
+    to create (Missing) or update, and what requires pruning."""
+    def action(entry: dict) -> str:
+        if entry.get("requiresPruning"):
+            return "prune"
+        return "create" if (entry.get("health") or {}).get("status") == "Missing" else "update"
+
+    return {(r["kind"], r["name"], action(r)) for r in status["resources"] if r["status"] != "Synced"}
+
+
+def compared_at(app, revision: str, *, generation: int | None = None) -> dict:
+    """The status once the controller compared `revision` (and the Application's `generation`)."""
+    return app.wait(lambda s: (s.get("sync") or {}).get("revision") == revision and (s.get("sync") or {}).get("status")
+                    and (generation is None or s.get("observedGeneration") == generation),
+                    f"a comparison at {revision[:8]}")
+
+
+def test_cli_diff_and_the_controller_agree_on_recurse_kustomize_overrides_hooks_and_prune(make_app, gantry):
+    # A kustomization with Argo CD's overrides laid over it, and a PreSync hook (run, never diffed).
+    files = web_app_files()
+    files["k8s/migrate.yaml"] = yaml.safe_dump({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "annotations": {"argocd.argoproj.io/hook": "PreSync"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                       "containers": [{"name": "m", "image": "busybox:1.36"}]}}}})
+    resources = yaml.safe_load(files["k8s/kustomization.yaml"])["resources"]
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": [*resources, "migrate.yaml"]})
+    app = make_app(files)
+
+    def apply(image: str) -> None:
+        app.apply(automated=False, source={"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s", "kustomize": {
+            "namePrefix": "shop-", "images": [f"nginx={image}"], "commonLabels": {"team": "shop"}}})
+
+    apply("registry.example/nginx:1.28")
+    status = compared_at(app, app.repo.head)
+    wanted = {(kind, "shop-" + name, "create") for kind, name in
+              (("Deployment", "web"), ("Service", "web"), ("ConfigMap", "web-config"), ("Ingress", "web"))}
+    assert controller_plan(status) == wanted
+    assert cli_plan(gantry, app) == wanted  # the overrides' names, and no hook
+
+    ok(gantry("app", "sync", app.name))
+    app.wait_synced(app.repo.head)
+    assert cli_plan(gantry, app) == set(), "the CLI rendered without the overrides"
+
+    # A new override in the Application: the same commit rendered again, by both.
+    apply("registry.example/nginx:1.29")
+    status = compared_at(app, app.repo.head, generation=app.get()["metadata"]["generation"])
+    assert controller_plan(status) == cli_plan(gantry, app) == {("Deployment", "shop-web", "update")}
+    diff = ok(gantry("app", "diff", app.name, "--local"), 1)
+    assert "registry.example/nginx:1.29" in diff and "registry.example/nginx:1.28" in diff
+
+    # A file removed from git: stale by the same rule as the prune's.
+    del files["k8s/config.yaml"]
+    files["k8s/kustomization.yaml"] = yaml.safe_dump({"resources": [r for r in [*resources, "migrate.yaml"]
+                                                                    if r != "config.yaml"]})
+    removed = app.push(files, delete=("k8s/config.yaml",), message="drop the ConfigMap")
+    app.refresh()
+    status = compared_at(app, removed)
+    assert controller_plan(status) == cli_plan(gantry, app) == {
+        ("Deployment", "shop-web", "update"), ("ConfigMap", "shop-web-config", "prune")}
+
+
+def test_cli_diff_and_the_controller_agree_on_a_plain_directory_with_recurse(make_app, gantry):
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"}}
+    app = make_app({
+        "k8s/top.yaml": yaml.safe_dump({**config, "metadata": {"name": "top"}}),
+        "k8s/nested/inner.yaml": yaml.safe_dump({**config, "metadata": {"name": "inner"}}),
+        "k8s/nested/deeper/innermost.yaml": yaml.safe_dump({**config, "metadata": {"name": "innermost"}}),
+    })
+    source = {"repoURL": app.repo_url, "targetRevision": "HEAD", "path": "k8s"}
+    app.apply(automated=False, source={**source, "directory": {"recurse": True}})
+    status = compared_at(app, app.repo.head)
+    wanted = {("ConfigMap", name, "create") for name in ("top", "inner", "innermost")}
+    assert controller_plan(status) == cli_plan(gantry, app) == wanted
+    ok(gantry("app", "sync", app.name))
+    app.wait_synced(app.repo.head)
+    assert cli_plan(gantry, app) == set()
+
+    # Without recurse the nested files are not the app's any more: both would prune them.
+    app.apply(automated=False, source=source)
+    status = compared_at(app, app.repo.head, generation=app.get()["metadata"]["generation"])
+    assert controller_plan(status) == cli_plan(gantry, app) == {
+        ("ConfigMap", "inner", "prune"), ("ConfigMap", "innermost", "prune")}
+
+
 def synced_by_hand(app, gantry) -> str:
     """Apply app without automated sync, sync it with `gantry app sync`; the commit it synced."""
     app.apply(automated=False)

@@ -158,3 +158,21 @@ def test_entries_are_hashable_values_so_old_minus_new_finds_what_to_prune():
     )}
     new = {InventoryEntry.of(DEPLOYMENT)}
     assert old - new == {InventoryEntry("v1", "ConfigMap", "shop", "legacy")}
+
+
+def test_prune_and_its_previews_delete_only_what_still_carries_this_apps_id_for_that_object():
+    from controller.diff import tracking_id
+    from controller.model import TRACKING_ANNOTATION
+    from controller.sync import prunable
+
+    ref = ObjectRef("", "ConfigMap", "shop", "web-config")
+
+    def live(owner: str | None) -> dict:
+        annotations = {TRACKING_ANNOTATION: owner} if owner is not None else {}
+        return {"metadata": {"name": "web-config", "namespace": "shop", "annotations": annotations}}
+
+    assert prunable(live(tracking_id("apps/web", ref)), "apps/web", ref)
+    assert not prunable(live(tracking_id("apps/other", ref)), "apps/web", ref)  # adopted by another app
+    # This app's id, but for another object (copied by hand): not this inventory entry's object.
+    assert not prunable(live(tracking_id("apps/web", ObjectRef("", "ConfigMap", "shop", "other"))), "apps/web", ref)
+    assert not prunable(live(None), "apps/web", ref)  # created by someone else since
