@@ -382,46 +382,16 @@ class AppSpec:
         """Validate what the CRD schema cannot (server, URL scheme, path) and fill in defaults."""
         source = spec.get("source") or {}
         destination = spec.get("destination") or {}
-        repo_url = str(source.get("repoURL") or "").strip()
-        if not repo_url:
-            raise SpecError("spec.source.repoURL is required")
-        if not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) and not _is_scp_url(repo_url):
-            raise SpecError(
-                f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
-                f"or file:// URL"
-            )
-        for tool in ("chart", "helm", "plugin"):
-            if source.get(tool):
-                raise SpecError(
-                    f"spec.source.{tool}: Gantry does not render Helm charts or config management plugins; "
-                    f"commit the rendered manifests (helm template), or a kustomization that lists them"
-                )
+        repo_url = _checked_repo_url(source)
         path = str(source.get("path") or "k8s").strip()
         if path.startswith("/") or ".." in path.split("/"):
             raise SpecError(f"spec.source.path {path!r} must be relative to the repository root and may not use '..'")
-        server = destination.get("server")
-        dest_name = destination.get("name")
-        if server and server not in IN_CLUSTER_SERVERS:
-            raise SpecError(
-                f"spec.destination.server {server!r} is not supported: Gantry deploys only to the cluster it runs in "
-                f"(use https://kubernetes.default.svc or destination.name: in-cluster)"
-            )
-        if dest_name and dest_name != IN_CLUSTER_NAME:
-            raise SpecError(f"spec.destination.name {dest_name!r} is not supported: use {IN_CLUSTER_NAME!r}")
+        _check_destination(destination)
         policy = spec.get("syncPolicy") or {}
         automated = policy.get("automated")
         if automated is not None and automated.get("enabled") is False:
             automated = None  # Argo CD's switch to turn auto-sync off while keeping the block
-        retry_spec = policy.get("retry")
-        retry = None
-        if retry_spec is not None:
-            backoff = retry_spec.get("backoff") or {}
-            retry = RetryPolicy(
-                limit=_number(int, retry_spec.get("limit", 5), "syncPolicy.retry.limit"),
-                backoff_seconds=parse_duration(backoff.get("duration") or "5s"),
-                factor=_number(float, backoff.get("factor") or 2, "syncPolicy.retry.backoff.factor"),
-                max_backoff_seconds=parse_duration(backoff.get("maxDuration") or "3m"),
-            )
+        retry = _retry_policy(policy["retry"]) if policy.get("retry") is not None else None
         unsupported = _unsupported_fields(source, spec.get("ignoreDifferences") or ())
         ignores = tuple(
             IgnoreDifference(
@@ -458,6 +428,49 @@ class AppSpec:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _checked_repo_url(source: dict[str, Any]) -> str:
+    """spec.source.repoURL, of a scheme Gantry fetches, from a source it renders."""
+    repo_url = str(source.get("repoURL") or "").strip()
+    if not repo_url:
+        raise SpecError("spec.source.repoURL is required")
+    if not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) and not _is_scp_url(repo_url):
+        raise SpecError(
+            f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
+            f"or file:// URL"
+        )
+    for tool in ("chart", "helm", "plugin"):
+        if source.get(tool):
+            raise SpecError(
+                f"spec.source.{tool}: Gantry does not render Helm charts or config management plugins; "
+                f"commit the rendered manifests (helm template), or a kustomization that lists them"
+            )
+    return repo_url
+
+
+def _check_destination(destination: dict[str, Any]) -> None:
+    """Only the cluster Gantry runs in, by server URL or by name."""
+    server = destination.get("server")
+    dest_name = destination.get("name")
+    if server and server not in IN_CLUSTER_SERVERS:
+        raise SpecError(
+            f"spec.destination.server {server!r} is not supported: Gantry deploys only to the cluster it runs in "
+            f"(use https://kubernetes.default.svc or destination.name: in-cluster)"
+        )
+    if dest_name and dest_name != IN_CLUSTER_NAME:
+        raise SpecError(f"spec.destination.name {dest_name!r} is not supported: use {IN_CLUSTER_NAME!r}")
+
+
+def _retry_policy(retry_spec: dict[str, Any]) -> RetryPolicy:
+    """syncPolicy.retry, with Argo CD's defaults for what it leaves out."""
+    backoff = retry_spec.get("backoff") or {}
+    return RetryPolicy(
+        limit=_number(int, retry_spec.get("limit", 5), "syncPolicy.retry.limit"),
+        backoff_seconds=parse_duration(backoff.get("duration") or "5s"),
+        factor=_number(float, backoff.get("factor") or 2, "syncPolicy.retry.backoff.factor"),
+        max_backoff_seconds=parse_duration(backoff.get("maxDuration") or "3m"),
+    )
 
 
 def _unsupported_fields(source: dict[str, Any], ignore_differences: Any) -> tuple[str, ...]:
