@@ -66,6 +66,7 @@ class Binaries:
     etcd: Path
     kwok: Path
     kustomize: Path
+    helm: Path
     kube_version: str
     kwok_stages: Path  # the stage set of this checkout (hack/kwok/stages), by content hash
     kwok_logs_crd: Path  # the CRD of kwok's Logs, which kwok reads but does not install
@@ -86,6 +87,7 @@ class Binaries:
             etcd=Path(dirs["ETCD_BIN"]),
             kwok=Path(dirs["KWOK_BIN"]),
             kustomize=Path(dirs["KUSTOMIZE_BIN"]),
+            helm=Path(dirs["HELM_BIN"]),
             kube_version=dirs["KUBE_VERSION"],
             kwok_stages=Path(dirs["KWOK_STAGES"]),
             kwok_logs_crd=Path(dirs["KWOK_LOGS_CRD"]),
@@ -99,10 +101,18 @@ class Binaries:
         dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
         return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["KUSTOMIZE_BIN"])
 
+    @staticmethod
+    def build_helm() -> Path:
+        """Only helm (for unit tests of chart rendering, which need no cluster): its bin directory."""
+        script = ROOT / "hack" / "build-binaries.sh"
+        subprocess.run(["bash", str(script), "helm"], check=True)
+        dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
+        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["HELM_BIN"])
+
     def link_into(self, directory: Path) -> None:
-        """One PATH entry with every tool, so `source .cluster/env` gives kubectl and kustomize."""
+        """One PATH entry with every tool, so `source .cluster/env` gives kubectl, kustomize and helm."""
         directory.mkdir(parents=True, exist_ok=True)
-        for source_dir in (self.kube, self.etcd, self.kwok, self.kustomize):
+        for source_dir in (self.kube, self.etcd, self.kwok, self.kustomize, self.helm):
             for binary in source_dir.iterdir():
                 link = directory / binary.name
                 if link.is_symlink() or link.exists():

@@ -30,7 +30,7 @@ import localcluster  # noqa: E402  (hack/ is not a package; it is put on the pat
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: Path
-    bin_dir: Path  # kubectl and kustomize of the pinned versions
+    bin_dir: Path  # kubectl, kustomize and helm of the pinned versions
     local: bool  # our local control plane (fake KWOK nodes), not a user's cluster
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,6 +52,12 @@ class Cluster:
 def kustomize() -> Path:
     """The pinned, Go-built kustomize binary (built into ~/.cache/gantry on first use)."""
     return localcluster.Binaries.build_kustomize() / "kustomize"
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The pinned, Go-built helm binary (built into ~/.cache/gantry on first use)."""
+    return localcluster.Binaries.build_helm() / "helm"
 
 
 @pytest.fixture(scope="session")
