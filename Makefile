@@ -62,13 +62,14 @@ demo: cluster-up
 	$(PY) hack/demo.py
 
 # The controller in the foreground against $$KUBECONFIG (default: the local control plane).
-# kubectl and kustomize come from the build cache, not .cluster/bin, so this works against any
+# kubectl, kustomize and helm come from the build cache, not .cluster/bin, so this works against any
 # cluster (a kind one too), also before `make cluster-up` or after `make cluster-down`.
 run: $(STAMP) binaries
 	@eval "$$(bash hack/build-binaries.sh --print-dirs)" && export KUBECONFIG=$(KUBECONFIG) && \
 	  "$$KUBE_BIN/kubectl" apply -f crds/ && \
 	  "$$KUBE_BIN/kubectl" create namespace gantry --dry-run=client -o yaml | "$$KUBE_BIN/kubectl" apply -f - && \
-	  exec $(VENV)/bin/gantry-controller --kubeconfig $(KUBECONFIG) --namespace gantry --kustomize "$$KUSTOMIZE_BIN/kustomize"
+	  exec $(VENV)/bin/gantry-controller --kubeconfig $(KUBECONFIG) --namespace gantry --kustomize "$$KUSTOMIZE_BIN/kustomize" \
+	    --helm "$$HELM_BIN/helm"
 
 # Benchmarks (bench/README.md): Gantry against plain `kubectl apply --server-side` and Flux, on the
 # local control plane (used when running, else started and stopped again). Not part of `make test`.

@@ -7,6 +7,11 @@ other namespaces than the controller's use it. A repository's URL uses the Secre
 equals it, else the one whose `url` is its longest prefix, so one Secret can serve every repo of
 an organisation. Values
 are decoded here and go only to git; nothing here logs or returns them in a printable form.
+
+A Secret's `type` (Argo CD's field) says what kind of repository it is for: `helm` for a Helm
+repository (its `username`/`password` go to helm: the chart's repository, or a dependency's),
+`git` or none for git. A repository uses only Secrets of its own kind, so a git Secret's password
+never goes to a Helm repository at a matching URL, nor the other way.
 """
 
 from __future__ import annotations
@@ -57,11 +62,12 @@ def _same_repo(url: str) -> str:
     return url.removesuffix(".git")
 
 
-def select(secrets: list[dict], repo_url: str) -> RepoCredentials | None:
+def select(secrets: list[dict], repo_url: str, kind: str = "git") -> RepoCredentials | None:
     """The credentials for repo_url: the Secret whose `url` is the same repository, else the one
     whose `url` is the longest plain string prefix of it (as Argo CD's repo-creds match, so
-    `https://host/org/`, `https://host/org-` and `git@host:org/` all work as prefixes)."""
-    secret = _matching(secrets, repo_url)
+    `https://host/org/`, `https://host/org-` and `git@host:org/` all work as prefixes), among the
+    Secrets of `kind` (`git`: no type or `type: git`; `helm`: `type: helm`)."""
+    secret = _matching([s for s in secrets if _kind(s) == kind], repo_url)
     if secret is None:
         return None
     data = secret.get("data") or {}
@@ -90,6 +96,11 @@ def refusal(secrets: list[dict], repo_url: str, app_namespace: str, controller_n
     return (f"{redact_url(repo_url)} is a private repository whose credentials (Secret "
             f"{controller_namespace}/{metadata.get('name')}) Applications in namespace {app_namespace!r} may not use: "
             f"an administrator can list {app_namespace} in that Secret's {APP_NAMESPACES_ANNOTATION} annotation")
+
+
+def _kind(secret: dict) -> str:
+    """Which kind of repository a Secret is for: its `type`, git when it has none."""
+    return (_decode(secret.get("data") or {}, "type") or "git").strip().lower()
 
 
 def _matching(secrets: list[dict], repo_url: str) -> dict | None:
@@ -123,6 +134,16 @@ class CredentialStore:
         found = select(self._list(), repo_url)
         if found is None:  # perhaps a Secret added since the last list: look once more, now
             found = select(self._list(max_age=0.5), repo_url)
+        return found
+
+    def helm(self, repo_url: str, app_namespace: str | None = None) -> RepoCredentials | None:
+        """The credentials of the Helm repository Secret (type: helm) for repo_url; with
+        app_namespace, only when Applications there may use that Secret (see refusal())."""
+        if app_namespace is not None and self.refusal(repo_url, app_namespace) is not None:
+            return None
+        found = select(self._list(), repo_url, "helm")
+        if found is None:
+            found = select(self._list(max_age=0.5), repo_url, "helm")
         return found
 
     def refusal(self, repo_url: str, app_namespace: str) -> str | None:

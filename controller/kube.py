@@ -90,6 +90,10 @@ class Resource:
         return f"{self.collection_path(namespace)}/{quote(name, safe='')}"
 
 
+# The whole of a root's discovery in one answer (Kubernetes 1.30 on), else the plain lists.
+_AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+
+
 def _decode(body: bytes) -> Manifest:
     """A JSON answer, or the plain text some endpoints give (`404 page not found` for an unknown
     API group) as a Status-like message."""
@@ -233,6 +237,30 @@ class KubeClient:
 
     def resource_of(self, manifest: Manifest) -> Resource:
         return self.resource(manifest.get("apiVersion", ""), manifest.get("kind", ""))
+
+    def server_version(self) -> str:
+        """The API server's version as it says it (`v1.36.3`)."""
+        return str(self.request("GET", "/version").get("gitVersion") or "")
+
+    def served_api_versions(self) -> tuple[str, ...]:
+        """Every group/version and group/version/kind the API server serves (`apps/v1`,
+        `apps/v1/Deployment`, `v1`, `v1/Pod`), sorted: what Argo CD gives helm as the cluster's API
+        versions. One request per root from aggregated discovery; a server without it gives
+        group/versions only."""
+        served: set[str] = set()
+        for root in ("/api", "/apis"):
+            listing = self.request("GET", root, headers={"Accept": _AGGREGATED_DISCOVERY})
+            for group in listing.get("items") or ():  # APIGroupDiscoveryList
+                name = (group.get("metadata") or {}).get("name") or ""
+                for version in group.get("versions") or ():
+                    group_version = f"{name}/{version['version']}" if name else version["version"]
+                    served.add(group_version)
+                    served.update(f"{group_version}/{resource['responseKind']['kind']}"
+                                  for resource in version.get("resources") or () if resource.get("responseKind"))
+            served.update(listing.get("versions") or ())  # APIVersions (/api without aggregation)
+            for group in listing.get("groups") or ():  # APIGroupList
+                served.update(v["groupVersion"] for v in group.get("versions") or ())
+        return tuple(sorted(v for v in served if isinstance(v, str)))
 
     def invalidate_discovery(self) -> None:
         with self._discovery_lock:

@@ -5,11 +5,14 @@ Nothing here does I/O: these are the nouns every stage shares, and the one error
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
+
+import yaml
 
 # A Kubernetes object as the API and kustomize give it: plain dicts, never client model classes, so
 # stages compare and hash them without conversion.
@@ -339,6 +342,184 @@ def _split_image(reference: str) -> tuple[str, str, str]:
     return repository, tag, digest
 
 
+# Argo CD's source.helm fields Gantry applies; `version` (Helm 2 or 3) is accepted and means
+# nothing here: charts are rendered by Helm 4, which renders Helm 3's charts.
+_HELM_FIELDS = ("releaseName", "valueFiles", "ignoreMissingValueFiles", "values", "valuesObject", "parameters",
+                "fileParameters", "skipCrds", "skipSchemaValidation", "skipTests", "namespace", "kubeVersion",
+                "apiVersions", "passCredentials", "version")
+# Helm's rule for release names (a DNS subdomain of at most 53 characters: it names Secrets).
+_RELEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_KUBE_VERSION = re.compile(r"v?\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.+-]*)?")
+_CHART_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class HelmParameter:
+    """One `--set name=value` (`--set-string` with force_string), as Argo CD's helm.parameters."""
+
+    name: str
+    value: str
+    force_string: bool = False
+
+
+@dataclass(frozen=True)
+class HelmSource:
+    """Argo CD's `source.helm` block with its defaults filled in: how `helm template` renders the
+    chart (render.py builds the command line from it). Paths are relative to the chart's folder."""
+
+    release_name: str
+    namespace: str  # .Release.Namespace: the destination namespace unless the block says
+    value_files: tuple[str, ...] = ()
+    ignore_missing_value_files: bool = False
+    values: str = ""  # YAML: valuesObject if given (it wins, as in Argo CD), else values
+    parameters: tuple[HelmParameter, ...] = ()
+    file_parameters: tuple[tuple[str, str], ...] = ()  # (name, path) for --set-file
+    skip_crds: bool = False
+    skip_schema_validation: bool = False
+    skip_tests: bool = False
+    kube_version: str = ""  # "": the cluster's own
+    api_versions: tuple[str, ...] = ()  # (): what the cluster serves
+    pass_credentials: bool = False  # send the repository's credentials to other hosts its index names
+
+    @classmethod
+    def parse(cls, block: dict[str, Any], *, app_name: str, destination_namespace: str) -> "HelmSource":
+        """`spec.source.helm` (may be empty); raises SpecError naming the field."""
+        if not isinstance(block, dict):
+            raise SpecError("spec.source.helm must be a map of Helm settings")
+        release = _text(block.get("releaseName"), "spec.source.helm.releaseName") or app_name
+        if len(release) > 53 or not _RELEASE_NAME.fullmatch(release):
+            raise SpecError(f"spec.source.helm.releaseName {release!r}: Helm release names are lower-case letters, "
+                            f"digits, '-' and '.', at most 53 characters (it defaults to the Application's name)")
+        kube_version = _text(block.get("kubeVersion"), "spec.source.helm.kubeVersion")
+        if kube_version and not _KUBE_VERSION.fullmatch(kube_version):
+            raise SpecError(f"spec.source.helm.kubeVersion {kube_version!r} is not a Kubernetes version such as 1.31 "
+                            f"or v1.31.2")
+        return cls(
+            release_name=release,
+            namespace=_text(block.get("namespace"), "spec.source.helm.namespace") or destination_namespace,
+            value_files=tuple(_value_file(entry, index) for index, entry in enumerate(
+                _list(block.get("valueFiles"), "spec.source.helm.valueFiles"))),
+            ignore_missing_value_files=_flag(block.get("ignoreMissingValueFiles"), "spec.source.helm.ignoreMissingValueFiles"),
+            values=_helm_values(block),
+            parameters=tuple(_helm_parameter(entry, index) for index, entry in enumerate(
+                _list(block.get("parameters"), "spec.source.helm.parameters"))),
+            file_parameters=tuple(_helm_file_parameter(entry, index) for index, entry in enumerate(
+                _list(block.get("fileParameters"), "spec.source.helm.fileParameters"))),
+            skip_crds=_flag(block.get("skipCrds"), "spec.source.helm.skipCrds"),
+            skip_schema_validation=_flag(block.get("skipSchemaValidation"), "spec.source.helm.skipSchemaValidation"),
+            skip_tests=_flag(block.get("skipTests"), "spec.source.helm.skipTests"),
+            kube_version=kube_version,
+            api_versions=tuple(_text(v, "spec.source.helm.apiVersions[]") for v in
+                               _list(block.get("apiVersions"), "spec.source.helm.apiVersions") if v),
+            pass_credentials=_flag(block.get("passCredentials"), "spec.source.helm.passCredentials"),
+        )
+
+    def block(self) -> dict[str, Any]:
+        """This as Argo CD's `source.helm` block (what status.history records, so a rollback
+        renders with the values of then); defaults left out."""
+        block: dict[str, Any] = {"releaseName": self.release_name, "namespace": self.namespace}
+        if self.value_files:
+            block["valueFiles"] = list(self.value_files)
+        if self.values:
+            block["values"] = self.values
+        if self.parameters:
+            block["parameters"] = [{"name": p.name, "value": p.value, **({"forceString": True} if p.force_string else {})}
+                                   for p in self.parameters]
+        if self.file_parameters:
+            block["fileParameters"] = [{"name": name, "path": path} for name, path in self.file_parameters]
+        if self.kube_version:
+            block["kubeVersion"] = self.kube_version
+        if self.api_versions:
+            block["apiVersions"] = list(self.api_versions)
+        for key, value in (("ignoreMissingValueFiles", self.ignore_missing_value_files), ("skipCrds", self.skip_crds),
+                           ("skipSchemaValidation", self.skip_schema_validation), ("skipTests", self.skip_tests),
+                           ("passCredentials", self.pass_credentials)):
+            if value:
+                block[key] = True
+        return block
+
+
+def _text(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise SpecError(f"{field} must be a string")
+    return str(value).strip()
+
+
+def _list(value: Any, field: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"{field} must be a list")
+    return value
+
+
+def _flag(value: Any, field: str) -> bool:
+    """A boolean, or the words true/false (an Application written by hand may quote them)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if str(value).strip().lower() in ("true", "false"):
+        return str(value).strip().lower() == "true"
+    raise SpecError(f"{field} {value!r} must be true or false")
+
+
+def _value_file(entry: Any, index: int) -> str:
+    field = f"spec.source.helm.valueFiles[{index}]"
+    path = _text(entry, field)
+    if not path:
+        raise SpecError(f"{field} is empty: give a values file's path relative to the chart's folder")
+    if "://" in path or path.startswith("$"):
+        raise SpecError(f"{field} {path!r}: Gantry reads values files from the app's own source only (no URLs, no "
+                        f"$ref of other sources): commit the file next to the chart and name its path")
+    if path.startswith("/"):
+        raise SpecError(f"{field} {path!r} must be relative to the chart's folder")
+    return path
+
+
+def _helm_values(block: dict[str, Any]) -> str:
+    """The inline values as YAML text: valuesObject wins over values, as in Argo CD."""
+    given = block.get("valuesObject")
+    field = "spec.source.helm.valuesObject"
+    if given is None:
+        given, field = block.get("values"), "spec.source.helm.values"
+    if given is None or given == "":
+        return ""
+    if isinstance(given, str):
+        try:
+            parsed = yaml.safe_load(given)
+        except yaml.YAMLError as error:
+            raise SpecError(f"{field} is not YAML: {' '.join(str(error).split())}") from None
+        given = parsed
+    if given is None:
+        return ""
+    if not isinstance(given, dict):
+        raise SpecError(f"{field} must be a map of values (YAML such as `replicaCount: 2`)")
+    return yaml.safe_dump(given, sort_keys=True)
+
+
+def _helm_parameter(entry: Any, index: int) -> HelmParameter:
+    field = f"spec.source.helm.parameters[{index}]"
+    if not isinstance(entry, dict) or not _text(entry.get("name"), f"{field}.name"):
+        raise SpecError(f"{field} needs a name (and a value): {{name: image.tag, value: \"1.2\"}}")
+    value = entry.get("value")
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return HelmParameter(_text(entry.get("name"), f"{field}.name"), "" if value is None else _text(value, f"{field}.value"),
+                         _flag(entry.get("forceString"), f"{field}.forceString"))
+
+
+def _helm_file_parameter(entry: Any, index: int) -> tuple[str, str]:
+    field = f"spec.source.helm.fileParameters[{index}]"
+    name = _text((entry or {}).get("name") if isinstance(entry, dict) else None, f"{field}.name")
+    path = _text((entry or {}).get("path") if isinstance(entry, dict) else None, f"{field}.path")
+    if not name or not path:
+        raise SpecError(f"{field} needs a name and a path: {{name: config, path: files/config.json}}")
+    if "://" in path or path.startswith("/"):
+        raise SpecError(f"{field}.path {path!r} must be a file of the app's source, relative to the chart's folder")
+    return name, path
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     limit: int = 5
@@ -373,6 +554,13 @@ class AppSpec:
     allow_empty: bool = False
     directory_recurse: bool = False  # source.directory.recurse: a plain folder's subfolders too
     kustomize: KustomizeOverrides = KustomizeOverrides()  # source.kustomize
+    # source.chart: the chart of that name from the Helm repository at repo_url, at the version (or
+    # the newest of the semver range) target_revision names; path is then the chart's name, its
+    # folder in the unpacked chart. "" for a git source.
+    chart: str = ""
+    # source.helm, defaults filled in; None without a helm block (a folder with a Chart.yaml is
+    # still rendered by helm then, with helm_options' defaults).
+    helm: HelmSource | None = None
     # Argo CD fields accepted so an Application ports, that Gantry does not act on: said on the
     # Application (a warning condition), never silently dropped.
     unsupported: tuple[str, ...] = ()
@@ -382,11 +570,15 @@ class AppSpec:
         """Validate what the CRD schema cannot (server, URL scheme, path) and fill in defaults."""
         source = spec.get("source") or {}
         destination = spec.get("destination") or {}
+        chart = _checked_chart(source)
         repo_url = _checked_repo_url(source)
-        path = str(source.get("path") or "k8s").strip()
+        path = chart or str(source.get("path") or "k8s").strip()
         if path.startswith("/") or ".." in path.split("/"):
             raise SpecError(f"spec.source.path {path!r} must be relative to the repository root and may not use '..'")
         _check_destination(destination)
+        destination_namespace = destination.get("namespace") or namespace
+        helm = (HelmSource.parse(source.get("helm") or {}, app_name=name, destination_namespace=destination_namespace)
+                if source.get("helm") is not None or chart else None)
         policy = spec.get("syncPolicy") or {}
         automated = policy.get("automated")
         if automated is not None and automated.get("enabled") is False:
@@ -407,9 +599,9 @@ class AppSpec:
             name=name,
             namespace=namespace,
             repo_url=repo_url,
-            target_revision=str(source.get("targetRevision") or "HEAD"),
+            target_revision=str(source.get("targetRevision") or "HEAD").strip(),
             path=path.strip("/") or ".",
-            destination_namespace=destination.get("namespace") or namespace,
+            destination_namespace=destination_namespace,
             automated=automated is not None,
             prune=bool((automated or {}).get("prune", False)),
             self_heal=bool((automated or {}).get("selfHeal", False)),
@@ -422,12 +614,30 @@ class AppSpec:
             allow_empty=bool((automated or {}).get("allowEmpty", False)),
             directory_recurse=bool((source.get("directory") or {}).get("recurse", False)),
             kustomize=KustomizeOverrides.parse(source.get("kustomize") or {}),
+            chart=chart,
+            helm=helm,
             unsupported=unsupported,
         )
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def source_record(self) -> dict[str, Any]:
+        """The source as status.history records it (Argo CD's shape, without credentials): what a
+        rollback to that entry syncs again."""
+        record: dict[str, Any] = {"repoURL": _without_userinfo(self.repo_url), "path": self.path,
+                                  "targetRevision": self.target_revision}
+        if self.chart:
+            record["chart"] = self.chart
+        if self.helm is not None:
+            record["helm"] = self.helm.block()
+        return record
+
+    @property
+    def helm_options(self) -> HelmSource:
+        """How a chart at path is rendered: the helm block, or its defaults without one."""
+        return self.helm or HelmSource(release_name=self.name, namespace=self.destination_namespace)
 
 
 def _checked_repo_url(source: dict[str, Any]) -> str:
@@ -440,13 +650,32 @@ def _checked_repo_url(source: dict[str, Any]) -> str:
             f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
             f"or file:// URL"
         )
-    for tool in ("chart", "helm", "plugin"):
-        if source.get(tool):
-            raise SpecError(
-                f"spec.source.{tool}: Gantry does not render Helm charts or config management plugins; "
-                f"commit the rendered manifests (helm template), or a kustomization that lists them"
-            )
+    if source.get("plugin"):
+        raise SpecError(
+            "spec.source.plugin: Gantry does not run config management plugins; commit the rendered manifests, "
+            "or a kustomization or Helm chart that makes them"
+        )
     return repo_url
+
+
+def _checked_chart(source: dict[str, Any]) -> str:
+    """spec.source.chart, the name of a chart in the Helm repository repoURL, or "".
+    Checked before the URL: a Helm repository's URL is not one of git's."""
+    chart = _text(source.get("chart"), "spec.source.chart")
+    repo_url = str(source.get("repoURL") or "").strip()
+    if not chart or not repo_url:
+        return chart
+    if repo_url.startswith("oci://"):
+        raise SpecError(f"spec.source.repoURL {_without_userinfo(repo_url)!r}: charts from OCI registries are not "
+                        f"supported yet; use a Helm repository (one serving index.yaml) or the chart's folder in git")
+    if not repo_url.startswith(("https://", "http://")):
+        raise SpecError(f"spec.source.repoURL {_without_userinfo(repo_url)!r}: a chart comes from a Helm repository, "
+                        f"an https:// or http:// URL serving index.yaml (for a chart in git, drop `chart` and set "
+                        f"`path` to its folder)")
+    if chart in (".", "..") or not _CHART_NAME.fullmatch(chart):
+        raise SpecError(f"spec.source.chart {chart!r} is not a chart name (letters, digits, '.', '_' and '-'; for a "
+                        f"chart in git, drop `chart` and set `path` to its folder)")
+    return chart
 
 
 def _check_destination(destination: dict[str, Any]) -> None:
@@ -478,6 +707,9 @@ def _unsupported_fields(source: dict[str, Any], ignore_differences: Any) -> tupl
     fields = [f"spec.source.kustomize.{key}" for key in sorted(source.get("kustomize") or {})
               if key not in _KUSTOMIZE_OVERRIDES]
     fields += [f"spec.source.directory.{key}" for key in sorted(source.get("directory") or {}) if key != "recurse"]
+    helm = source.get("helm")
+    fields += [f"spec.source.helm.{key}" for key in sorted(helm if isinstance(helm, dict) else {})
+               if key not in _HELM_FIELDS]
     for index, entry in enumerate(ignore_differences):
         fields += [f"spec.ignoreDifferences[{index}].{key}" for key in ("jqPathExpressions", "managedFieldsManagers")
                    if entry.get(key)]

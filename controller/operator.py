@@ -29,6 +29,7 @@ import kopf
 
 from .allocator import limit_malloc_arenas, release_free_memory
 from .cache import LiveCache
+from .charts import ChartCache
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import health, webhook
@@ -58,6 +59,7 @@ class Options:
     workers: int = 8
     kubeconfig: str | None = None
     kustomize: str = "kustomize"
+    helm: str = "helm"  # renders Helm charts (found next to kustomize, else on PATH)
     metrics_address: str = ":8080"  # /metrics, /healthz, /readyz
     # The webhook is what gets exposed beyond the cluster: a port of its own, so a flood of it cannot
     # starve the probes, and a shorter deadline and fewer connections than they have.
@@ -623,9 +625,12 @@ def _start(settings: kopf.OperatorSettings, prepared: Prepared, logger: logging.
     live = LiveCache(client, namespaces=namespaced)
     count = lambda command: metrics.kubectl_exec_total.labels(command).inc()  # noqa: E731
     rules = health_rule_source(client, _options)
+    charts = ChartCache(_options.cache_dir / "charts", helm=_options.helm, min_fetch_interval=_options.poll_interval,
+                        credentials=credentials.helm)
     reconciler = Reconciler(client, git, live, kustomize=_options.kustomize, workers=_options.workers, count=count,
                             policy=_options.policy, repo_access=credentials.refusal,
-                            render_limits=_options.render_limits, health_rules=rules.current if rules else None)
+                            render_limits=_options.render_limits, health_rules=rules.current if rules else None,
+                            helm=_options.helm, charts=charts, helm_credentials=credentials.helm)
     _scheduler = Scheduler(reconciler, client, _options, metrics)
     if rules is not None:
         _scheduler.follow_health_rules(rules)
@@ -772,6 +777,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def helm_binary(flag: str | None, kustomize: str) -> str | None:
+    """--helm (or $GANTRY_HELM), else the helm beside kustomize (the build cache and the image put
+    them together), else helm on PATH; None when there is none."""
+    if flag:
+        return shutil.which(flag)
+    beside = Path(kustomize).parent / "helm"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("helm")
+
+
 # A namespace (a DNS label) and a ConfigMap name (a DNS subdomain), or the name alone.
 _CONFIGMAP_REF = re.compile(r"(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
@@ -797,6 +811,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent reconciles (default 8)")
     parser.add_argument("--kustomize", default=os.environ.get("GANTRY_KUSTOMIZE") or shutil.which("kustomize") or "kustomize",
                         help="path of the kustomize binary")
+    parser.add_argument("--helm", default=os.environ.get("GANTRY_HELM") or None,
+                        help="path of the helm binary that renders Helm charts (default: $GANTRY_HELM, else the helm "
+                             "next to kustomize, else helm on PATH)")
     parser.add_argument("--cache-dir", default=os.environ.get("GANTRY_CACHE_DIR", "/tmp/gantry-cache"),
                         help="where git clones are cached")
     parser.add_argument("--metrics-address", default=":8080",
@@ -833,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     kustomize = shutil.which(args.kustomize)
     if kustomize is None:
         parser.error(f"kustomize binary {args.kustomize!r} not found (install it or pass --kustomize PATH)")
+    helm = helm_binary(args.helm, kustomize)
+    if args.helm and helm is None:
+        parser.error(f"helm binary {args.helm!r} not found (install it or pass --helm PATH)")
 
     try:
         policy = NamespacePolicy.parse(args.namespaces, args.destination_apps)
@@ -855,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         kubeconfig=args.kubeconfig,
         kustomize=os.path.abspath(kustomize),
+        # Without helm the controller still runs: only apps that are Helm charts fail, saying so.
+        helm=os.path.abspath(helm) if helm else "helm",
         metrics_address=args.metrics_address,
         webhook_address=args.webhook_address,
         cache_dir=Path(args.cache_dir),

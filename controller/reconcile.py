@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +44,10 @@ from .model import (
     SyncStatus,
 )
 from .operation import Operation, OperationRunner, Work
+from .charts import ChartCache
+from .helm import CHART_FILE, Capabilities, ChartRender
 from .render import RenderLimits, load_yaml, render
-from .source import GitCache, redact_url
+from .source import GitCache, RepoCredentials, redact_url
 from .status import Event, Reason, Report
 from .sync import InventoryEntry, ResourceResult, Syncer, inventory_of, stage
 
@@ -134,6 +137,8 @@ class SourceWanted:
     revision: str
     refresh: bool  # fetch even if the repo was fetched less than a poll interval ago
     app_namespace: str  # whose credentials the fetch may use depends on it
+    chart: str = ""  # a chart of the Helm repository at repo_url, revision its version or range
+    pass_credentials: bool = False  # spec.source.helm.passCredentials, for the chart's download
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,8 @@ class Reconciler:
                  repo_access: Callable[[str, str], str | None] | None = None,
                  render_limits: RenderLimits = RenderLimits(),
                  health_rules: Callable[[], health_stage.UserRules] | None = None,
-                 keep_predicted: bool = False) -> None:
+                 keep_predicted: bool = False, helm: str = "helm", charts: ChartCache | None = None,
+                 helm_credentials: Callable[[str, str], RepoCredentials | None] | None = None) -> None:
         """count(command) is called for every apply, dry-run and delete request (metrics).
         policy: namespaced mode (--namespaces): which Applications may deploy into which namespaces;
         cluster-scoped objects are refused. None: cluster mode.
@@ -189,7 +195,10 @@ class Reconciler:
         (another team's private one), or None (credentials.CredentialStore.refusal).
         render_limits: what one render may read and spend (render.RenderLimits).
         health_rules: the users' health rules as they are now (health.RuleSource.current).
-        keep_predicted: keep each dry run's answer, for a diff people read (cli.compute_diff)."""
+        keep_predicted: keep each dry run's answer, for a diff people read (cli.compute_diff).
+        helm: the helm binary charts are rendered with; charts: where charts from Helm repositories
+        are pulled to (None: such apps fail); helm_credentials(repository URL, app namespace): the
+        credentials of a Helm repository Secret (type: helm) Applications there may use."""
         self.client = client
         self.policy = policy
         self.repo_access = repo_access
@@ -204,6 +213,11 @@ class Reconciler:
         self._renders: OrderedDict[tuple, list[Manifest] | RenderError] = OrderedDict()
         self._prepared: OrderedDict[tuple, list[Manifest]] = OrderedDict()
         self._render_lock = threading.Lock()
+        self.helm = helm
+        self.charts = charts
+        self.helm_credentials = helm_credentials
+        self._capabilities: tuple[float, Capabilities] | None = None  # (monotonic time read, value)
+        self._chart_renders: dict[str, ChartRender | None] = {}  # app key → its last render's, for _prepare
 
     # ------------------------------------------------------------------ the reconcile
 
@@ -279,7 +293,7 @@ class Reconciler:
         commit, checkout = fetched.commit, fetched.checkout
         try:
             objects = self._render(checkout, commit, spec.path, hard=hard, recurse=spec.directory_recurse,
-                                   overrides=spec.kustomize)
+                                   overrides=spec.kustomize, chart=self._chart_render(spec, checkout))
             split = plan_stage.plan(objects)
         except RenderError as error:
             raise Refused(Reason.COMPARISON_ERROR, str(error), revision=commit) from None
@@ -463,6 +477,8 @@ class Reconciler:
                 # Transient, as an authentication failure is: the Secret may change (an
                 # administrator grants the namespace) without the Application changing.
                 return SourceError(refused, transient=True)
+            if wanted.chart:
+                return self._fetch_chart(wanted, wanted.refresh if refresh is None else refresh)
             commit = self.git.resolve(wanted.repo_url, wanted.revision,
                                       refresh=wanted.refresh if refresh is None else refresh)
             return Fetched(commit, self.git.checkout(wanted.repo_url, commit),
@@ -482,8 +498,10 @@ class Reconciler:
         if plan_stage.running(state):  # a staged sync goes on at the commit it started with
             revision = ((state.get("operation") or {}).get("sync") or {}).get("revision")
             if revision:
-                return SourceWanted(spec.repo_url, revision, False, spec.namespace)
-        return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh, spec.namespace)
+                return SourceWanted(spec.repo_url, revision, False, spec.namespace, spec.chart,
+                                    spec.helm_options.pass_credentials)
+        return SourceWanted(spec.repo_url, request.sync_revision or spec.target_revision, refresh, spec.namespace,
+                            spec.chart, spec.helm_options.pass_credentials)
 
     @staticmethod
     def _spec(body: Manifest, request: Request) -> AppSpec:
@@ -529,8 +547,8 @@ class Reconciler:
     # ------------------------------------------------------------------ pieces
 
     def _render(self, checkout: Path, commit: str, path: str, *, hard: bool, recurse: bool,
-                overrides: KustomizeOverrides) -> list[Manifest]:
-        key = (str(checkout), commit, path, recurse, overrides)
+                overrides: KustomizeOverrides, chart: ChartRender | None = None) -> list[Manifest]:
+        key = (str(checkout), commit, path, recurse, overrides, chart)
         with self._render_lock:
             if hard:
                 self._renders.pop(key, None)
@@ -538,7 +556,7 @@ class Reconciler:
         if cached is None:
             try:
                 cached = render(checkout, path, kustomize=self.kustomize, recurse=recurse, overrides=overrides,
-                                limits=self.render_limits)
+                                limits=self.render_limits, chart=chart)
             except RenderError as error:
                 cached = error
             with self._render_lock:
@@ -548,11 +566,49 @@ class Reconciler:
             raise cached
         return cached
 
+    def _fetch_chart(self, wanted: SourceWanted, refresh: bool) -> Fetched:
+        """The chart version wanted.revision names, pulled and unpacked (charts.py); its version is
+        the revision, as in Argo CD. Raises SourceError."""
+        if self.charts is None:
+            raise SourceError(f"chart {wanted.chart}: this controller was started without a chart cache")
+        version = self.charts.resolve(wanted.repo_url, wanted.chart, wanted.revision, refresh=refresh)
+        checkout = self.charts.checkout(wanted.repo_url, version, pass_credentials=wanted.pass_credentials)
+        return Fetched(version.version, checkout, version.metadata)
+
+    def _chart_render(self, spec: AppSpec, checkout: Path) -> ChartRender | None:
+        """How helm renders the app's chart, or None when it is no chart (no helm block, no chart,
+        no Chart.yaml at its path: the cluster's capabilities are then not even read)."""
+        declared = spec.helm is not None or bool(spec.chart)
+        if not declared and not (checkout / spec.path / CHART_FILE).is_file():
+            chart = None
+        else:
+            app_namespace = spec.namespace
+            credentials = (None if self.helm_credentials is None else
+                           lambda url: self.helm_credentials(url, app_namespace))
+            chart = ChartRender(spec.helm_options, self.helm, self._cluster_capabilities(), declared, credentials)
+        self._chart_renders[spec.key] = chart  # this pass's _prepare keys by the same
+        return chart
+
+    def _cluster_capabilities(self, ttl: float = 60.0) -> Capabilities:
+        """The cluster's version and served API versions for charts' .Capabilities, read at most
+        once a `ttl`; what was last read (or helm's defaults) while the API server cannot say."""
+        known = self._capabilities
+        if known is not None and time.monotonic() - known[0] < ttl:
+            return known[1]
+        try:
+            capabilities = Capabilities(self.client.server_version(), self.client.served_api_versions())
+        except KubeApiError as error:
+            logger.warning("cannot read the cluster's version and APIs for helm: %s", error)
+            capabilities = known[1] if known is not None else Capabilities()
+        self._capabilities = (time.monotonic(), capabilities)
+        return capabilities
+
     def _prepare(self, objects: list[Manifest], spec: AppSpec, key: tuple) -> list[Manifest]:
         """diff.prepare, remembered per commit, destination and app: a steady app then hands the
         differ the very same target objects every pass, whose content hashes it keeps."""
         # Everything the objects depend on besides the commit: how they were rendered, and where to.
-        full_key = (*key, spec.path, spec.directory_recurse, spec.kustomize, spec.destination_namespace, spec.key)
+        full_key = (*key, spec.path, spec.directory_recurse, spec.kustomize, spec.destination_namespace, spec.key,
+                    self._chart_renders.get(spec.key))
         with self._render_lock:
             cached = self._prepared.get(full_key)
         if cached is None:
@@ -654,7 +710,7 @@ class Reconciler:
             # A staged sync that ran over several passes changed things in each of them.
             revision_metadata = (outcome.status.get("sync") or {}).get("revisionMetadata")
             report.deployed(
-                commit, {"repoURL": redact_url(spec.repo_url), "path": spec.path, "targetRevision": spec.target_revision},
+                commit, {**spec.source_record(), "repoURL": redact_url(spec.repo_url)},
                 now(), changed=bool(changed) or any(e.get("action") in ("created", "configured")
                                                     for e in operation.results),
                 limit=spec.history_limit, details={"initiatedBy": operation.initiated_by,

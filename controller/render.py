@@ -10,16 +10,17 @@ import os
 import posixpath
 import re
 import signal
-import subprocess
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from controller import helm as helm_stage
+from controller.helm import CHART_FILE, ChartRender
 from controller.model import KustomizeOverrides, Manifest, ObjectRef, RenderError
+from controller.process import OUT_OF_MEMORY, run_bounded, with_memory_limit
 
 __all__ = ["KUSTOMIZATION_FILES", "RenderLimits", "load_yaml", "render"]
 
@@ -49,20 +50,30 @@ class RenderLimits:
 
 def render(checkout: Path, path: str, *, kustomize: str | Path = "kustomize", timeout: float = 120.0,
            recurse: bool = False, overrides: KustomizeOverrides | None = None,
-           limits: RenderLimits = RenderLimits()) -> list[Manifest]:
+           limits: RenderLimits = RenderLimits(), chart: ChartRender | None = None) -> list[Manifest]:
     """The objects at `path` (relative to the repo root) in the checked-out tree `checkout`.
 
     A directory with a kustomization is built with `kustomize build` (default load restrictor);
-    any other directory gives every *.yaml, *.yml and *.json file directly in it, by name, and with
-    `recurse` (Argo CD's source.directory.recurse) those of its subdirectories too. `overrides`
-    (Argo CD's source.kustomize) are laid over a kustomization, from a kustomization of their own
-    outside the checkout. `limits` bound what the render may read, hold and spend. Every error is a
-    RenderError naming the file relative to the repository root, and the line if known.
+    with `chart` given, a directory with a Chart.yaml and no kustomization (or any, when the app
+    declares a Helm source) is rendered with `helm template` (helm.py); any other directory gives
+    every *.yaml, *.yml and *.json file directly in it, by name, and with `recurse` (Argo CD's
+    source.directory.recurse) those of its subdirectories too, as Argo CD tells them apart.
+    `overrides` (Argo CD's source.kustomize) are laid over a kustomization, from a kustomization of
+    their own outside the checkout. `limits` bound what the render may read, hold and spend. Every
+    error is a RenderError naming the file relative to the repository root, and the line if known.
     """
     root = Path(checkout).resolve()
     directory = _directory(root, path)
     kustomization = _kustomization_file(directory)
-    if kustomization is not None:
+    if chart is not None and (chart.declared or kustomization is None) and (directory / CHART_FILE).is_file():
+        if overrides:
+            raise RenderError(f"path {path!r} is a Helm chart, so spec.source.kustomize cannot apply: use "
+                              f"spec.source.helm (values, parameters) instead")
+        objects = _helm_template(root, directory, chart, timeout, limits)
+    elif chart is not None and chart.declared:
+        raise RenderError(f"path {path!r} has no {CHART_FILE}, so spec.source.helm cannot apply: point path at the "
+                          f"chart's folder, or remove the helm block from the Application")
+    elif kustomization is not None:
         objects = _kustomize_build(root, directory, kustomization, Path(kustomize), timeout, overrides, limits)
     elif overrides:
         raise RenderError(f"path {path!r} has no kustomization.yaml, so spec.source.kustomize cannot apply: add one "
@@ -377,7 +388,7 @@ def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: P
             (target / "kustomization.yaml").write_text(yaml.safe_dump(overrides.kustomization(resource)))
         home = Path(scratch) / "home"
         home.mkdir()
-        run = _run_bounded(_with_memory_limit(limits.kustomize_memory, [str(binary), "build", str(target)]),
+        run = run_bounded(with_memory_limit(limits.kustomize_memory, [str(binary), "build", str(target)]),
                            cwd=target, env=_kustomize_env(home, limits), timeout=timeout,
                            max_output=limits.total_bytes)
     if run.timed_out:
@@ -386,7 +397,7 @@ def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: P
         raise RenderError(f"kustomize build printed more than the {_size(limits.total_bytes)} limit for one app's "
                           f"manifests: split the app", path=where)
     stderr = run.stderr.decode("utf-8", "replace")
-    if run.returncode != 0 and (_OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
+    if run.returncode != 0 and (OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
         raise RenderError(f"kustomize build ran out of memory: it may use {_size(limits.kustomize_memory)} "
                           f"(--kustomize-memory-limit); a very large input or YAML aliases nested deep is the usual "
                           f"cause", path=where)
@@ -396,19 +407,6 @@ def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: P
         raise _KustomizeError(root, directory, stderr).mapped()
     # Lines in kustomize's output are not lines of any file in the repo: name the kustomization only.
     return [_Located(item.manifest, where, None) for item in _yaml_objects(run.stdout.decode("utf-8", "replace"), where)]
-
-
-# How Go dies when the data segment limit (or the system) gives it no more memory: a fatal error,
-# or, when it fails where it cannot say so, a segmentation fault.
-_OUT_OF_MEMORY = re.compile(r"^fatal error: .*(?:out of memory|cannot allocate memory)|^SIGSEGV", re.M)
-
-
-def _with_memory_limit(data_bytes: int, command: list[str]) -> list[str]:
-    """`command` under a data segment limit, set by a shell between fork and exec: preexec_fn would
-    run Python in a child forked from a threaded process, which may deadlock. RLIMIT_DATA rather
-    than RLIMIT_AS: Go reserves address space far beyond what it uses, and fails to start under
-    some RLIMIT_AS values that leave it plenty."""
-    return ["/bin/sh", "-c", 'ulimit -d "$1" && shift && exec "$@"', "sh", str(data_bytes // 1024), *command]
 
 
 def _kustomize_env(home: Path, limits: RenderLimits) -> dict[str, str]:
@@ -429,64 +427,6 @@ def _kustomize_env(home: Path, limits: RenderLimits) -> dict[str, str]:
         "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null "
                            "-o IdentityAgent=none",
     }
-
-
-@dataclass
-class _Run:
-    returncode: int | None
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool = False
-    output_over: bool = False
-
-
-def _run_bounded(command: list[str], *, cwd: Path, env: dict[str, str], timeout: float, max_output: int) -> _Run:
-    """Run `command`, keeping at most `max_output` bytes of its output and 64 KiB of its errors
-    (Go prints every goroutine's stack when it runs out of memory); killed once it prints more
-    or runs longer than `timeout`."""
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    stdout, stderr = bytearray(), bytearray()
-    over = threading.Event()
-
-    def read(stream, into: bytearray, keep: int, kill_beyond: bool) -> None:
-        received = 0
-        while chunk := stream.read(1 << 16):
-            received += len(chunk)
-            if len(into) < keep:
-                into += chunk[:keep - len(into)]
-            if kill_beyond and received > keep:
-                over.set()
-                _kill_group(process)
-                return
-
-    readers = [threading.Thread(target=read, args=(process.stdout, stdout, max_output, True), daemon=True),
-               threading.Thread(target=read, args=(process.stderr, stderr, 1 << 16, False), daemon=True)]
-    for reader in readers:
-        reader.start()
-    timed_out = False
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(process)
-    finally:
-        if process.returncode is None:  # interrupted: leave no kustomize behind
-            _kill_group(process)
-        process.wait()
-        for reader in readers:
-            reader.join()
-        process.stdout.close()
-        process.stderr.close()
-    return _Run(process.returncode, bytes(stdout), bytes(stderr), timed_out, over.is_set())
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """kustomize and any git it started for a remote base."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _check_kustomization_tree(root: Path, directory: Path, limits: RenderLimits) -> None:
@@ -731,6 +671,37 @@ def _line_matching(path: Path, pattern: str) -> int | None:
         return None
     regex = re.compile(pattern)
     return next((number for number, line in enumerate(lines, 1) if regex.search(line)), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm charts
+
+# helm template prints each object as its own document after a `# Source: <chart>/<template>` line.
+_HELM_DOCUMENT = re.compile(r"^---[ \t]*$", re.M)
+_HELM_SOURCE = re.compile(r"^# Source: (\S.*?)\s*$", re.M)
+
+
+def _helm_template(root: Path, directory: Path, chart: ChartRender, timeout: float,
+                   limits: RenderLimits) -> list[_Located]:
+    """The chart's objects, each named by the template that made it (as a repository path)."""
+    for folder in (directory, *helm_stage.local_dependencies(root, directory)):
+        if not _inside(root, folder):
+            raise RenderError("a file:// dependency of the chart leads outside the repository",
+                              path=_relative(root, directory / CHART_FILE))
+        _check_symlinks(root, folder)  # helm follows links: .Files.Get would read what they lead to
+    text, name = helm_stage.template(root, directory, chart, max_file=limits.file_bytes,
+                                     max_output=limits.total_bytes, memory=limits.kustomize_memory, timeout=timeout)
+    chart_where = _relative(root, directory)
+    objects: list[_Located] = []
+    for document in _HELM_DOCUMENT.split(text):
+        source = _HELM_SOURCE.search(document)
+        where = _relative(root, directory / CHART_FILE)
+        if source and source[1].split("/", 1)[0] == name and "/" in source[1]:
+            template = source[1].split("/", 1)[1]
+            where = template if chart_where == "." else f"{chart_where}/{template}"
+        # Lines of helm's output are not lines of the template: name the template only.
+        objects.extend(_Located(item.manifest, where, None) for item in _yaml_objects(document, where))
+    return objects
 
 
 # ---------------------------------------------------------------------------------------------

@@ -275,3 +275,34 @@ def test_malformed_specs_are_rejected(path: str, value: Any, problem: str) -> No
 
 def test_factor_as_string_is_accepted() -> None:
     assert errors(_set(app(), "spec.syncPolicy.retry.backoff.factor", "2"), SCHEMA) == []
+
+
+# Argo CD's Helm sources as its docs write them (docs/user-guide/helm.md), apiVersion changed only.
+ARGOCD_HELM_APPS = [
+    {"repoURL": "https://charts.example.com", "chart": "sealed-secrets", "targetRevision": "1.16.1",
+     "helm": {"releaseName": "sealed-secrets", "passCredentials": True, "skipCrds": True, "skipTests": True,
+              "skipSchemaValidation": True, "namespace": "kube-system", "kubeVersion": "1.30.0",
+              "apiVersions": ["traefik.io/v1alpha1/TLSOption", "v1/Service"], "version": "v3"}},
+    {"repoURL": "https://github.com/argoproj/argocd-example-apps", "path": "helm-guestbook", "targetRevision": "HEAD",
+     "helm": {"valueFiles": ["values-production.yaml"], "ignoreMissingValueFiles": True,
+              "values": "ingress:\n  enabled: true\n", "valuesObject": {"ingress": {"enabled": True, "path": "/"}},
+              "parameters": [{"name": "service.type", "value": "LoadBalancer"},
+                             {"name": "image.tag", "value": "v5", "forceString": True}],
+              "fileParameters": [{"name": "config", "path": "files/config.json"}]}},
+]
+
+
+@pytest.mark.parametrize("source", ARGOCD_HELM_APPS, ids=["helm repository", "chart in git"])
+def test_argocd_helm_sources_are_accepted(source: dict) -> None:
+    app = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "Application", "metadata": {"name": "a"},
+           "spec": {"source": source, "destination": {"server": "https://kubernetes.default.svc", "namespace": "x"}}}
+    assert errors(app, SCHEMA) == []
+
+
+def test_helm_fields_of_the_wrong_type_are_rejected() -> None:
+    app = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "Application", "metadata": {"name": "a"},
+           "spec": {"source": {"repoURL": "https://g.example/r", "helm": {"valueFiles": "prod.yaml",
+                                                                         "parameters": [{"value": "1"}]}},
+                    "destination": {}}}
+    assert errors(app, SCHEMA) == [".spec.source.helm.valueFiles: must be of type array, not str",
+                                   ".spec.source.helm.parameters[0].name: required"]

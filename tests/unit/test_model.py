@@ -9,6 +9,8 @@ import yaml
 
 from controller.model import (
     AppSpec,
+    HelmParameter,
+    HelmSource,
     IgnoreDifference,
     KustomizeOverrides,
     NamespacePolicy,
@@ -105,10 +107,40 @@ REJECTED = [
      "syncPolicy.retry.limit 'often' is not a number"),
     ("bad history limit", {"source": {"repoURL": REPO}, "revisionHistoryLimit": "ten"},
      "spec.revisionHistoryLimit 'ten' is not a number"),
-    ("helm chart", {"source": {"repoURL": "https://charts.example.com", "chart": "shop", "targetRevision": "1.2.0"}},
-     "spec.source.chart: Gantry does not render Helm charts"),
-    ("helm block", {"source": {"repoURL": REPO, "path": "chart", "helm": {"valueFiles": ["prod.yaml"]}}},
-     "commit the rendered manifests (helm template)"),
+    ("chart from git URL", {"source": {"repoURL": "git@git.example.com:shop/charts.git", "chart": "shop"}},
+     "a chart comes from a Helm repository, an https:// or http:// URL serving index.yaml"),
+    ("chart from OCI", {"source": {"repoURL": "oci://registry.example.com/charts", "chart": "shop"}},
+     "charts from OCI registries are not supported yet"),
+    ("chart name with a path", {"source": {"repoURL": "https://charts.example.com", "chart": "../shop"}},
+     "spec.source.chart '../shop' is not a chart name"),
+    ("helm block not a map", {"source": {"repoURL": REPO, "helm": "prod"}}, "spec.source.helm must be a map"),
+    ("release name", {"source": {"repoURL": REPO, "helm": {"releaseName": "Shop_Web"}}},
+     "spec.source.helm.releaseName 'Shop_Web': Helm release names are lower-case"),
+    ("long release name", {"source": {"repoURL": REPO, "helm": {"releaseName": "a" * 54}}}, "at most 53 characters"),
+    ("value file URL", {"source": {"repoURL": REPO, "helm": {"valueFiles": ["https://example.com/v.yaml"]}}},
+     "spec.source.helm.valueFiles[0] 'https://example.com/v.yaml': Gantry reads values files from the app's own"),
+    ("value file of another source", {"source": {"repoURL": REPO, "helm": {"valueFiles": ["ok.yaml", "$values/a.yaml"]}}},
+     "spec.source.helm.valueFiles[1] '$values/a.yaml'"),
+    ("absolute value file", {"source": {"repoURL": REPO, "helm": {"valueFiles": ["/etc/passwd"]}}},
+     "must be relative to the chart's folder"),
+    ("value files not a list", {"source": {"repoURL": REPO, "helm": {"valueFiles": "prod.yaml"}}},
+     "spec.source.helm.valueFiles must be a list"),
+    ("values not YAML", {"source": {"repoURL": REPO, "helm": {"values": "a: [1"}}}, "spec.source.helm.values is not YAML"),
+    ("values a list", {"source": {"repoURL": REPO, "helm": {"values": "- 1"}}}, "spec.source.helm.values must be a map"),
+    ("valuesObject a list", {"source": {"repoURL": REPO, "helm": {"valuesObject": [1]}}},
+     "spec.source.helm.valuesObject must be a map"),
+    ("parameter without name", {"source": {"repoURL": REPO, "helm": {"parameters": [{"value": "1"}]}}},
+     "spec.source.helm.parameters[0] needs a name"),
+    ("forceString not a bool", {"source": {"repoURL": REPO, "helm": {"parameters": [{"name": "a", "forceString": "yes"}]}}},
+     "spec.source.helm.parameters[0].forceString 'yes' must be true or false"),
+    ("file parameter without path", {"source": {"repoURL": REPO, "helm": {"fileParameters": [{"name": "cfg"}]}}},
+     "spec.source.helm.fileParameters[0] needs a name and a path"),
+    ("file parameter absolute", {"source": {"repoURL": REPO, "helm": {"fileParameters": [{"name": "c", "path": "/etc/x"}]}}},
+     "spec.source.helm.fileParameters[0].path '/etc/x' must be a file of the app's source"),
+    ("skipCrds not a bool", {"source": {"repoURL": REPO, "helm": {"skipCrds": "maybe"}}},
+     "spec.source.helm.skipCrds 'maybe' must be true or false"),
+    ("kubeVersion", {"source": {"repoURL": REPO, "helm": {"kubeVersion": "latest"}}},
+     "spec.source.helm.kubeVersion 'latest' is not a Kubernetes version"),
     ("plugin", {"source": {"repoURL": REPO, "plugin": {"name": "cdk8s"}}}, "spec.source.plugin: Gantry does not"),
 ]
 
@@ -468,3 +500,56 @@ def test_a_grant_that_does_not_fit_is_an_error(grant):
 def test_grants_need_namespaced_mode():
     with pytest.raises(SpecError, match="needs namespaced mode"):
         NamespacePolicy.parse("", ["team-a=gantry/x"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm sources
+
+
+def test_a_chart_from_a_helm_repository():
+    spec = AppSpec.parse("guestbook", "argocd", {
+        "source": {"repoURL": "https://charts.example.com/stable", "chart": "shop", "targetRevision": "^1.2",
+                   "path": "k8s"},  # the CRD's default path: meaningless for a chart
+        "destination": {"namespace": "shop"}})
+    assert (spec.chart, spec.repo_url, spec.target_revision, spec.path) == ("shop", "https://charts.example.com/stable",
+                                                                            "^1.2", "shop")
+    assert spec.helm == HelmSource(release_name="guestbook", namespace="shop")
+    assert spec.source_record() == {"repoURL": "https://charts.example.com/stable", "path": "shop",
+                                    "targetRevision": "^1.2", "chart": "shop",
+                                    "helm": {"releaseName": "guestbook", "namespace": "shop"}}
+
+
+def test_a_helm_block_with_every_field():
+    spec = AppSpec.parse("guestbook", "argocd", {"source": {"repoURL": REPO, "path": "charts/shop", "helm": {
+        "releaseName": "web", "namespace": "other", "valueFiles": ["values-prod.yaml", "../common.yaml"],
+        "ignoreMissingValueFiles": True, "values": "replicaCount: 1\n", "valuesObject": {"replicaCount": 3},
+        "parameters": [{"name": "image.tag", "value": "1.2,3"}, {"name": "port", "value": "80", "forceString": True},
+                       {"name": "enabled", "value": True}],
+        "fileParameters": [{"name": "config", "path": "files/config.json"}],
+        "skipCrds": "true", "skipSchemaValidation": True, "skipTests": True, "kubeVersion": "v1.31.2",
+        "apiVersions": ["monitoring.coreos.com/v1"], "passCredentials": True, "version": "v3"}},
+        "destination": {"namespace": "shop"}})
+    assert spec.helm == HelmSource(
+        release_name="web", namespace="other", value_files=("values-prod.yaml", "../common.yaml"),
+        ignore_missing_value_files=True, values="replicaCount: 3\n",  # valuesObject wins, as in Argo CD
+        parameters=(HelmParameter("image.tag", "1.2,3"), HelmParameter("port", "80", True),
+                    HelmParameter("enabled", "true")),
+        file_parameters=(("config", "files/config.json"),), skip_crds=True, skip_schema_validation=True,
+        skip_tests=True, kube_version="v1.31.2", api_versions=("monitoring.coreos.com/v1",), pass_credentials=True)
+    assert spec.unsupported == ()  # `version` (Helm 2 or 3) is accepted
+    # What history records is what parses back to the same settings (a rollback renders as then).
+    again = AppSpec.parse("guestbook", "argocd", {"source": {"repoURL": REPO, "path": "charts/shop",
+                                                             "helm": spec.helm.block()}})
+    assert again.helm == spec.helm
+
+
+def test_without_a_helm_block_a_chart_in_git_renders_with_the_defaults():
+    spec = AppSpec.parse("guestbook", "argocd", {"source": {"repoURL": REPO, "path": "chart"},
+                                                 "destination": {"namespace": "shop"}})
+    assert spec.helm is None and spec.chart == ""
+    assert spec.helm_options == HelmSource(release_name="guestbook", namespace="shop")
+
+
+def test_unknown_helm_fields_are_said_not_dropped():
+    spec = AppSpec.parse("guestbook", "argocd", {"source": {"repoURL": REPO, "helm": {"valueFile": ["a.yaml"]}}})
+    assert spec.unsupported == ("spec.source.helm.valueFile",)

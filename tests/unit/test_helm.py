@@ -1,0 +1,346 @@
+"""controller/helm.py and the chart side of render.py: the helm command line built as Argo CD builds
+it, the versions a chart's targetRevision picks (charts.py), and charts rendered by the real,
+pinned helm binary (no cluster): values in order, the files helm may read, errors naming file:line.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from helmrepo import HelmRepo
+
+from controller.charts import ChartCache, ChartVersion, pick_version
+from controller.credentials import select
+from controller.helm import Capabilities, ChartRender, template_command
+from controller.model import HelmParameter, HelmSource, RenderError, SourceError
+from controller.render import render
+from controller.source import RepoCredentials
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_template_command_as_argo_cd_builds_it():
+    options = HelmSource(
+        release_name="web", namespace="shop", value_files=("values-prod.yaml",), values="a: 1\n",
+        parameters=(HelmParameter("image.tag", "1.2"), HelmParameter("hosts", "a.example,b.example"),
+                    HelmParameter("list", "{a,b}"), HelmParameter("port", "80", force_string=True)),
+        skip_tests=True, skip_schema_validation=True)
+    command = template_command("/bin/helm", Path("/src/chart"), options,
+                               Capabilities("v1.36.3", ("apps/v1", "apps/v1/Deployment", "v1")),
+                               [Path("/src/chart/values-prod.yaml")], Path("/tmp/inline.yaml"),
+                               [("config", Path("/src/chart/files/c.json"))])
+    assert command == [
+        "/bin/helm", "template", "web", "/src/chart", "--namespace", "shop", "--include-crds", "--skip-tests",
+        "--skip-schema-validation", "--kube-version", "v1.36.3",
+        "--api-versions", "apps/v1", "--api-versions", "apps/v1/Deployment", "--api-versions", "v1",
+        # value files first, then the inline values, then the parameters: each wins over the one before
+        "--values", "/src/chart/values-prod.yaml", "--values", "/tmp/inline.yaml",
+        "--set", "image.tag=1.2", "--set", "hosts=a.example\\,b.example", "--set", "list={a,b}",
+        "--set-string", "port=80", "--set-file", "config=/src/chart/files/c.json"]
+
+
+def test_the_apps_own_kube_and_api_versions_replace_the_clusters_and_skip_crds_drops_them():
+    options = HelmSource(release_name="web", namespace="shop", skip_crds=True, kube_version="1.29",
+                         api_versions=("monitoring.coreos.com/v1",))
+    command = template_command("helm", Path("c"), options, Capabilities("v1.36.3", ("apps/v1",)), [], None, [])
+    assert command == ["helm", "template", "web", "c", "--namespace", "shop", "--skip-crds", "--kube-version", "1.29",
+                       "--api-versions", "monitoring.coreos.com/v1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions
+
+ENTRIES = [{"version": v} for v in ("0.9.0", "1.0.0", "1.2.0", "1.2.5", "1.3.0-rc.1", "1.10.1", "2.0.0", "2.1.0-beta")]
+
+
+@pytest.mark.parametrize("constraint,picked", [
+    ("1.2.0", "1.2.0"),
+    ("=1.2.0", "1.2.0"),
+    ("v1.2.0", "1.2.0"),
+    ("HEAD", "2.0.0"),  # the CRD's default targetRevision: the newest release
+    ("*", "2.0.0"),
+    ("", "2.0.0"),
+    ("^1.2", "1.10.1"),
+    ("^1.2.3", "1.10.1"),
+    ("^0.9", "0.9.0"),
+    ("~1.2", "1.2.5"),
+    ("~1.2.1", "1.2.5"),
+    ("1.2.x", "1.2.5"),
+    ("1.x", "1.10.1"),
+    ("1", "1.10.1"),
+    (">=1.0 <1.3", "1.2.5"),
+    (">=1.0, <1.3", "1.2.5"),
+    ("1.0 - 1.2", "1.2.5"),
+    (">1.2", "2.0.0"),
+    ("<=1.2", "1.2.5"),
+    ("<1.2", "1.0.0"),
+    ("!=2.0.0", "1.10.1"),
+    (">=3 || ~1.0", "1.0.0"),
+    (">=1.3.0-0 <1.4", "1.3.0-rc.1"),  # prereleases only when the constraint names one
+    ("~1.3", None),
+    ("^3", None),
+    ("3.0.0", None),
+    ("not a range", None),
+])
+def test_the_version_a_constraint_picks(constraint, picked):
+    entry = pick_version(ENTRIES, constraint)
+    assert (entry["version"] if entry else None) == picked
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials: a repository uses the Secrets of its own kind only
+
+
+def _secret(url: str, kind: str | None, password: str) -> dict:
+    data = {"url": url, "username": "u", "password": password, **({"type": kind} if kind else {})}
+    return {"metadata": {"name": password}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def test_helm_repositories_use_helm_secrets_and_git_the_others():
+    secrets = [_secret("https://charts.example.com", "helm", "helm-pw"),
+               _secret("https://charts.example.com", None, "git-pw"),
+               _secret("https://git.example.com/", "git", "git2-pw")]
+    assert select(secrets, "https://charts.example.com", "helm").password == "helm-pw"
+    assert select(secrets, "https://charts.example.com").password == "git-pw"
+    assert select(secrets, "https://git.example.com/shop.git").password == "git2-pw"
+    assert select(secrets, "https://git.example.com/shop.git", "helm") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering with the real helm
+
+CHART = {
+    "Chart.yaml": "apiVersion: v2\nname: shop\nversion: 0.1.0\n",
+    "values.yaml": "replicas: 1\ncolor: red\nport: 80\ngreeting: hello\n",
+    "values-prod.yaml": "replicas: 3\ncolor: blue\n",
+    "templates/configmap.yaml": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\n"
+        "  namespace: {{ .Release.Namespace }}\ndata:\n  replicas: {{ .Values.replicas | quote }}\n"
+        "  color: {{ .Values.color | quote }}\n  port: {{ .Values.port | quote }}\n"
+        "  greeting: {{ .Values.greeting | quote }}\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+        "  monitoring: {{ .Capabilities.APIVersions.Has \"monitoring.coreos.com/v1\" | quote }}\n"
+        "  {{- with .Values.config }}\n  config: {{ . | quote }}\n  {{- end }}\n"),
+    "templates/job.yaml": (
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations:\n"
+        "    helm.sh/hook: pre-install,pre-upgrade\n    helm.sh/hook-weight: \"-1\"\nspec:\n  template:\n"
+        "    spec:\n      restartPolicy: Never\n      containers: [{name: m, image: busybox}]\n"),
+    "crds/widget.yaml": (
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n"
+        "  name: widgets.example.com\nspec:\n  group: example.com\n  names: {kind: Widget, plural: widgets}\n"
+        "  scope: Namespaced\n  versions: [{name: v1, served: true, storage: true, schema: {openAPIV3Schema: "
+        "{type: object}}}]\n"),
+    "files/config.json": "{\"debug\": true}\n",
+}
+
+
+def write(root: Path, files: dict[str, str], under: str = "charts/shop") -> Path:
+    for name, text in files.items():
+        path = root / under / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def chart_render(helm: Path, **options) -> ChartRender:
+    return ChartRender(HelmSource(**{"release_name": "web", "namespace": "shop", **options}), str(helm),
+                       Capabilities("v1.36.3", ("v1", "apps/v1", "monitoring.coreos.com/v1")), declared=True)
+
+
+def settings(objects: list[dict]) -> dict:
+    return next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+
+
+def test_values_files_inline_values_and_parameters_in_argo_cds_order(tmp_path, helm):
+    root = write(tmp_path, CHART)
+    objects = render(root, "charts/shop", chart=chart_render(
+        helm, value_files=("values-prod.yaml",), values="color: green\nport: 81\n",
+        parameters=(HelmParameter("port", "8080", force_string=True), HelmParameter("greeting", "hi, there")),
+        file_parameters=(("config", "files/config.json"),)))
+    assert settings(objects) == {"replicas": "3", "color": "green", "port": "8080", "greeting": "hi, there",
+                                 "kube": "v1.36.3", "monitoring": "true", "config": "{\"debug\": true}\n"}
+    configmap = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert configmap["metadata"] == {"name": "web-settings", "namespace": "shop"}
+    # The chart's CRDs are rendered (they go first, as any CRD), and hooks keep their annotations
+    # for the planner, which maps pre-install to PreSync.
+    assert [o["kind"] for o in objects if o["kind"] != "ConfigMap"] == ["CustomResourceDefinition", "Job"]
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
+def test_skip_crds(tmp_path, helm):
+    objects = render(write(tmp_path, CHART), "charts/shop", chart=chart_render(helm, skip_crds=True))
+    assert "CustomResourceDefinition" not in [o["kind"] for o in objects]
+
+
+def test_a_folder_with_a_chart_is_rendered_by_helm_without_a_helm_block(tmp_path, helm, kustomize):
+    root = write(tmp_path, CHART)
+    chart = ChartRender(HelmSource(release_name="web", namespace="shop"), str(helm))
+    assert settings(render(root, "charts/shop", chart=chart))["replicas"] == "1"
+    # A kustomization beside it wins, as in Argo CD, unless the app declares a Helm source.
+    write(root, {"kustomization.yaml": "resources: [cm.yaml]\n",
+                 "cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-kustomize}\n"})
+    assert [o["metadata"]["name"] for o in render(root, "charts/shop", kustomize=kustomize, chart=chart)] == [
+        "from-kustomize"]
+    assert settings(render(root, "charts/shop", chart=chart_render(helm)))["replicas"] == "1"
+
+
+def test_a_missing_values_file_fails_naming_it_unless_missing_ones_are_ignored(tmp_path, helm):
+    root = write(tmp_path, CHART)
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm, value_files=("values-staging.yaml",)))
+    assert str(caught.value).startswith("charts/shop/values-staging.yaml: values file charts/shop/values-staging.yaml "
+                                        "(spec.source.helm.valueFiles 'values-staging.yaml') does not exist")
+    objects = render(root, "charts/shop", chart=chart_render(helm, value_files=("values-staging.yaml", "values-prod.yaml"),
+                                                             ignore_missing_value_files=True))
+    assert settings(objects)["replicas"] == "3"
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"value_files": ("../../../outside.yaml",)}, "spec.source.helm.valueFiles '../../../outside.yaml' leads outside"),
+    ({"value_files": ("linked.yaml",)}, "charts/shop/linked.yaml: is a symlink that leads outside the repository"),
+    ({"file_parameters": (("x", "../../../outside.yaml"),)}, "spec.source.helm.fileParameters x: '../../../outside.yaml'"),
+])
+def test_nothing_outside_the_checkout_is_read(tmp_path, helm, options, message):
+    (tmp_path / "outside.yaml").write_text("color: stolen\n")
+    root = write(tmp_path / "repo", CHART)
+    if "linked.yaml" in options.get("value_files", ()):
+        (root / "charts/shop/linked.yaml").symlink_to(tmp_path / "outside.yaml")
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm, **options))
+    assert message in str(caught.value)
+
+
+def test_a_symlink_in_the_chart_out_of_the_checkout_is_refused(tmp_path, helm):
+    (tmp_path / "secret.txt").write_text("s3cr3t")
+    root = write(tmp_path / "repo", {**CHART, "templates/leak.yaml":
+                                     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: leak}\n"
+                                     "data: {x: {{ .Files.Get \"files/secret.txt\" | quote }}}\n"})
+    (root / "charts/shop/files/secret.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm))
+    assert str(caught.value) == "charts/shop/files/secret.txt: is a symlink that leads outside the repository"
+
+
+@pytest.mark.parametrize("template,where,message", [
+    ("replicas: {{ .Values.nothing.deeper }}", "charts/shop/templates/broken.yaml:4",
+     "nil pointer evaluating interface {}.deeper"),
+    ("replicas: {{ required \"replicas is required\" .Values.nothing }}", "charts/shop/templates/broken.yaml:4",
+     "replicas is required"),
+    ("name: {{ .Release.Name }", "charts/shop/templates/broken.yaml:4", "unexpected \"}\" in operand"),
+    ("replicas: : 1", "charts/shop/templates/broken.yaml", "mapping values are not allowed in this context"),
+])
+def test_template_errors_name_the_template_and_line_in_the_repository(tmp_path, helm, template, where, message):
+    root = write(tmp_path, {**CHART, "templates/broken.yaml":
+                            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  {template}\n"})
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm))
+    text = str(caught.value)
+    assert text.startswith(f"{where}: helm template failed: ") and message in text, text
+    assert str(tmp_path) not in text
+
+
+def test_an_object_without_a_name_is_named_by_its_template(tmp_path, helm):
+    root = write(tmp_path, {**CHART, "templates/nameless.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"})
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm))
+    assert str(caught.value).startswith("charts/shop/templates/nameless.yaml: object has no metadata.name")
+
+
+def test_a_declared_helm_source_needs_a_chart(tmp_path, helm):
+    (tmp_path / "k8s").mkdir()
+    with pytest.raises(RenderError) as caught:
+        render(tmp_path, "k8s", chart=chart_render(helm))
+    assert "path 'k8s' has no Chart.yaml, so spec.source.helm cannot apply" in str(caught.value)
+
+
+def test_vendored_and_local_dependencies(tmp_path, helm):
+    sub = {"Chart.yaml": "apiVersion: v2\nname: cache\nversion: 1.0.0\n", "values.yaml": "size: 1\n",
+           "templates/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ .Release.Name }}-cache}\n"
+                                "data: {size: {{ .Values.size | quote }}}\n"}
+    # Vendored in charts/: used as it is, helm is never asked to fetch.
+    root = write(tmp_path / "vendored", {**CHART, "Chart.yaml": CHART["Chart.yaml"] + (
+        "dependencies:\n- name: cache\n  version: 1.0.0\n  repository: https://charts.invalid/\n")})
+    write(root, sub, "charts/shop/charts/cache")
+    names = {o["metadata"]["name"] for o in render(root, "charts/shop", chart=chart_render(helm))}
+    assert {"web-settings", "web-cache"} <= names
+    # A file:// dependency of the same repository: built by `helm dependency build` in a copy of
+    # the checkout, which stays as it was.
+    root = write(tmp_path / "local", {**CHART, "Chart.yaml": CHART["Chart.yaml"] + (
+        "dependencies:\n- name: cache\n  version: 1.0.0\n  repository: file://../cache\n")})
+    write(root, sub, "charts/cache")
+    objects = render(root, "charts/shop", chart=chart_render(helm, values="cache:\n  size: 5\n"))
+    assert next(o for o in objects if o["metadata"]["name"] == "web-cache")["data"] == {"size": "5"}
+    assert not (root / "charts/shop/charts").exists()
+    # One that leads out of the checkout is refused before helm runs.
+    (root / "charts/shop/Chart.yaml").write_text(CHART["Chart.yaml"] + (
+        "dependencies:\n- name: cache\n  version: 1.0.0\n  repository: file://../../../elsewhere\n"))
+    with pytest.raises(RenderError) as caught:
+        render(root, "charts/shop", chart=chart_render(helm))
+    assert "charts/shop/Chart.yaml: a file:// dependency of the chart leads outside the repository" == str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts from a Helm repository (served on loopback, packaged and indexed by the real helm)
+
+SHOP_V1 = {**CHART, "Chart.yaml": "apiVersion: v2\nname: shop\nversion: 1.0.0\n"}
+SHOP_V2 = {**CHART, "Chart.yaml": "apiVersion: v2\nname: shop\nversion: 1.1.0\n", "values.yaml": "replicas: 2\n"}
+
+
+def test_a_chart_is_resolved_pulled_unpacked_once_and_rendered(tmp_path, helm):
+    with HelmRepo(tmp_path / "served", helm) as served:
+        served.publish(SHOP_V1)
+        cache = ChartCache(tmp_path / "cache", helm=str(helm), min_fetch_interval=60)
+        version = cache.resolve(served.url, "shop", "^1")
+        assert (version.name, version.version, len(version.digest)) == ("shop", "1.0.0", 64)
+        folder = cache.checkout(served.url, version)
+        assert settings(render(folder, "shop", chart=chart_render(helm)))["replicas"] == "1"
+        assert cache.checkout(served.url, version) == folder  # pulled once
+        served.publish(SHOP_V2)
+        assert cache.resolve(served.url, "shop", "^1").version == "1.0.0"  # the index is read once a poll
+        version = cache.resolve(served.url, "shop", "^1", refresh=True)
+        assert version.version == "1.1.0"
+        assert settings(render(cache.checkout(served.url, version), "shop", chart=chart_render(helm)))["replicas"] == "2"
+        assert [path for path, _ in served.requests if path.endswith(".tgz")] == ["/charts/shop-1.0.0.tgz",
+                                                                                "/charts/shop-1.1.0.tgz"]
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(served.url, "shop", "2.0.0")
+        assert str(caught.value) == f"chart shop version '2.0.0' not found in {served.url}: it has 1.1.0, 1.0.0"
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(served.url, "cart", "1.0.0")
+        assert str(caught.value) == f"chart 'cart' not found in the Helm repository {served.url}"
+
+
+def test_a_private_repository_with_basic_auth(tmp_path, helm):
+    with HelmRepo(tmp_path / "served", helm, username="deploy", password="s3cr3t-pw") as served:
+        served.publish(SHOP_V1)
+        given: dict[str, RepoCredentials | None] = {"creds": RepoCredentials(username="deploy", password="s3cr3t-pw")}
+        cache = ChartCache(tmp_path / "cache", helm=str(helm), credentials=lambda url: given["creds"])
+        folder = cache.checkout(served.url, cache.resolve(served.url, "shop", "1.0.0"))
+        assert (folder / "shop" / "Chart.yaml").is_file()
+        for wrong in (RepoCredentials(username="deploy", password="wrong"), None):
+            given["creds"] = wrong
+            with pytest.raises(SourceError) as caught:
+                cache.resolve(served.url, "shop", "1.0.0", refresh=True)
+            assert str(caught.value) == f"authentication failed for {served.url}" and caught.value.transient
+        # helm pull itself is refused too (a chart served by a host that checks only downloads).
+        given["creds"] = RepoCredentials(username="deploy", password="wrong")
+        version = ChartVersion("shop", "1.1.0", "", {"name": "shop", "version": "1.1.0", "apiVersion": "v2",
+                                                      "urls": ["shop-1.0.0.tgz"]})
+        with pytest.raises(SourceError) as caught:
+            cache.checkout(served.url, version)
+        assert str(caught.value) == f"authentication failed for {served.url}"
+        assert "s3cr3t" not in str(caught.value) and "wrong" not in str(caught.value)
+
+
+def test_a_chart_that_is_not_what_the_index_says_is_refused(tmp_path, helm):
+    with HelmRepo(tmp_path / "served", helm) as served:
+        archive = served.publish(SHOP_V1)
+        cache = ChartCache(tmp_path / "cache", helm=str(helm))
+        version = cache.resolve(served.url, "shop", "1.0.0")
+        archive.write_bytes(archive.read_bytes() + b"\0")  # republished in place, index not updated
+        with pytest.raises(SourceError) as caught:
+            cache.checkout(served.url, version)
+        assert "does not match the digest its index gives" in str(caught.value)
