@@ -177,7 +177,7 @@ class OperationRunner:
                 detail = (result.message if result else "") or status.value.lower()
                 waiting = f"{ref.kind} {ref.name} ({detail})"
         for entry in self._hook_entries(step, operation):
-            phase, message = self._hook_progress(entry)
+            phase, message = self.hook_progress(entry)
             if phase == FAILED:
                 return StepOutcome(False, failed=f"{entry['kind']} {entry['name']} ({step.phase.value} hook, "
                                                  f"wave {step.wave}) failed: {message}")
@@ -262,14 +262,12 @@ class OperationRunner:
         if gone and (task.manifest.get("metadata") or {}).get("name"):
             self.syncer.wait_deleted(gone, timeout=30.0)  # the same name cannot be created until then
 
-    def _hook_progress(self, entry: dict) -> tuple[str, str]:
+    def hook_progress(self, entry: dict) -> tuple[str, str]:
         """(Running | Succeeded | Failed, message) of a hook created earlier, read now; a finished
         hook's delete policy is carried out and its entry updated."""
         if entry.get("hookPhase") in (SUCCEEDED, FAILED):
             return entry["hookPhase"], entry.get("message", "")
-        api_version = f"{entry['group']}/{entry['version']}" if entry.get("group") else entry.get("version", "v1")
-        target = {"apiVersion": api_version, "kind": entry["kind"],
-                  "metadata": {"name": entry["name"], **({"namespace": entry["namespace"]} if entry["namespace"] else {})}}
+        target = hook_target(entry)
         try:
             live = self.live.get(target)
         except (KubeApiError, UnservedApiError) as error:
@@ -279,10 +277,11 @@ class OperationRunner:
             entry.update(hookPhase=phase, message=message)
             policy = DeletePolicy.HOOK_SUCCEEDED if phase == SUCCEEDED else DeletePolicy.HOOK_FAILED
             if policy.value in entry.get("deletePolicies", ()) and live is not None:
-                self._delete_hook(target)
+                self.delete_hook(target)
         return phase, message
 
-    def _delete_hook(self, target: Manifest) -> None:
+    def delete_hook(self, target: Manifest) -> None:
+        """Delete a hook (its Pods in the background); a failure is logged, not raised."""
         try:
             resource = self.client.resource_of(target)
             self.client.request("DELETE", resource.object_path(target["metadata"]["name"],
@@ -290,6 +289,14 @@ class OperationRunner:
                                 body={"propagationPolicy": "Background"})
         except (KubeApiError, UnservedApiError) as error:
             logger.warning("could not delete hook %s %s: %s", target["kind"], target["metadata"]["name"], error)
+
+
+def hook_target(entry: dict) -> Manifest:
+    """The identity of the hook a result entry (create_hook's) names, as a manifest to look it up by."""
+    api_version = f"{entry['group']}/{entry['version']}" if entry.get("group") else entry.get("version", "v1")
+    namespace = entry.get("namespace")
+    return {"apiVersion": api_version, "kind": entry["kind"],
+            "metadata": {"name": entry["name"], **({"namespace": namespace} if namespace else {})}}
 
 
 def hook_phase(live: Manifest | None, context: health_stage.HealthContext | None = None) -> tuple[str, str]:

@@ -97,6 +97,7 @@ class AppWorker:
     # The status this controller last wrote: we are its only writer, and the watch event carrying
     # it may not have arrived when the next pass starts, so this, not the event, is the truth.
     status: dict | None = None
+    finalized: bool = False  # the app is being deleted and its resources finalizer is gone
 
 
 class Scheduler:
@@ -261,8 +262,18 @@ class Scheduler:
             self._pass_started()
             try:
                 if body["metadata"].get("deletionTimestamp"):
-                    await self.loop.run_in_executor(self.pool, self._finalize, body)
-                    delay = 5.0  # until the DELETED event cancels this task
+                    # Once the finalizer is gone, the watch may still send the app with it: nothing
+                    # is left to do but wait for the DELETED event, which cancels this task.
+                    outcome = None if worker.finalized else await self.loop.run_in_executor(
+                        self.pool, self._finalize, body)
+                    delay = 5.0
+                    if outcome is not None:
+                        worker.status = outcome.status
+                        worker.body = without_served_requests(worker.body, body, outcome)
+                        worker.finalized = outcome.finalized
+                        if outcome.requeue_after is not None:  # PreDelete hooks run, or one failed
+                            delay = progress_check_delay(outcome.requeue_after, worker.progress_checks)
+                            worker.progress_checks += 1
                 else:
                     started = time.monotonic()
                     source = await self._fetch(body, fetch_git)
@@ -414,12 +425,23 @@ class Scheduler:
         except KubeApiError as patch_error:
             logger.warning("could not report the error on %s: %s", body["metadata"]["name"], patch_error)
 
-    def _finalize(self, body: Manifest) -> None:
+    def _finalize(self, body: Manifest) -> Outcome | None:
+        """One pass of an Application's cascade delete (Reconciler.finalize): its status while
+        PreDelete hooks run, the events, and the finalizer dropped once its resources are gone."""
         metadata = body["metadata"]
         finalizers = metadata.get("finalizers") or []
         if not any(f in finalizers for f in RESOURCE_FINALIZERS):
-            return
-        results = self.reconciler.finalize(body)
+            return None
+        outcome = self.reconciler.finalize(body)
+        latest = self._write_status(body, outcome) or body
+        if outcome.consumed_refresh:
+            latest = self.client.request("PATCH", _app_path(metadata), content_type="application/merge-patch+json",
+                                         body={"metadata": {"annotations": {REFRESH_ANNOTATION: None}}})
+        for event in outcome.events:
+            post_event(self.client, body, event)
+        results = outcome.deleted
+        if not outcome.finalized and not results:
+            return outcome  # PreDelete hooks run, or one failed: the status says which
         logger.info("finalizing %s/%s: %s", metadata["namespace"], metadata["name"],
                     ", ".join(f"{r.ref} {r.action.value}{' (' + r.message + ')' if r.message else ''}" for r in results)
                     or "nothing to delete")
@@ -430,11 +452,26 @@ class Scheduler:
         if failed:
             post_event(self.client, body, Event("Warning", Reason.DELETE_FAILED,
                                                 "; ".join(f"{r.ref}: {r.message}" for r in failed)))
-            return
-        remaining = [f for f in finalizers if f not in RESOURCE_FINALIZERS]
-        self.client.request("PATCH", _app_path(metadata),
-                            body={"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}},
-                            content_type="application/merge-patch+json")
+            return outcome
+        self._drop_resources_finalizer(latest)
+        return outcome
+
+    def _drop_resources_finalizer(self, app: Manifest) -> None:
+        """Remove the resources finalizer, on the condition that the finalizers are still those of
+        `app` (a merge patch replaces the whole list); read again once if our own writes of this
+        deletion (its status) made `app` outdated."""
+        for attempt in range(2):
+            metadata = app["metadata"]
+            remaining = [f for f in metadata.get("finalizers") or [] if f not in RESOURCE_FINALIZERS]
+            try:
+                self.client.request("PATCH", _app_path(metadata), content_type="application/merge-patch+json",
+                                    body={"metadata": {"finalizers": remaining,
+                                                       "resourceVersion": metadata["resourceVersion"]}})
+                return
+            except KubeApiError as error:
+                if error.status != 409 or attempt:
+                    raise
+            app = self.client.request("GET", _app_path(metadata))
 
 
 def terminating(body: Manifest, status: dict | None) -> bool:

@@ -6,8 +6,8 @@ app diff` and the UI ask the same planner, so what they show is what the control
 
 Ordering rules (written here once; Argo CD's, unless said otherwise):
 1. Phases go PreSync → Sync → PostSync. SyncFail runs only when one of them failed. PreDelete
-   hooks are planned (Plan.pre_delete) for the deletion of an Application with the resources
-   finalizer, before its resources go; the reconcile does not run them yet.
+   hooks (Plan.pre_delete) run when an Application with the resources finalizer is deleted,
+   before its resources go (deletion_step below says how, pass by pass).
 2. Within a phase, objects go in waves: `argocd.argoproj.io/sync-wave` or `gantry.dev/sync-wave`
    (an integer, default 0, negative allowed; Argo CD's wins when both are set), else
    `helm.sh/hook-weight`, which Argo CD reads as a sync wave on any object. A wave that is not an
@@ -405,3 +405,73 @@ def hook_name_taken(task: Task, names: Sequence[str]) -> list[str]:
     prefix = (metadata.get("generateName") or "")[:_GENERATED_PREFIX_MAX]
     return [n for n in names if prefix and n.startswith(prefix)
             and _GENERATED_SUFFIX.fullmatch(n[len(prefix):])]
+
+
+# --------------------------------------------------------------------------------------------
+# Deleting an Application: its PreDelete hooks, then its resources
+#
+# A sync records in the status which PreDelete hooks its revision has (status.preDeleteHooks); an
+# app without any is deleted at once, as before hooks existed, with no render. Otherwise the
+# deletion renders that revision (what runs), creates every PreDelete hook at once (no waves, as in
+# Argo CD) and comes back pass after pass until they all completed; only then are the resources
+# deleted, and the hooks with them whatever their delete policy (nothing else would ever delete
+# them: hooks are not in the inventory; Argo CD cleans them up too). A failed hook keeps the app
+# and its resources, and keeps itself for its logs, until it is deleted (it then runs again, from
+# the same revision) or the app is refreshed (git is read again: the hook fixed, or removed, in git).
+# A failure to read git or render is tried again at every pass; removing the finalizer by hand
+# deletes the app and leaves its resources, as Argo CD's docs say.
+
+
+class DeletionAction(StrEnum):
+    DELETE = "delete"  # no PreDelete hook to run (any more): delete the resources
+    RUN = "run"  # render a revision and create its PreDelete hooks
+    WAIT = "wait"  # hooks still running: look again at the next pass
+    BLOCKED = "blocked"  # a hook failed: the app stays until it is deleted or the app refreshed
+
+
+@dataclass(frozen=True)
+class DeletionStep:
+    """What one pass over an Application being deleted does."""
+
+    action: DeletionAction
+    revision: str | None = None  # RUN: the commit to render; None: spec.source.targetRevision
+    source: Mapping | None = None  # RUN: the source that revision was synced from (a rollback's), if not spec's
+    refresh: bool = False  # RUN: read git now
+    message: str = ""  # WAIT, BLOCKED: what the app waits for, or why it is stuck
+
+
+def _hook_name(entry: Mapping) -> str:
+    return f"{entry.get('kind')}/{entry.get('name')}"
+
+
+def deletion_step(recorded: Mapping | None, state: Mapping | None, *, refreshed: bool = False,
+                  gone: Iterable[str] = ()) -> DeletionStep:
+    """recorded: status.preDeleteHooks (None: the revision last synced has no PreDelete hooks);
+    state: status.deletion, what earlier passes of this deletion did, its hooks' entries read now
+    (operation.py's result entries, hookPhase Running | Succeeded | Failed); refreshed: the app was
+    refreshed; gone: `Kind/name` of failed hooks that no longer exist."""
+    if not state:
+        if not recorded:
+            return DeletionStep(DeletionAction.DELETE)
+        return DeletionStep(DeletionAction.RUN, recorded.get("revision"), recorded.get("source"))
+    if state.get("phase") == "Succeeded":
+        return DeletionStep(DeletionAction.DELETE)  # its hooks completed; an earlier delete failed
+    hooks = list(state.get("hooks") or ())
+    failed = [h for h in hooks if h.get("hookPhase") == "Failed"]
+    if refreshed and (failed or state.get("phase") == "Failed"):
+        return DeletionStep(DeletionAction.RUN, refresh=True)
+    if state.get("phase") == "Failed" and not failed:  # git or the render failed: try again
+        return DeletionStep(DeletionAction.RUN, state.get("revision"), state.get("source"))
+    if failed:
+        gone = set(gone)
+        # Created, failed and deleted by someone (not by its HookFailed policy): run it again.
+        if any(_hook_name(h) in gone and h.get("action") == "created"
+               and DeletePolicy.HOOK_FAILED.value not in (h.get("deletePolicies") or ()) for h in failed):
+            return DeletionStep(DeletionAction.RUN, state.get("revision"), state.get("source"))
+        return DeletionStep(DeletionAction.BLOCKED, message="; ".join(
+            f"PreDelete hook {_hook_name(h)} failed: {h.get('message') or 'no message'}" for h in failed))
+    running = [h for h in hooks if h.get("hookPhase") != "Succeeded"]
+    if running:
+        return DeletionStep(DeletionAction.WAIT, message=f"deleting: waiting for PreDelete hook {_hook_name(running[0])} "
+                                                         f"({running[0].get('message') or 'running'})")
+    return DeletionStep(DeletionAction.DELETE)

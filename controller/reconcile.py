@@ -43,7 +43,7 @@ from .model import (
     SyncOptions,
     SyncStatus,
 )
-from .operation import Operation, OperationRunner, Work
+from .operation import Operation, OperationRunner, Work, hook_target
 from .charts import ChartCache
 from .helm import CHART_FILE, Capabilities, ChartRender
 from .render import RenderLimits, load_yaml, render
@@ -73,6 +73,10 @@ class Outcome:
     consumed_operation: bool = False
     sync_phase: str | None = None  # Succeeded | Failed when this pass ran a sync
     report: Report | None = None  # the writer of `status` and `events` (status.Report)
+    # A pass over an app being deleted (Reconciler.finalize): what it deleted, and whether all of
+    # it is gone, so that the resources finalizer may go.
+    deleted: list[ResourceResult] = field(default_factory=list)
+    finalized: bool = False
 
 
 class Refused(Exception):
@@ -290,6 +294,16 @@ class Reconciler:
         """What git wants of the cluster at `fetched`, checked by every guard that needs no dry
         run and prepared for the differ; raises Refused. The controller, `gantry app diff` and
         the web UI's diff all start here."""
+        objects, hooks = self.rendered(spec, fetched, hard=hard)
+        self._check_size(spec, fetched.commit, objects, previous_entries, auto_sync=auto_sync)
+        desired = self._targets(spec, fetched, objects, previous_entries)
+        desired.hooks = hooks
+        return desired
+
+    def rendered(self, spec: AppSpec, fetched: Fetched, *, hard: bool = False) -> tuple[list[Manifest], list[Manifest]]:
+        """The render at `fetched` split into desired state (as rendered) and hooks (prepared),
+        checked by the guards of the whole commit (annotations, namespaced mode, served hook
+        kinds); raises Refused. desired() and the deletion of an app (its PreDelete hooks) start here."""
         commit, checkout = fetched.commit, fetched.checkout
         try:
             objects = self._render(checkout, commit, spec.path, hard=hard, recurse=spec.directory_recurse,
@@ -301,14 +315,11 @@ class Reconciler:
             raise self._refusal(checkout, spec, commit, [ApplyFailure(error.ref, error.message)]) from None
         objects = list(split.resources)
         hooks = list({id(t.manifest): t.manifest for t in split.hooks}.values())
-        self._check_size(spec, commit, objects, previous_entries, auto_sync=auto_sync)
         # Namespaced mode refuses the whole commit before anything is applied, like any broken commit.
         for failures in (self._not_permitted([*objects, *hooks], spec), self._unserved(hooks)):
             if failures:
                 raise self._refusal(checkout, spec, commit, failures)
-        desired = self._targets(spec, fetched, objects, previous_entries)
-        desired.hooks = self._prepare(hooks, spec, (checkout, commit, "hooks")) if hooks else []
-        return desired
+        return objects, self._prepare(hooks, spec, (checkout, commit, "hooks")) if hooks else []
 
     def _check_size(self, spec: AppSpec, commit: str, objects: Sequence[Manifest],
                     previous_entries: Sequence[InventoryEntry], *, auto_sync: bool) -> None:
@@ -444,8 +455,12 @@ class Reconciler:
         operation = (Operation.resumed(operation_state) if resume else Operation(
             desired.commit, request.sync_prune if request.sync_requested else spec.prune,
             request.initiated_by or {"automated": True}, now(), source=request.sync_source))
+        planned = plan_stage.plan([*desired.targets, *desired.hooks])
+        # What this revision's deletion must run first; an app without PreDelete hooks has no record.
+        outcome.report.pre_delete_hooks(operation.revision, [f"{t.ref.kind}/{t.name}" for t in planned.pre_delete],
+                                        operation.source)
         ran = self.runner.run(operation, Work(
-            plan_stage.plan([*desired.targets, *desired.hooks]), {d.ref: d for d in compared.diffs},
+            planned, {d.ref: d for d in compared.diffs},
             stale, spec.key, replace=spec.sync_options.replace,
             propagation=spec.sync_options.prune_propagation_policy, applied=list(compared.applied)))
         ran_refs = {r.ref for r in ran.applied}
@@ -519,11 +534,116 @@ class Reconciler:
 
     # ------------------------------------------------------------------ deletion
 
-    def finalize(self, body: Manifest) -> list[ResourceResult]:
-        """Cascade delete for an Application carrying Gantry's (or Argo CD's) resources finalizer."""
+    def finalize(self, body: Manifest) -> Outcome:
+        """One pass of the cascade delete of an Application carrying Gantry's (or Argo CD's)
+        resources finalizer: the PreDelete hooks of the revision last synced first, when it has
+        some (plan.deletion_step decides; a running hook is looked at again in a later pass, never
+        waited for here), then its resources. `finalized`: all of them are gone, the finalizer may
+        go. An app without PreDelete hooks is deleted at once and its status left as it is."""
+        previous = body.get("status") or {}
+        if not any(f in RESOURCE_FINALIZERS for f in (body.get("metadata") or {}).get("finalizers") or ()):
+            return Outcome(previous)
+        report = Report(previous, body["metadata"].get("generation"), now())
+        outcome = Outcome(previous, report.events, report=report)
+        refreshed = Request.of(body).refresh is not None
+        recorded = previous.get(status_stage.PRE_DELETE_HOOKS)
+        state = self._deletion_read(previous.get(status_stage.DELETION))
+        gone = self._failed_hooks_gone(state) if state and not refreshed else set()
+        step = plan_stage.deletion_step(recorded, state, refreshed=refreshed, gone=gone)
+        outcome.consumed_refresh = refreshed and bool(recorded or state)
+        if step.action is plan_stage.DeletionAction.RUN:
+            state = self._run_pre_delete(body, step, state)
+            step = (plan_stage.DeletionStep(plan_stage.DeletionAction.BLOCKED, message=state["message"])
+                    if state["phase"] == "Failed" else plan_stage.deletion_step(None, state))
+        if step.action is plan_stage.DeletionAction.DELETE:
+            if state is not None:
+                report.deletion({**state, "phase": "Succeeded"},
+                                message="deleting: PreDelete hooks completed, deleting the resources")
+                self._delete_hooks(state)
+            outcome.deleted = self._delete_resources(body)
+            outcome.finalized = not any(r.failed for r in outcome.deleted)
+        elif step.action is plan_stage.DeletionAction.WAIT:
+            report.deletion({**state, "phase": "Running"}, message=step.message)
+            outcome.requeue_after = 2.0  # the watch of each hook wakes the app sooner
+        else:
+            failure = step.message + (_UNBLOCK_HOOK if state.get("hooks") else _UNBLOCK_GIT)
+            report.deletion({**state, "phase": "Failed"}, failure=failure)
+            outcome.requeue_after = 5.0
+        if state is not None:
+            outcome.status = report.status
+        return outcome
+
+    def _deletion_read(self, state: dict | None) -> dict | None:
+        """status.deletion with each running hook read now (a finished one's delete policy done)."""
+        if not state:
+            return None
+        hooks = [dict(entry) for entry in state.get("hooks") or ()]
+        if state.get("phase") == "Running":
+            for entry in hooks:
+                self.runner.hook_progress(entry)
+        return {**state, "hooks": hooks}
+
+    def _failed_hooks_gone(self, state: dict) -> set[str]:
+        """`Kind/name` of the failed hooks that no longer exist."""
+        gone = set()
+        for entry in state.get("hooks") or ():
+            if entry.get("hookPhase") == "Failed" and entry.get("action") == "created":
+                try:
+                    if self.live.get(hook_target(entry)) is None:
+                        gone.add(f"{entry['kind']}/{entry['name']}")
+                except (KubeApiError, UnservedApiError):
+                    pass
+        return gone
+
+    def _run_pre_delete(self, body: Manifest, step: plan_stage.DeletionStep, earlier: dict | None) -> dict:
+        """Render step's revision and create its PreDelete hooks, all at once, after deleting what
+        is left of an earlier try; the new status.deletion (Failed with the reason when git, the
+        spec or the render says no: nothing is created then)."""
+        metadata, raw = body["metadata"], body.get("spec") or {}
+        if step.source:  # synced from a rollback's source: its hooks are that source's
+            raw = {**raw, "source": {**(raw.get("source") or {}), **step.source}}
+        state = {"revision": step.revision, **({"source": dict(step.source)} if step.source else {}),
+                 "startedAt": (earlier or {}).get("startedAt") or now(), "hooks": []}
+        revision = step.revision
+        try:
+            spec = AppSpec.parse(metadata["name"], metadata["namespace"], raw)
+            revision = revision or spec.target_revision
+            if not self._destination_allowed(spec):
+                raise SpecError("destination " + self.policy.refusal(spec.key, spec.destination_namespace))
+            fetched = self.fetch(SourceWanted(spec.repo_url, revision, step.refresh, spec.namespace))
+            if isinstance(fetched, SourceError):
+                raise Refused(Reason.COMPARISON_ERROR, str(fetched))
+            _, hooks = self.rendered(spec, fetched)
+        except (SpecError, Refused) as error:
+            message = error.message if isinstance(error, Refused) else str(error)
+            return {**state, "phase": "Failed", "message": f"cannot run the PreDelete hooks of "
+                                                           f"{status_stage.short_revision(revision)}: {message}"}
+        self._delete_hooks(earlier)  # a failed instance would stay failed, or keep a new one from its name
+        tasks = plan_stage.plan(hooks).pre_delete
+        return {**state, "phase": "Running", "revision": fetched.commit,
+                "hooks": [self.runner.create_hook(task, spec.key) for task in tasks]}
+
+    def _delete_hooks(self, state: dict | None) -> None:
+        """Delete the hooks a deletion created that still exist, and wait until those with a name
+        of their own are gone (it cannot be taken again before)."""
+        named = []
+        for entry in (state or {}).get("hooks") or ():
+            if entry.get("action") != "created":
+                continue
+            target = hook_target(entry)
+            try:
+                if self.live.get(target) is None:
+                    continue
+            except (KubeApiError, UnservedApiError):
+                continue
+            self.runner.delete_hook(target)
+            named.append(InventoryEntry(target["apiVersion"], entry["kind"], entry.get("namespace") or "", entry["name"]))
+        if named:
+            self.syncer.wait_deleted(named, timeout=30.0)
+
+    def _delete_resources(self, body: Manifest) -> list[ResourceResult]:
+        """Delete every object of the inventory, and wait until they are gone."""
         finalizers = (body.get("metadata") or {}).get("finalizers") or []
-        if not any(f in RESOURCE_FINALIZERS for f in finalizers):
-            return []
         metadata = body["metadata"]
         key = f"{metadata['namespace']}/{metadata['name']}"
         inventory = inventory_of(body.get("status") or {})
@@ -793,6 +913,13 @@ class Reconciler:
                                                                    pods_in=pods_in, rules=rules)
         except (KubeApiError, UnservedApiError):
             return health_stage.HealthContext(ingress_classes=None, pods_in=pods_in, rules=rules)
+
+
+# What a stuck deletion says a user can do (Argo CD's docs: remove the finalizer by hand).
+_UNBLOCK_HOOK = ("; the app and its resources stay: fix the hook in git and refresh the app, or delete the hook "
+                 "to run it again (removing the finalizer by hand deletes the app and keeps its resources)")
+_UNBLOCK_GIT = ("; the app and its resources stay, and this is tried again: fix git and refresh the app "
+                "(removing the finalizer by hand deletes the app and keeps its resources)")
 
 
 def _sync_result_entry(result: ResourceResult) -> dict:

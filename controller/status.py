@@ -18,7 +18,9 @@ from controller.health import worst as worst_health
 from controller.model import HealthResult, HealthStatus, Manifest, ObjectRef, SyncStatus
 
 __all__ = [
+    "DELETION",
     "Event",
+    "PRE_DELETE_HOOKS",
     "Reason",
     "Report",
     "condition",
@@ -60,6 +62,7 @@ class Reason(StrEnum):
     SYNC_FAILED = "SyncFailed"  # event: a sync operation ended Failed
     OUT_OF_SYNC = "OutOfSync"  # event: the app went out of sync
     DELETE_FAILED = "DeleteFailed"  # event: the cascade delete of an Application failed
+    DELETION_ERROR = "DeletionError"  # an Application's deletion is stuck (a PreDelete hook failed)
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,12 @@ def reconcile_error(previous: Mapping, message: str, now: str) -> dict:
             "message": one_line(message), "reconciledAt": now}
 
 
+# status keys of an Application's deletion: the PreDelete hooks the revision last synced has (what
+# a deletion must run first), and how the deletion is doing (plan.deletion_step reads both).
+PRE_DELETE_HOOKS = "preDeleteHooks"
+DELETION = "deletion"
+
+
 class Report:
     """The status and events of one pass over an Application, built from `previous` (the status
     the pass read) and what the stages found. Each method records one finding; `status` and
@@ -337,15 +346,18 @@ class Report:
 
     def __init__(self, previous: Mapping, generation: Any, reconciled_at: str) -> None:
         self.previous = previous
+        self.now = reconciled_at
         self.status: dict = {"observedGeneration": generation, "reconciledAt": reconciled_at,
                              "history": previous.get("history") or []}
+        if PRE_DELETE_HOOKS in previous:  # what a sync recorded for the deletion stays until the next one
+            self.status[PRE_DELETE_HOOKS] = previous[PRE_DELETE_HOOKS]
         self.events: list[Event] = []
 
     def event(self, type_: str, reason: Reason, message: str) -> None:
         self.events.append(Event(type_, reason, message))
 
     def _condition(self, reason: Reason, message: str) -> dict:
-        return condition(reason.value, message, self.status["reconciledAt"], self.previous.get("conditions"))
+        return condition(reason.value, message, self.now, self.previous.get("conditions"))
 
     def _message(self, message: str) -> None:
         self.status["message"] = one_line(message)
@@ -466,3 +478,33 @@ class Report:
         self.status["operationState"] = {"phase": "Failed", "message": message, "startedAt": started,
                                          "finishedAt": finished, "operation": {"sync": sync}}
         self.event("Warning", Reason.SYNC_FAILED, f"sync failed: {message}")
+
+    # ------------------------------------------------------------------ deletion
+
+    def pre_delete_hooks(self, revision: str, hooks: Sequence[str], source: Mapping | None = None) -> None:
+        """What a sync of `revision` (from `source`, a rollback's, when not spec's) leaves for the
+        app's deletion: its PreDelete hooks, `Kind/name`. None: the record goes, and the app will be
+        deleted at once, without a render."""
+        if hooks:
+            self.status[PRE_DELETE_HOOKS] = {"revision": revision, "hooks": list(hooks),
+                                             **({"source": dict(source)} if source else {})}
+        elif self.previous.get(PRE_DELETE_HOOKS):
+            self.status[PRE_DELETE_HOOKS] = None
+
+    def deletion(self, state: Mapping, *, failure: str | None = None, message: str = "") -> None:
+        """A pass over an Application being deleted that runs PreDelete hooks: `state` is how the
+        deletion is doing (status.deletion), `failure` why it is stuck (a DeletionError condition and a
+        Warning event, as Argo CD says it), else `message` what it waits for. The rest of the status
+        stays as the last sync left it, and so does reconciledAt while nothing changes: each of our
+        writes wakes the app again."""
+        previous = self.previous
+        status = {**previous, DELETION: dict(state)}
+        others = [c for c in previous.get("conditions") or () if c.get("type") != Reason.DELETION_ERROR]
+        status["conditions"] = [self._condition(Reason.DELETION_ERROR, failure), *others] if failure else others
+        status["message"] = one_line(failure or message)
+        if status != previous:
+            status["reconciledAt"] = self.now
+        self.status.clear()
+        self.status.update(status)
+        if failure and one_line(failure) != previous.get("message"):
+            self.event("Warning", Reason.DELETION_ERROR, failure)

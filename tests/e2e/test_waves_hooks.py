@@ -209,3 +209,99 @@ def test_a_restarted_controller_resumes_the_running_wave(controller, make_app):
     state = wait_operation(app, "Succeeded", timeout=120)
     assert app.object("configmap", "later") is not None
     assert {r["name"] for r in state["syncResult"]["resources"]} >= {"db", "later"}
+
+
+class Watch:
+    """`kubectl get KIND --watch` in a namespace, every event kept: what happened to the objects
+    between two moments, in the API server's order, without polling."""
+
+    def __init__(self, cluster, namespace: str, kind: str, out: Path) -> None:
+        self.out = out
+        self.file = out.open("w")
+        self.process = subprocess.Popen(
+            [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "get", kind,
+             "--watch", "--output-watch-events", "-o", "json"], stdout=self.file, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL)
+
+    def stop(self) -> list[dict]:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.file.close()
+        text, decoder, events, index = self.out.read_text(), json.JSONDecoder(), [], 0
+        while (index := _skip_space(text, index)) < len(text):
+            event, index = decoder.raw_decode(text, index)
+            events.append(event)
+        return events
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
+def _delete_app(cluster, app) -> None:
+    cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", app.namespace, "--wait=false")
+
+
+def _wait_app_gone(cluster, app, timeout: int = 120) -> None:
+    cluster.kubectl("wait", "--for=delete", f"applications.gantry.dev/{app.name}", "-n", app.namespace,
+                    f"--timeout={timeout}s")
+
+
+def test_predelete_hooks_run_on_app_deletion_before_its_resources_go(cluster, make_app, tmp_path):
+    app = make_app(files_of(deployment("backend"), job("drain", "PreDelete")))
+    app.apply(finalizer=True)
+    app.wait_synced(app.repo.head)
+    assert app.object("job", "drain") is None, "a PreDelete hook does not run at a sync"
+    assert app.status()["preDeleteHooks"] == {"revision": app.repo.head, "hooks": ["Job/drain"]}
+    jobs_seen = Watch(cluster, app.destination, "jobs", tmp_path / "jobs.json")
+    deployments_seen = Watch(cluster, app.destination, "deployments", tmp_path / "deployments.json")
+    try:
+        _delete_app(cluster, app)
+        _wait_app_gone(cluster, app)
+    finally:
+        job_events, deployment_events = jobs_seen.stop(), deployments_seen.stop()
+    drains = [e["object"] for e in job_events if e["object"]["metadata"]["name"] == "drain"]
+    assert drains, "the PreDelete hook ran"
+    completed = next(c["lastTransitionTime"] for job_ in drains for c in (job_.get("status") or {}).get("conditions") or ()
+                     if c["type"] == "Complete" and c["status"] == "True")
+    backend_deleted = next(e["object"]["metadata"].get("deletionTimestamp") for e in deployment_events
+                           if e["object"]["metadata"].get("deletionTimestamp"))
+    # The hook was created, and completed, before the app's Deployment was asked to go.
+    assert _time(drains[0]["metadata"]["creationTimestamp"]) <= _time(completed) <= _time(backend_deleted)
+    assert [e["object"]["metadata"].get("deletionTimestamp") for e in deployment_events
+            if e["type"] == "ADDED"] == [None], "the Deployment ran until then"
+    assert app.object("deployment", "backend") is None
+    # Once they all completed the hooks go with the app, whatever their delete policy.
+    assert app.object("job", "drain") is None or app.object("job", "drain")["metadata"].get("deletionTimestamp")
+
+
+def test_a_failing_predelete_hook_keeps_the_app_and_its_resources_until_git_fixes_it(cluster, make_app):
+    app = make_app(files_of(deployment("backend"), job("drain", "PreDelete", fault="crashloop")))
+    app.apply(finalizer=True)
+    app.wait_synced(app.repo.head)
+    backend_uid = app.object("deployment", "backend")["metadata"]["uid"]
+    _delete_app(cluster, app)
+    try:
+        status = app.wait(lambda s: any(c["type"] == "DeletionError" for c in s.get("conditions") or ()),
+                          "the deletion to be stuck on its hook", timeout=90)
+        condition = next(c for c in status["conditions"] if c["type"] == "DeletionError")
+        assert condition["message"].startswith("PreDelete hook Job/drain failed: "), condition
+        assert "removing the finalizer by hand" in condition["message"], condition
+        assert status["message"].startswith("PreDelete hook Job/drain failed"), status["message"]
+        assert status["deletion"]["phase"] == "Failed"
+        backend = app.object("deployment", "backend")
+        assert backend["metadata"]["uid"] == backend_uid and not backend["metadata"].get("deletionTimestamp")
+        assert app.get()["metadata"]["finalizers"] == ["gantry.dev/resources-finalizer"]
+        assert app.object("job", "drain") is not None, "the failed hook stays for its logs"
+        assert any(e["reason"] == "DeletionError" and "drain" in e["message"] for e in app.events())
+        # Fixing the hook in git and refreshing lets the deletion go on.
+        app.push(files_of(deployment("backend"), job("drain", "PreDelete")), message="a drain that works")
+        app.refresh()
+        _wait_app_gone(cluster, app)
+    finally:
+        # The way out the message names, so that a failure here leaves no app behind.
+        cluster.kubectl("patch", "applications.gantry.dev", app.name, "-n", app.namespace, "--type", "merge",
+                        "-p", '{"metadata": {"finalizers": null}}', check=False)
+    assert app.object("deployment", "backend") is None

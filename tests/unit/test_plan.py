@@ -500,3 +500,78 @@ def generated(prefix: str) -> Task:
 ], ids=["named", "named-absent", "generated", "not-generated", "longer-prefix", "no-prefix", "long-prefix"])
 def test_hook_name_taken(task, existing, taken):
     assert hook_name_taken(task, existing) == taken
+
+
+# -- deleting an Application: its PreDelete hooks first ------------------------------------------
+
+RECORDED = {"revision": "c0ffee", "hooks": ["Job/cleanup"]}
+ROLLED_BACK = {"revision": "beef", "hooks": ["Job/cleanup"], "source": {"path": "old"}}
+
+
+def hook_entry(phase: str, *, name: str = "cleanup", message: str = "", action: str = "created",
+               policies: tuple[str, ...] = ("BeforeHookCreation",)) -> dict:
+    """A PreDelete hook's result entry as operation.create_hook writes it, its hookPhase read now."""
+    return {"group": "batch", "version": "v1", "kind": "Job", "namespace": "shop", "name": name,
+            "hookType": "PreDelete", "hookPhase": phase, "message": message, "deletePolicies": list(policies),
+            **({"action": action} if action else {})}
+
+
+def deletion(phase: str, *hooks: dict, revision: str | None = "c0ffee", **extra) -> dict:
+    return {"phase": phase, "revision": revision, "hooks": list(hooks), **extra}
+
+
+D = planner.DeletionAction
+
+
+@pytest.mark.parametrize("recorded, state, refreshed, gone, expected", [
+    # No PreDelete hooks in the revision last synced: deleted at once, as before hooks existed.
+    (None, None, False, (), planner.DeletionStep(D.DELETE)),
+    (None, None, True, (), planner.DeletionStep(D.DELETE)),
+    # The first pass renders the recorded revision (and the source it was synced from).
+    (RECORDED, None, False, (), planner.DeletionStep(D.RUN, "c0ffee")),
+    (ROLLED_BACK, None, True, (), planner.DeletionStep(D.RUN, "beef", {"path": "old"})),
+    # Hooks running: wait, whatever else happens meanwhile.
+    (RECORDED, deletion("Running", hook_entry("Running", message="1 active, 0 failed")), False, (),
+     planner.DeletionStep(D.WAIT, message="deleting: waiting for PreDelete hook Job/cleanup (1 active, 0 failed)")),
+    (RECORDED, deletion("Running", hook_entry("Succeeded", name="a"), hook_entry("Running", name="b")), True, (),
+     planner.DeletionStep(D.WAIT, message="deleting: waiting for PreDelete hook Job/b (running)")),
+    # All completed (or the revision rendered has none any more): the resources go.
+    (RECORDED, deletion("Running", hook_entry("Succeeded", name="a"), hook_entry("Succeeded", name="b")), False, (),
+     planner.DeletionStep(D.DELETE)),
+    (RECORDED, deletion("Running"), False, (), planner.DeletionStep(D.DELETE)),
+    (RECORDED, deletion("Succeeded", hook_entry("Succeeded")), False, (), planner.DeletionStep(D.DELETE)),
+    # A failed hook blocks the deletion and says which and why…
+    (RECORDED, deletion("Running", hook_entry("Failed", message="BackoffLimitExceeded")), False, (),
+     planner.DeletionStep(D.BLOCKED, message="PreDelete hook Job/cleanup failed: BackoffLimitExceeded")),
+    (RECORDED, deletion("Failed", hook_entry("Failed", name="a", message="x"), hook_entry("Failed", name="b")), False,
+     (), planner.DeletionStep(D.BLOCKED, message="PreDelete hook Job/a failed: x; PreDelete hook Job/b failed: no message")),
+    # … until someone deletes it: it runs again, from the same revision …
+    (RECORDED, deletion("Failed", hook_entry("Failed"), revision="feed", source={"path": "old"}), False,
+     ("Job/cleanup",), planner.DeletionStep(D.RUN, "feed", {"path": "old"})),
+    # … (unless its own HookFailed policy deleted it, or it was never created) …
+    (RECORDED, deletion("Failed", hook_entry("Failed", policies=("HookFailed",))), False, ("Job/cleanup",),
+     planner.DeletionStep(D.BLOCKED, message="PreDelete hook Job/cleanup failed: no message")),
+    (RECORDED, deletion("Failed", hook_entry("Failed", action="", message="forbidden")), False, ("Job/cleanup",),
+     planner.DeletionStep(D.BLOCKED, message="PreDelete hook Job/cleanup failed: forbidden")),
+    # … or the app is refreshed: git is read again at spec.targetRevision.
+    (RECORDED, deletion("Failed", hook_entry("Failed")), True, (), planner.DeletionStep(D.RUN, refresh=True)),
+    (RECORDED, deletion("Failed", hook_entry("Failed", policies=("HookFailed",))), True, (),
+     planner.DeletionStep(D.RUN, refresh=True)),
+    # Git or the render failed: tried again at every pass, at git as it is now after a refresh.
+    (RECORDED, deletion("Failed", message="cannot run …"), False, (), planner.DeletionStep(D.RUN, "c0ffee")),
+    (RECORDED, deletion("Failed", revision=None, source={"path": "old"}), False, (),
+     planner.DeletionStep(D.RUN, None, {"path": "old"})),
+    (RECORDED, deletion("Failed"), True, (), planner.DeletionStep(D.RUN, refresh=True)),
+    # Once a deletion runs, what a later sync could record does not matter (none runs any more).
+    (None, deletion("Running", hook_entry("Running")), False, (),
+     planner.DeletionStep(D.WAIT, message="deleting: waiting for PreDelete hook Job/cleanup (running)")),
+])
+def test_deletion_step(recorded, state, refreshed, gone, expected):
+    assert planner.deletion_step(recorded, state, refreshed=refreshed, gone=gone) == expected
+
+
+def test_predelete_hooks_are_planned_apart_from_the_sync():
+    planned = plan([obj("Job", "cleanup", {HOOK: "PreDelete", POLICY: "HookSucceeded"}), obj("ConfigMap", "a")])
+    assert [t.name for t in planned.pre_delete] == ["cleanup"]
+    assert planned.pre_delete[0].delete_policies == {DeletePolicy.HOOK_SUCCEEDED}
+    assert all(not s.hooks for s in planned.steps) and not planned.staged

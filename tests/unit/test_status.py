@@ -11,6 +11,10 @@ from controller.model import Action, HealthResult, HealthStatus, ObjectRef, Sync
 from controller.reconcile import _sync_result_entry
 from controller.sync import ResourceResult
 from controller.status import (
+    DELETION,
+    PRE_DELETE_HOOKS,
+    Reason,
+    Report,
     condition,
     external_urls,
     history_after_sync,
@@ -271,3 +275,50 @@ def test_the_refusal_says_the_limit_and_what_to_do():
     assert message.startswith("the app renders 20001 objects, and the Application's status would need about 5.7 MiB")
     assert f"the {STATUS_BUDGET / 2**20:.1f} MiB it may use" in message and "nothing was applied" in message
     assert "split the app into several Applications" in message
+
+
+# -- deletion -------------------------------------------------------------------------------------
+
+
+def test_what_a_sync_records_for_the_deletion_stays_until_the_next_sync_says_otherwise() -> None:
+    report = Report({}, 1, "2025-01-01T00:00:00Z")
+    report.pre_delete_hooks("abc", ["Job/cleanup"], {"path": "old"})
+    recorded = {"revision": "abc", "hooks": ["Job/cleanup"], "source": {"path": "old"}}
+    assert report.status[PRE_DELETE_HOOKS] == recorded
+    later = Report(report.status, 1, "2025-01-01T00:01:00Z")  # a pass without a sync keeps it
+    assert later.status[PRE_DELETE_HOOKS] == recorded
+    later.pre_delete_hooks("def", [])  # a revision without PreDelete hooks: removed (null in the patch)
+    assert later.status[PRE_DELETE_HOOKS] is None
+    assert merge_patch(report.status, later.status)[PRE_DELETE_HOOKS] is None
+    # An app that never had any gets no key at all: its status (and each write of it) is as before.
+    plain = Report({}, 1, "2025-01-01T00:00:00Z")
+    plain.pre_delete_hooks("abc", [])
+    assert PRE_DELETE_HOOKS not in plain.status
+    again = Report(later.status, 1, "2025-01-01T00:02:00Z")
+    again.pre_delete_hooks("def", [])
+    assert merge_patch(later.status, again.status).keys() <= {"reconciledAt"}
+
+
+def test_a_stuck_deletion_says_why_once_and_keeps_the_rest_of_the_status() -> None:
+    previous = {"sync": {"status": "Synced"}, "resources": [{"kind": "Deployment", "name": "web"}],
+                "reconciledAt": "2025-01-01T00:00:00Z", "message": "synced to abc",
+                "conditions": [{"type": "UnsupportedFieldWarning", "message": "x", "lastTransitionTime": "t"}]}
+    report = Report(previous, 1, "2025-01-01T00:05:00Z")
+    report.deletion({"phase": "Failed", "hooks": []}, failure="PreDelete hook Job/cleanup failed: boom")
+    status = report.status
+    assert status["resources"] == previous["resources"] and status["sync"] == previous["sync"]
+    assert status[DELETION] == {"phase": "Failed", "hooks": []}
+    assert [c["type"] for c in status["conditions"]] == [Reason.DELETION_ERROR, "UnsupportedFieldWarning"]
+    assert status["conditions"][0]["message"] == "PreDelete hook Job/cleanup failed: boom"
+    assert status["conditions"][0]["lastTransitionTime"] == "2025-01-01T00:05:00Z"
+    assert status["message"] == "PreDelete hook Job/cleanup failed: boom"
+    assert [(e.type, e.reason) for e in report.events] == [("Warning", Reason.DELETION_ERROR)]
+    # The next pass finds the same: nothing to write (each write wakes the app again), no second event.
+    same = Report(status, 1, "2025-01-01T00:06:00Z")
+    same.deletion({"phase": "Failed", "hooks": []}, failure="PreDelete hook Job/cleanup failed: boom")
+    assert merge_patch(status, same.status) == {} and same.events == []
+    # Running again: the condition goes, the message says what it waits for.
+    running = Report(status, 1, "2025-01-01T00:07:00Z")
+    running.deletion({"phase": "Running", "hooks": []}, message="deleting: waiting for PreDelete hook Job/cleanup")
+    assert [c["type"] for c in running.status["conditions"]] == ["UnsupportedFieldWarning"]
+    assert running.status["reconciledAt"] == "2025-01-01T00:07:00Z" and running.events == []
