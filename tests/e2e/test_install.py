@@ -220,6 +220,11 @@ def test_namespaced_mode_grants_only_the_destination_namespaces(cluster, kustomi
         assert can(cluster, "create", "events", "gantry")
         assert can(cluster, "list", "secrets", "gantry")
         assert not can(cluster, "create", "secrets", "gantry")
+        # The users' health rules: that one ConfigMap, read by name; no other ConfigMap, no writes.
+        assert can(cluster, "get", "configmaps/gantry-health-rules", "gantry")
+        assert not can(cluster, "get", "configmaps/other", "gantry")
+        assert not can(cluster, "list", "configmaps", "gantry")
+        assert not can(cluster, "update", "configmaps/gantry-health-rules", "gantry")
         assert not can(cluster, "delete", "applications.gantry.dev", "gantry")
         assert not can(cluster, "create", "deployments.apps", "gantry")
         # Cluster-wide: reading IngressClasses and CRDs, nothing else.
@@ -312,6 +317,7 @@ def test_namespaced_mode_service_account_syncs_its_namespace_and_refuses_others(
             # Both apps name their Deployment `web` in team-a: it must be the allowed app's alone.
             owner = allowed.object("deployment", "web")["metadata"]["annotations"]["gantry.dev/tracking-id"]
             assert owner.startswith(f"{APP_NAMESPACE}/{allowed.name}:"), "a refused commit applied something"
+            assert "cannot read health rules" not in as_sa.log()  # the Role lets it read their ConfigMap
         finally:
             # Before the session's cluster-mode controller is back: it would sync them.
             for app in (allowed, foreign, cluster_scoped):
