@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 import yaml
 
 from . import health as health_stage
+from .charts import ChartCache
 from .credentials import CredentialStore
 from . import plan as plan_stage
 from .cache import LiveCache
@@ -220,6 +221,8 @@ def format_summary(app: Manifest, *, colour: bool = False) -> str:
     rows: list[tuple[str, str]] = [
         ("Name", f"{(app.get('metadata') or {}).get('namespace', '')}/{_name(app)}"),
         ("Repo", repo_url(app)),
+        # A chart of a Helm repository has no path: its name, and the version this pass compared.
+        ("Chart", f"{source['chart']} {compared}" if compared else source["chart"]) if source.get("chart") else
         ("Path", source.get("path") or "k8s"),
         ("Target Revision", target),
         ("Synced Revision", (history[-1].get("revision") or "-") if history else "- (never synced)"),
@@ -813,15 +816,22 @@ def compute_diff(client: KubeClient, app: Manifest, *, kustomize: str, cache_dir
     Secrets of the app's namespace, as far as the user may read them."""
     metadata = app["metadata"]
     credentials = CredentialStore(client, controller_namespace or metadata["namespace"])
-    git = GitCache(_usable_cache_dir(cache_dir), min_fetch_interval=0, credentials=credentials)
+    cache = _usable_cache_dir(cache_dir)
+    git = GitCache(cache, min_fetch_interval=0, credentials=credentials)
+    # helm as the controller finds it: $GANTRY_HELM, else beside kustomize, else on PATH.
+    beside = Path(kustomize).parent / "helm"
+    helm = os.environ.get("GANTRY_HELM") or (str(beside) if beside.is_file() else shutil.which("helm") or "helm")
+    charts = ChartCache(cache / "charts", helm=helm, min_fetch_interval=0, credentials=credentials.helm)
     # One look at the cluster: no watches, and the dry runs' answers kept for the diff's text.
     reconciler = Reconciler(client, git, LiveCache(client, watch=False), kustomize=kustomize, policy=policy,
                             repo_access=credentials.refusal if controller_namespace else None,
-                            render_limits=render_limits, keep_predicted=True)
+                            render_limits=render_limits, keep_predicted=True, helm=helm, charts=charts,
+                            helm_credentials=credentials.helm)
     commit = None
     try:
         spec = reconciler.checked_spec(app, Request())
-        fetched = reconciler.fetch(SourceWanted(spec.repo_url, revision or spec.target_revision, True, spec.namespace))
+        fetched = reconciler.fetch(SourceWanted(spec.repo_url, revision or spec.target_revision, True, spec.namespace,
+                                                spec.chart, spec.helm_options.pass_credentials))
         if isinstance(fetched, SourceError):
             raise fetched
         commit = fetched.commit

@@ -169,6 +169,17 @@ def test_summary_of_an_out_of_sync_app_never_synced():
     assert "Sync Policy:     Manual" in text
 
 
+def test_summary_of_a_chart_from_a_helm_repository_names_the_chart_and_version():
+    app = application()
+    app["spec"]["source"] = {"repoURL": "https://charts.example.com", "chart": "shop", "targetRevision": "^1.2",
+                             "path": "k8s"}
+    app["status"]["sync"].update(revision="1.2.4", shortRevision="1.2.4")
+    lines = format_summary(app).splitlines()
+    assert [line.split() for line in lines if line.startswith(("Chart", "Path", "Target"))] == [
+        ["Chart:", "shop", "1.2.4"], ["Target", "Revision:", "^1.2"]]
+    assert "Synced to ^1.2 (1.2.4)" in format_summary(app)
+
+
 @pytest.mark.parametrize("automated, enabled", [(None, False), ({}, True), ({"prune": True}, True),
                                                 ({"enabled": False, "prune": True}, False), ({"enabled": True}, True)])
 def test_automated_enabled_as_the_controller_reads_it(automated, enabled):
