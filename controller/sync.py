@@ -109,6 +109,11 @@ def inventory_of(status: Mapping) -> list[InventoryEntry]:
     return [InventoryEntry.of_resource(e) for e in status.get("resources") or ()]
 
 
+def _established(crd: Manifest) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
 def prunable(live: Manifest, app_key: str, ref: ObjectRef) -> bool:
     """Whether prune may delete `live`, the object of a stale inventory entry `ref`: only while it
     carries this app's tracking id for that very object (else someone created or adopted it since).
@@ -146,16 +151,25 @@ class Syncer:
         return results
 
     def _wait_established(self, crds: Sequence[Manifest], timeout: float = 30.0) -> None:
-        """Custom resources can be applied only once their CRD is Established (Flux waits too)."""
+        """Custom resources can be applied only once their CRD is Established (Flux waits too).
+        Each CRD not Established yet is watched (one stream, from the version just read) rather
+        than polled; if the watch is refused, read again once a second."""
         resource = self.client.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
         deadline = time.monotonic() + timeout
         for crd in crds:
-            while time.monotonic() < deadline:
-                live = self.client.get(resource, crd["metadata"]["name"]) or {}
-                conditions = (live.get("status") or {}).get("conditions") or []
-                if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+            name = crd["metadata"]["name"]
+            while (remaining := deadline - time.monotonic()) > 0:
+                live = self.client.get(resource, name) or {}
+                if _established(live) or not live:
                     break
-                time.sleep(0.2)
+                query = {"fieldSelector": f"metadata.name={name}", "timeoutSeconds": max(1, int(remaining)),
+                         "resourceVersion": live["metadata"].get("resourceVersion", "")}
+                try:
+                    if any(_established(event.get("object") or {})
+                           for event in self.client.stream(resource.collection_path(), query, timeout=remaining)):
+                        break
+                except Exception:  # noqa: BLE001 (a refused or broken watch: read again in a second)
+                    time.sleep(min(1.0, max(remaining, 0)))
 
     def _apply_one(self, diff: ObjectDiff, replace: bool) -> ResourceResult:
         target = diff.target
