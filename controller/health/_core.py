@@ -532,9 +532,9 @@ def _pdb(obj: Manifest, _: HealthContext | None) -> HealthResult:
     expected = _int(status.get("expectedPods"))
     if current >= desired:
         disruptions = _int(status.get("disruptionsAllowed"))
-        return HealthResult(H, f"{current} healthy pods, {_plural(disruptions, 'disruption')} allowed")
+        return HealthResult(H, f"{_plural(current, 'healthy pod')}, {_plural(disruptions, 'disruption')} allowed")
     if 0 < expected < desired:
-        return HealthResult(D, f"can never be met: requires {desired} healthy pods, the workload has {expected}")
+        return HealthResult(D, f"can never be met: requires {_plural(desired, 'healthy pod')}, the workload has {expected}")
     return HealthResult(P, f"{current} of {desired} required pods healthy")
 
 

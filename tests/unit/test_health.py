@@ -198,7 +198,7 @@ CASES = [
     ("customresourcedefinition-installing", None, P, "not established yet: Installing"),
     ("customresourcedefinition-new", None, P, "not established yet: waiting for the API server"),
     ("poddisruptionbudget-healthy", None, H, Exactly("3 healthy pods, 1 disruption allowed")),
-    ("poddisruptionbudget-no-disruption", None, H, Exactly("1 healthy pods, 0 disruptions allowed")),
+    ("poddisruptionbudget-no-disruption", None, H, Exactly("1 healthy pod, 0 disruptions allowed")),
     ("poddisruptionbudget-unsatisfiable", None, D,
      Exactly("can never be met: requires 3 healthy pods, the workload has 2")),
     ("poddisruptionbudget-pods-starting", None, P, Exactly("0 of 2 required pods healthy")),
