@@ -51,7 +51,9 @@ class Operation:
                    started_at=state.get("startedAt") or timestamp(), source=sync.get("source"),
                    phase=state.get("phase") or RUNNING, step=state.get("step"),
                    waiting_since=state.get("waitingSince"), message=state.get("message") or "",
-                   results=list((state.get("syncResult") or {}).get("resources") or []))
+                   # Copies: a hook's entry is updated in place as it completes, and the status
+                   # writer compares against the previous status these came from.
+                   results=[dict(r) for r in (state.get("syncResult") or {}).get("resources") or []])
 
     def state(self) -> dict:
         """operationState as the status holds it."""
@@ -103,7 +105,8 @@ class OperationRunner:
                                 sync_fail=False)
         index = next_step(work.plan, operation.step)
         if operation.step is not None and index > 0:
-            outcome = self._outcome(work.plan.steps[index - 1], operation)
+            outcome = self._outcome(work.plan.steps[index - 1], operation,
+                                    hooks_only=index == len(work.plan.steps))
             if outcome.failed:
                 return self._finish(operation, work, ran, FAILED, outcome.failed)
             if not outcome.done:
@@ -117,13 +120,16 @@ class OperationRunner:
             operation.step, operation.waiting_since = step.key, None
             if index == prune_after(work.plan):
                 self._prune(operation, work, ran, step.wave)
-            if index == len(work.plan.steps) - 1:
-                break  # rule 5: the last step is not waited for
-            outcome = self._outcome(step, operation)
+            last = index == len(work.plan.steps) - 1
+            # Rule 5: of the last step only the hooks are waited for, so an app without hooks
+            # ends here with no health check and no request more.
+            outcome = self._outcome(step, operation, hooks_only=last)
             if outcome.failed:
                 return self._finish(operation, work, ran, FAILED, outcome.failed)
             if not outcome.done:
                 return self._wait(operation, work.plan, index, outcome)
+            if last:
+                break
             index += 1
         failed = [r for r in [*ran.applied, *ran.pruned] if r.failed]
         return self._finish(operation, work, ran, FAILED if failed else SUCCEEDED, "")
@@ -160,11 +166,13 @@ class OperationRunner:
             return "; ".join(f"{r.ref} (wave {step.wave}): {r.message}" for r in failed)
         return ""
 
-    def _outcome(self, step: Step, operation: Operation) -> StepOutcome:
-        """Whether what the step applied is done: resources Healthy, hooks completed."""
-        context = self.health_context()
+    def _outcome(self, step: Step, operation: Operation, *, hooks_only: bool = False) -> StepOutcome:
+        """Whether what the step applied is done: resources Healthy (unless `hooks_only`), hooks
+        completed."""
         waiting = ""
-        for manifest in step.resources:
+        resources = () if hooks_only else step.resources
+        context = self.health_context() if resources else None
+        for manifest in resources:
             live = self.live.get(manifest)
             result = health_stage.assess(live, context) if live is not None else None
             status = result.status if result is not None else HealthStatus.HEALTHY
@@ -192,7 +200,8 @@ class OperationRunner:
 
     def _wait(self, operation: Operation, plan_: Plan, index: int, outcome: StepOutcome) -> Ran:
         operation.waiting_since = operation.waiting_since or timestamp()
-        later = plan_.describe(index + 1) if index + 1 < len(plan_.steps) else "the last wave"
+        later = (plan_.describe(index + 1) if index + 1 < len(plan_.steps)
+                 else f"finishing {plan_.describe(index)}")  # the last step, waiting for its hooks
         operation.message = (f"syncing: {later}, waiting for {outcome.waiting} since {operation.waiting_since}")
         operation.phase = RUNNING
         return Ran()

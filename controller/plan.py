@@ -20,10 +20,9 @@ Ordering rules (written here once; Argo CD's, unless said otherwise):
    included; in the plan they join the first Sync step. (Argo CD orders them by phase and wave;
    its maintainers considered Namespaces before hooks in argoproj/argo-cd#3502.)
 5. A step (one wave of one phase) starts only when every object of the earlier steps is applied
-   and Healthy, and every hook of them completed. The last step is not waited for: the operation
-   ends when it is applied, and health is reported as it comes, as Argo CD does for resources.
-   (operation.py does not wait for the last step's hooks either, where Argo CD waits for them and
-   fails the sync when one fails.)
+   and Healthy, and every hook of them completed. Of the last step only the hooks are waited for:
+   the operation ends when its resources are applied and its hooks completed (a failed one fails
+   the sync), and health is reported as it comes, as Argo CD does.
 6. Stale objects (in the previous inventory, not in the render) are pruned after the last Sync
    wave, before PostSync, and only when nothing failed; all together, where Argo CD prunes them
    wave by wave, the highest first.
