@@ -344,3 +344,27 @@ def test_a_chart_that_is_not_what_the_index_says_is_refused(tmp_path, helm):
         with pytest.raises(SourceError) as caught:
             cache.checkout(served.url, version)
         assert "does not match the digest its index gives" in str(caught.value)
+
+
+def test_a_dependency_from_a_private_helm_repository_is_fetched_with_its_own_secret_only(tmp_path, helm):
+    cache_chart = {"Chart.yaml": "apiVersion: v2\nname: cache\nversion: 2.0.0\n",
+                   "templates/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ .Release.Name }}-cache}\n"}
+    with HelmRepo(tmp_path / "deps", helm, username="deps", password="deps-pw-17") as served:
+        served.publish(cache_chart)
+        root = write(tmp_path / "repo", {**CHART, "Chart.yaml": CHART["Chart.yaml"] + (
+            f"dependencies:\n- name: cache\n  version: ^2\n  repository: {served.url}\n")})
+        asked: list[str] = []
+
+        def credentials(url: str) -> RepoCredentials | None:
+            asked.append(url)
+            return RepoCredentials(username="deps", password="deps-pw-17") if url == served.url else None
+
+        chart = ChartRender(HelmSource(release_name="web", namespace="shop"), str(helm), credentials=credentials)
+        names = {o["metadata"]["name"] for o in render(root, "charts/shop", chart=chart)}
+        assert "web-cache" in names and asked == [served.url]
+        assert not (root / "charts/shop/charts").exists()  # built in a copy: the checkout stays as it was
+        wrong = ChartRender(chart.options, str(helm), credentials=lambda url: RepoCredentials("deps", "nope"))
+        with pytest.raises(RenderError) as caught:
+            render(root, "charts/shop", chart=wrong)
+        assert str(caught.value) == (f"charts/shop/Chart.yaml: authentication failed for {served.url} "
+                                     f"(a dependency's Helm repository)")
