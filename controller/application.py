@@ -71,6 +71,7 @@ def app_summary(app: Manifest) -> dict[str, Any]:
         "commitAuthor": (sync.get("revisionMetadata") or {}).get("author") or "",
         "repo": repo_url(app),
         "path": source.get("path") or "k8s",
+        "chart": source.get("chart") or "",  # a chart of the Helm repository `repo` (path is then unused)
         "targetRevision": source.get("targetRevision") or "HEAD",
         "destination": destination_namespace(app),
         "urls": list(summary.get("externalURLs") or []),

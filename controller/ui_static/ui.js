@@ -197,7 +197,7 @@ function listPage() {
       el("td", {}, el("code", { title: app.revision }, app.shortRevision || "-"),
         app.commitMessage ? el("div", { class: "commit" }, app.commitMessage) : null,
         app.commitAuthor ? el("div", { class: "note" }, app.commitAuthor) : null),
-      el("td", {}, app.repo, el("div", { class: "note" }, app.path)),
+      el("td", {}, app.repo, el("div", { class: "note" }, app.chart ? `chart ${app.chart}` : app.path)),
       el("td", {}, app.destination),
       el("td", {}, urlLinks(app.urls)),
       el("td", {}, since(app.lastSync)),
@@ -311,7 +311,9 @@ function appPage(namespace, name) {
       el("dt", {}, "Commit"), el("dd", { id: "app-commit" }, app.commitMessage
         ? `${app.commitMessage} (${app.commitAuthor})` : "-"),
       el("dt", {}, "Health"), el("dd", { id: "app-health" }, state(app.health), app.healthMessage ? ` ${app.healthMessage}` : ""),
-      el("dt", {}, "Repository"), el("dd", {}, `${app.repo} (${app.path} at ${app.targetRevision})`),
+      el("dt", {}, "Repository"), el("dd", {}, app.chart
+        ? `${app.repo} (chart ${app.chart} ${app.revision || app.targetRevision}, from ${app.targetRevision})`
+        : `${app.repo} (${app.path} at ${app.targetRevision})`),
       el("dt", {}, "Destination"), el("dd", {}, app.destination),
       el("dt", {}, "URL"), el("dd", {}, urlLinks(app.urls).length ? urlLinks(app.urls) : "-"),
       el("dt", {}, "Sync policy"), el("dd", {}, app.automated ? "Automated" : "Manual"),

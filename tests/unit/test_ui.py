@@ -73,6 +73,9 @@ def test_the_summary_says_what_the_list_shows_and_no_credentials():
     assert summary["urls"] == ["http://shop.example.test/"] and summary["automated"] is True
     assert summary["lastSync"] == "2026-12-03T06:00:00Z" and summary["destination"] == "shop"
     assert "s3cret" not in repr(summary)
+    assert summary["chart"] == ""
+    chart_app = {**APP, "spec": {**APP["spec"], "source": {"repoURL": "https://charts.example", "chart": "shop"}}}
+    assert app_summary(chart_app)["chart"] == "shop"
 
 
 class Reviews:
