@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,28 @@ def example_files() -> dict[str, str]:
             if path.is_file() and path.name not in ("application.yaml", "README.md")}
 
 
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def check_migration_between_database_and_backend(app, status: dict) -> None:
+    """The example's schema migration ran after the database was ready and before the backend
+    was created, as its sync report and the API server's timestamps both say."""
+    results = {(r["kind"], r["name"]): r for r in status["operationState"]["syncResult"]["resources"]}
+    migration = results[("Job", "schema-migrate")]
+    assert (migration["hookType"], migration["hookPhase"], migration["wave"]) == ("Sync", "Succeeded", 0), migration
+    assert results[("StatefulSet", "mariadb")]["wave"] == -1 and results[("Deployment", "backend")]["wave"] == 1
+    # A hook is not desired state: it never shows in the inventory.
+    assert ("Job", "schema-migrate") not in {(r["kind"], r["name"]) for r in status["resources"]}
+    job = app.object("job", "schema-migrate")
+    complete = next(c for c in job["status"]["conditions"] if c["type"] == "Complete")
+    assert complete["status"] == "True"
+    ready = next(c for c in app.object("pod", "mariadb-0")["status"]["conditions"] if c["type"] == "Ready")
+    assert _time(job["metadata"]["creationTimestamp"]) >= _time(ready["lastTransitionTime"])
+    backend = app.object("deployment", "backend")
+    assert _time(backend["metadata"]["creationTimestamp"]) >= _time(complete["lastTransitionTime"])
+
+
 def test_cluster_mode_service_account_syncs_the_example_app(cluster, controller, make_app, tmp_path):
     with installed(cluster, CLUSTER_MODE), controller_as_service_account(cluster, controller, tmp_path) as as_sa:
         files = example_files()
@@ -275,9 +298,12 @@ def test_cluster_mode_service_account_syncs_the_example_app(cluster, controller,
         app.push(files, message="into the test's namespace")
         try:
             app.apply(finalizer=True)
-            status = app.wait_synced(app.repo.head, timeout=120)
+            app.wait_synced(app.repo.head, timeout=120)
+            status = app.wait(lambda s: (s.get("operationState") or {}).get("phase") == "Succeeded",
+                              "the staged sync to end", timeout=60)
             assert status["summary"]["externalURLs"] == ["http://krampoline.local"]
             assert app.object("statefulset", "mariadb")["status"]["readyReplicas"] == 1
+            check_migration_between_database_and_backend(app, status)
             assert "forbidden" not in as_sa.log().lower()
             cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--timeout=60s")
             assert app.object("deployment", "backend") is None  # cascade, with the SA's rights
