@@ -33,7 +33,10 @@ def chart(version: str = "1.0.0", *, replicas: int = 1, greeting: str = "hello",
         "templates/configmap.yaml": (
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n"
             "  greeting: {{ .Values.greeting | quote }}\n  color: {{ .Values.color | quote }}\n"
-            "  version: {{ .Chart.Version | quote }}\n"),
+            "  version: {{ .Chart.Version | quote }}\n"
+            # What the cluster serves, which the controller passes as Argo CD does.
+            "  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+            "  served: {{ .Capabilities.APIVersions.Has \"gantry.dev/v1alpha1/Application\" | quote }}\n"),
         "templates/deployment.yaml": (
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}-web\nspec:\n"
             "  replicas: {{ .Values.replicas }}\n  selector: {matchLabels: {app: web}}\n  template:\n"
@@ -48,7 +51,10 @@ def in_git(files: dict, under: str = "charts/shop") -> dict:
 
 
 def settings(app: App, release: str) -> dict:
-    return app.object("configmap", f"{release}-settings")["data"]
+    """The chart's values as rendered (the cluster's capabilities are checked on their own)."""
+    data = dict(app.object("configmap", f"{release}-settings")["data"])
+    del data["kube"], data["served"]
+    return data
 
 
 def replicas(app: App, release: str) -> int:
@@ -114,6 +120,9 @@ def test_a_chart_in_git_with_values_files_parameters_a_values_change_and_rollbac
     operation_done(app, first)
     assert settings(app, release) == {"greeting": "hi, there", "color": "blue", "version": "1.0.0"}
     assert replicas(app, release) == 2
+    capabilities = app.object("configmap", f"{release}-settings")["data"]
+    server = json.loads(app.cluster.kubectl("get", "--raw", "/version").stdout)["gitVersion"]
+    assert (capabilities["kube"], capabilities["served"]) == (server, "true")
     entry = app.status()["history"][-1]
     assert entry["source"]["helm"]["valueFiles"] == ["values-prod.yaml"]
 
