@@ -7,10 +7,13 @@
 #                                     kwok-<v>/crd-logs.yaml, the release's CRD of Logs)
 #   $GANTRY_CACHE/kustomize-<v>/bin   kustomize
 #   $GANTRY_CACHE/helm-<v>/bin        helm (renders Helm charts; the controller finds it next to kustomize)
+#   $GANTRY_CACHE/crane-<v>/bin       crane (tests only: `crane registry serve` is the OCI registry
+#                                     Helm charts are pushed to and pulled from; not in the image)
 # Each hack/<name>/go.mod pins one release (the Kubernetes one replaces every staging module with
 # its matching v0.N.P, which is why `go install k8s.io/kubernetes/cmd/...@v` cannot be used).
 # A component is rebuilt only when its directory is missing; a build lands atomically (tmp + mv).
-# Usage: hack/build-binaries.sh [--print-dirs | kustomize | helm]   (kustomize, helm: build only that one)
+# Usage: hack/build-binaries.sh [--print-dirs | kustomize | helm | crane]   (kustomize, helm, crane:
+#   build only that one)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,12 +30,14 @@ etcd_version=$(module_version etcd go.etcd.io/etcd/server/v3)
 kwok_version=$(module_version kwok sigs.k8s.io/kwok)
 kustomize_version=$(module_version kustomize sigs.k8s.io/kustomize/kustomize/v5)
 helm_version=$(module_version helm helm.sh/helm/v4)
+crane_version=$(module_version crane github.com/google/go-containerregistry)
 
 kube_dir=$cache/kubernetes-$kube_version
 etcd_dir=$cache/etcd-$etcd_version
 kwok_dir=$cache/kwok-$kwok_version
 kustomize_dir=$cache/kustomize-$kustomize_version
 helm_dir=$cache/helm-$helm_version
+crane_dir=$cache/crane-$crane_version
 
 # kwok's stages: the release's node stage sets, then our pod stages (hack/kwok/stages/README.md says
 # why ours replace the release's pod/fast). The file is named by a hash of what goes into it, so
@@ -46,8 +51,8 @@ kwok_stages=$kwok_dir/stages-$kwok_stages_hash.yaml
 kwok_logs_crd=$kwok_dir/crd-logs.yaml
 
 if [[ ${1:-} == --print-dirs ]]; then
-  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nHELM_BIN=%s/bin\nKUBE_VERSION=%s\nKWOK_STAGES=%s\nKWOK_LOGS_CRD=%s\n' \
-    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$helm_dir" "$kube_version" "$kwok_stages" "$kwok_logs_crd"
+  printf 'KUBE_BIN=%s/bin\nETCD_BIN=%s/bin\nKWOK_BIN=%s/bin\nKUSTOMIZE_BIN=%s/bin\nHELM_BIN=%s/bin\nCRANE_BIN=%s/bin\nKUBE_VERSION=%s\nKWOK_STAGES=%s\nKWOK_LOGS_CRD=%s\n' \
+    "$kube_dir" "$etcd_dir" "$kwok_dir" "$kustomize_dir" "$helm_dir" "$crane_dir" "$kube_version" "$kwok_stages" "$kwok_logs_crd"
   exit 0
 fi
 
@@ -87,6 +92,9 @@ build kustomize "$kustomize_dir" kustomize "" sigs.k8s.io/kustomize/kustomize/v5
 # helm says its version only when told it at link time (its Makefile does the same).
 build helm "$helm_dir" helm "-X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
 [[ ${1:-} == helm ]] && exit 0
+build crane "$crane_dir" crane "-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$crane_version" \
+  github.com/google/go-containerregistry/cmd/crane
+[[ ${1:-} == crane ]] && exit 0
 build etcd "$etcd_dir" etcd "" go.etcd.io/etcd/server/v3
 build kwok "$kwok_dir" "" "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" sigs.k8s.io/kwok/cmd/kwok
 # kwok only acts through stages; out of cluster it has none unless given. Nodes: the release's own

@@ -67,6 +67,7 @@ class Binaries:
     kwok: Path
     kustomize: Path
     helm: Path
+    crane: Path  # tests only: its in-memory OCI registry holds the charts of the Helm OCI tests
     kube_version: str
     kwok_stages: Path  # the stage set of this checkout (hack/kwok/stages), by content hash
     kwok_logs_crd: Path  # the CRD of kwok's Logs, which kwok reads but does not install
@@ -88,6 +89,7 @@ class Binaries:
             kwok=Path(dirs["KWOK_BIN"]),
             kustomize=Path(dirs["KUSTOMIZE_BIN"]),
             helm=Path(dirs["HELM_BIN"]),
+            crane=Path(dirs["CRANE_BIN"]),
             kube_version=dirs["KUBE_VERSION"],
             kwok_stages=Path(dirs["KWOK_STAGES"]),
             kwok_logs_crd=Path(dirs["KWOK_LOGS_CRD"]),
@@ -109,10 +111,19 @@ class Binaries:
         dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
         return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["HELM_BIN"])
 
+    @staticmethod
+    def build_crane() -> Path:
+        """Only crane (whose `crane registry serve` is the tests' OCI registry): its bin directory."""
+        script = ROOT / "hack" / "build-binaries.sh"
+        subprocess.run(["bash", str(script), "crane"], check=True)
+        dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
+        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["CRANE_BIN"])
+
     def link_into(self, directory: Path) -> None:
-        """One PATH entry with every tool, so `source .cluster/env` gives kubectl, kustomize and helm."""
+        """One PATH entry with every tool, so `source .cluster/env` gives kubectl, kustomize and helm
+        (and crane, the tests' OCI registry)."""
         directory.mkdir(parents=True, exist_ok=True)
-        for source_dir in (self.kube, self.etcd, self.kwok, self.kustomize, self.helm):
+        for source_dir in (self.kube, self.etcd, self.kwok, self.kustomize, self.helm, self.crane):
             for binary in source_dir.iterdir():
                 link = directory / binary.name
                 if link.is_symlink() or link.exists():

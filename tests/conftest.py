@@ -61,6 +61,12 @@ def helm() -> Path:
 
 
 @pytest.fixture(scope="session")
+def crane() -> Path:
+    """The pinned, Go-built crane binary (its `crane registry serve` is the tests' OCI registry)."""
+    return localcluster.Binaries.build_crane() / "crane"
+
+
+@pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     binaries = localcluster.Binaries.build()
     binaries.link_into(localcluster.BIN)
