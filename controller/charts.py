@@ -1,6 +1,11 @@
 """First stage of the flow for charts from a Helm repository (Application → source → render), beside
 source.py's git: the repository's index.yaml, the version targetRevision names, the chart pulled
 by helm (helm.py) and unpacked once per version and digest into a cache render reads.
+
+Charts from an OCI registry (oci://HOST/PATH, or HOST/PATH with a Secret saying enableOCI) have
+no index: helm pull resolves the version (a range from the registry's tags) and pulls in one go.
+A version (a tag) is pulled once and kept, as Argo CD keeps it; a range is pulled again on a
+refresh or after min_fetch_interval, and renders again only when helm picked another archive.
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ class ChartVersion:
                 if v}
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """An OCI chart's version as the last pull found it, for the constraint it was asked with."""
+
+    at: float  # monotonic time of that pull
+    version: ChartVersion
+
+
 @dataclass
 class _Repo:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -72,6 +85,7 @@ class ChartCache:
         self.timeout = timeout
         self.credentials = credentials
         self._repos: dict[str, _Repo] = {}
+        self._oci_resolved: dict[tuple[str, str, str], _Resolved] = {}  # (repo, chart, constraint) → its pull
         self._lock = threading.Lock()
         self._http = urllib3.PoolManager(num_pools=8, maxsize=4)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +93,8 @@ class ChartCache:
     def resolve(self, repo_url: str, chart: str, constraint: str, *, refresh: bool = False) -> ChartVersion:
         """The newest version of `chart` that `constraint` (a version, or a semver range such as
         `^1.2`, `>=1.0 <2`, `1.4.x`; `HEAD`, `*` or "" for the newest release) allows."""
+        if self._is_oci(repo_url):
+            return self._resolve_oci(repo_url, chart, constraint, refresh=refresh)
         repo = self._repo(repo_url)
         with repo.lock:
             if refresh or repo.fetched_at is None or time.monotonic() - repo.fetched_at >= self.min_fetch_interval \
@@ -99,12 +115,17 @@ class ChartCache:
     def checkout(self, repo_url: str, version: ChartVersion, *, pass_credentials: bool = False) -> Path:
         """A directory holding the chart unpacked in the folder of its name, pulled once per
         version and digest (a republished version is a new pull)."""
-        key = hashlib.sha256("\0".join((redact_url(repo_url), version.name, version.version,
-                                        version.digest)).encode()).hexdigest()[:32]
-        target = self.root / key
+        target = self._target(repo_url, version)
         if (target / version.name / "Chart.yaml").is_file():
             return target
         shown = redact_url(repo_url)
+        if version.entry.get("oci"):  # unpacked when resolved, and gone since: pulled again
+            pulled = self._pull_oci(repo_url, version.name, version.version)
+            if pulled.digest != version.digest:
+                raise SourceError(f"chart {version.name} {version.version} from {shown} is not the archive it was "
+                                  f"when resolved: the registry is serving another chart under that tag",
+                                  transient=True)
+            return target
         with tempfile.TemporaryDirectory(prefix=".pull-", dir=self.root) as scratch:
             archive = helm_tool.pull(self.helm, repo_url, version.entry, Path(scratch),
                                      credentials=self._credentials(repo_url), pass_credentials=pass_credentials,
@@ -120,6 +141,73 @@ class ChartCache:
                 if not target.is_dir():  # not another thread or process that got there first
                     raise
         return target
+
+    def _target(self, repo_url: str, version: ChartVersion) -> Path:
+        key = hashlib.sha256("\0".join((redact_url(repo_url), version.name, version.version,
+                                        version.digest)).encode()).hexdigest()[:32]
+        return self.root / key
+
+    # ------------------------------------------------------------------ OCI registries
+
+    def _is_oci(self, repo_url: str) -> bool:
+        """oci://, or an URL without a scheme that its repository Secret declares an OCI registry."""
+        url = repo_url.strip()
+        if url.startswith("oci://"):
+            return True
+        if "://" in url:
+            return False
+        credentials = self._credentials(url)
+        if credentials is None or not credentials.enable_oci:
+            shown = redact_url(url)
+            raise SourceError(f"spec.source.repoURL {shown!r} has no scheme: it is an OCI registry only when its "
+                              f"repository Secret (type: helm) says enableOCI: \"true\"; else write oci://{shown}, "
+                              f"or the https:// URL of a Helm repository", transient=True)
+        return True
+
+    def _resolve_oci(self, repo_url: str, chart: str, constraint: str, *, refresh: bool) -> ChartVersion:
+        wanted = constraint.strip()
+        wanted = "*" if wanted in _LATEST else wanted
+        exact = _SEMVER.fullmatch(wanted) is not None  # a tag: helm looks no further
+        key = (redact_url(repo_url.strip()).removeprefix("oci://").rstrip("/"), chart, wanted)
+        repo = self._repo(repo_url)
+        with repo.lock:  # one pull at a time per repository
+            known = self._oci_resolved.get(key)
+            if known is not None and (exact or (not refresh and time.monotonic() - known.at < self.min_fetch_interval)):
+                return known.version
+            version = self._pull_oci(repo_url, chart, wanted)
+            self._oci_resolved[key] = _Resolved(time.monotonic(), version)
+        return version
+
+    def _pull_oci(self, repo_url: str, chart: str, wanted: str) -> ChartVersion:
+        """helm pull of `chart` at `wanted`, unpacked under the key of the version helm picked."""
+        credentials = self._credentials(repo_url)
+        request = helm_tool.OciPull(repo_url, chart, wanted,
+                                    plain_http=bool(credentials and credentials.oci_force_http),
+                                    skip_tls_verify=bool(credentials and credentials.insecure))
+        shown = redact_url(repo_url)
+        with tempfile.TemporaryDirectory(prefix=".pull-", dir=self.root) as scratch:
+            archive = helm_tool.pull_oci(self.helm, request, Path(scratch), credentials=credentials,
+                                         timeout=self.timeout)
+            unpacked = Path(scratch) / "unpacked"
+            what = f"chart {chart} {wanted} from {shown}"
+            _unpack(archive, unpacked, chart, what)
+            try:
+                metadata = yaml.safe_load((unpacked / chart / "Chart.yaml").read_text(encoding="utf-8")) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                metadata = {}
+            if not isinstance(metadata, dict) or metadata.get("version") is None:
+                raise SourceError(f"{what}: its Chart.yaml gives no version")
+            entry = {"oci": True, "version": str(metadata["version"]), "description": metadata.get("description")}
+            version = ChartVersion(chart, entry["version"], _sha256(archive), entry)
+            target = self._target(repo_url, version)
+            if not (target / chart / "Chart.yaml").is_file():
+                try:
+                    unpacked.rename(target)
+                except OSError:
+                    if not target.is_dir():  # not another process that got there first
+                        raise
+        log.debug("pulled %s %s (%s) from %s", chart, version.version, wanted, shown)
+        return version
 
     # ------------------------------------------------------------------ the index
 

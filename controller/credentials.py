@@ -49,8 +49,11 @@ def _decode(data: dict, key: str) -> str | None:
 
 def _normalised(url: str) -> str:
     """`url` without user info (for http) and with its scheme and host lower-cased: those are
-    case-insensitive, while a path may not be (most git servers tell `Org/App` from `org/app`)."""
+    case-insensitive, while a path may not be (most git servers tell `Org/App` from `org/app`).
+    An OCI registry's `oci://` is dropped: Argo CD's Secrets name one without it (`enableOCI`)."""
     url = redact_url(url.strip())
+    if url[:6].lower() == "oci://":
+        url = url[6:]
     match = _AUTHORITY.match(url)
     scheme, user, host = match["scheme"] or "", match["user"] or "", match["host"]
     return scheme.lower() + user + host.lower() + url[match.end():]
@@ -72,8 +75,12 @@ def select(secrets: list[dict], repo_url: str, kind: str = "git") -> RepoCredent
         return None
     data = secret.get("data") or {}
     return RepoCredentials(username=_decode(data, "username"), password=_decode(data, "password"),
-                           ssh_private_key=_decode(data, "sshPrivateKey"),
-                           insecure=(_decode(data, "insecure") or "").strip().lower() == "true")
+                           ssh_private_key=_decode(data, "sshPrivateKey"), insecure=_flag(data, "insecure"),
+                           enable_oci=_flag(data, "enableOCI"), oci_force_http=_flag(data, "insecureOCIForceHttp"))
+
+
+def _flag(data: dict, key: str) -> bool:
+    return (_decode(data, key) or "").strip().lower() == "true"
 
 
 def refusal(secrets: list[dict], repo_url: str, app_namespace: str, controller_namespace: str) -> str | None:

@@ -9,6 +9,8 @@ and never against the cluster. Nothing here reads the API server or git.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -24,8 +26,8 @@ from .model import HelmSource, RenderError, SourceError
 from .process import OUT_OF_MEMORY, Run, run_bounded, with_memory_limit
 from .source import RepoCredentials, redact_url
 
-__all__ = ["CHART_FILE", "Capabilities", "ChartRender", "local_dependencies", "pull", "template",
-           "template_command"]
+__all__ = ["CHART_FILE", "Capabilities", "ChartRender", "OciPull", "local_dependencies", "oci_pull_command", "pull",
+           "pull_oci", "template", "template_command"]
 
 CHART_FILE = "Chart.yaml"
 MiB = 1 << 20
@@ -156,6 +158,89 @@ def pull(binary: str, repo_url: str, entry: dict, scratch: Path, *, credentials:
     if not archives:
         raise SourceError(f"helm pull of {entry['name']} {entry['version']} from {shown} gave no chart archive")
     return archives[0]
+
+
+@dataclass(frozen=True)
+class OciPull:
+    """`helm pull` of `chart` from the OCI registry repository `repo_url` (oci://HOST/PATH, or
+    HOST/PATH as an Argo CD Secret with enableOCI declares it) at `version`: a version, or a
+    semver range (helm then lists the tags and picks the newest the range allows)."""
+
+    repo_url: str
+    chart: str
+    version: str
+    plain_http: bool = False  # the repository Secret's insecureOCIForceHttp: "true"
+    skip_tls_verify: bool = False  # its insecure: "true"
+
+    @property
+    def reference(self) -> str:
+        return f"oci://{self.repo_url.strip().removeprefix('oci://').rstrip('/')}/{self.chart}"
+
+
+def oci_pull_command(binary: str, request: OciPull, destination: Path) -> list[str]:
+    """The command line, without credentials: those go to the registry config of the command's
+    folder (a command line is readable by every process of the machine)."""
+    command = [binary, "pull", request.reference, "--version", request.version, "--destination", str(destination)]
+    if request.plain_http:
+        command.append("--plain-http")
+    if request.skip_tls_verify:
+        command.append("--insecure-skip-tls-verify")
+    return command
+
+
+def pull_oci(binary: str, request: OciPull, scratch: Path, *, credentials: RepoCredentials | None,
+             timeout: float) -> Path:
+    """The .tgz helm pulled from the registry. Raises SourceError: `authentication failed for
+    <repo>` when the registry says so, `chart … version … not found` when no tag is that version
+    or matches that range."""
+    home = _home(scratch)
+    chart, shown = request.chart, redact_url(request.repo_url)
+    _write_registry_config(home, request.reference, credentials)
+    destination = scratch / "pulled"
+    destination.mkdir()
+    try:
+        run = run_bounded(oci_pull_command(binary, request, destination), cwd=scratch, env=_env(home, 256 * MiB),
+                          timeout=timeout, max_output=1 * MiB)
+    except FileNotFoundError:
+        raise SourceError(f"cannot pull {chart} from {shown}: the controller has no helm binary (pass --helm PATH "
+                          f"or set GANTRY_HELM)") from None
+    stderr = _scrubbed(run.stderr.decode("utf-8", "replace"), str(scratch), credentials)
+    if run.timed_out:
+        raise SourceError(f"helm pull of {chart} {request.version} from {shown} did not finish within {timeout:g}s",
+                          transient=True)
+    if run.returncode != 0:
+        if _AUTH_FAILED.search(stderr):
+            raise SourceError(f"authentication failed for {shown}", transient=True)
+        if _OCI_NOT_FOUND.search(stderr):
+            raise SourceError(f"chart {chart} version {request.version!r} not found in {shown}")
+        if "server gave HTTP response to HTTPS client" in stderr:
+            raise SourceError(f"{shown} answers plain HTTP: set insecureOCIForceHttp: \"true\" in its repository "
+                              f"Secret (type: helm) to pull over HTTP", transient=True)
+        raise SourceError(f"helm pull of {chart} {request.version} from {shown} failed: {_one_line(stderr)}",
+                          transient=True)
+    archives = sorted(destination.glob("*.tgz"))
+    if not archives:
+        raise SourceError(f"helm pull of {chart} {request.version} from {shown} gave no chart archive")
+    return archives[0]
+
+
+# A tag that is not there (`…/shop:2.0.0: not found`), a range no tag matches, a repository the
+# registry does not know (`name unknown`, or a tag list of none).
+_OCI_NOT_FOUND = re.compile(r": not found\b|could not locate a version matching|name unknown|"
+                            r"unable to locate any tags", re.I)
+
+
+def _write_registry_config(home: Path, reference: str, credentials: RepoCredentials | None) -> None:
+    """The registry config (Docker's config.json format, which helm reads for OCI registries) with
+    the one registry's credentials, readable by the controller's user only; none without them."""
+    auths = {}
+    if credentials is not None and credentials.username and credentials.password:
+        host = reference.removeprefix("oci://").split("/", 1)[0]
+        token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+        auths[host] = {"auth": token}
+    descriptor = os.open(home / "config" / "registry.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump({"auths": auths}, file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +409,9 @@ def _env(home: Path, memory: int) -> dict[str, str]:
         "HELM_REPOSITORY_CONFIG": str(home / "config" / "repositories.yaml"),
         "HELM_REPOSITORY_CACHE": str(home / "cache" / "repository"),
         "HELM_REGISTRY_CONFIG": str(home / "config" / "registry.json"),
+        "HELM_CONTENT_CACHE": str(home / "cache" / "content"),
+        # helm falls back to Docker's credentials for a registry: those of the folder, none.
+        "DOCKER_CONFIG": str(home / "config" / "docker"),
         "KUBECONFIG": str(home / "no-kubeconfig"),
         "GOMEMLIMIT": str(memory * 3 // 4),
     }

@@ -351,6 +351,9 @@ _HELM_FIELDS = ("releaseName", "valueFiles", "ignoreMissingValueFiles", "values"
 _RELEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _KUBE_VERSION = re.compile(r"v?\d+\.\d+(\.\d+)?([-+][0-9A-Za-z.+-]*)?")
 _CHART_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# An OCI registry's repository without its oci://: HOST[:PORT]/PATH (Argo CD's Secrets with
+# enableOCI name it so; whether it is one, the Secret says when the chart is fetched).
+_OCI_REPOSITORY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d+)?(/[A-Za-z0-9._/-]+)?")
 
 
 @dataclass(frozen=True)
@@ -571,7 +574,7 @@ class AppSpec:
         source = spec.get("source") or {}
         destination = spec.get("destination") or {}
         chart = _checked_chart(source)
-        repo_url = _checked_repo_url(source)
+        repo_url = _checked_repo_url(source, chart)
         path = chart or str(source.get("path") or "k8s").strip()
         if path.startswith("/") or ".." in path.split("/"):
             raise SpecError(f"spec.source.path {path!r} must be relative to the repository root and may not use '..'")
@@ -640,12 +643,14 @@ class AppSpec:
         return self.helm or HelmSource(release_name=self.name, namespace=self.destination_namespace)
 
 
-def _checked_repo_url(source: dict[str, Any]) -> str:
-    """spec.source.repoURL, of a scheme Gantry fetches, from a source it renders."""
+def _checked_repo_url(source: dict[str, Any], chart: str = "") -> str:
+    """spec.source.repoURL, of a scheme Gantry fetches, from a source it renders (a chart's was
+    checked by _checked_chart)."""
     repo_url = str(source.get("repoURL") or "").strip()
     if not repo_url:
         raise SpecError("spec.source.repoURL is required")
-    if not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) and not _is_scp_url(repo_url):
+    if not chart and not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) \
+            and not _is_scp_url(repo_url):
         raise SpecError(
             f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
             f"or file:// URL"
@@ -666,12 +671,13 @@ def _checked_chart(source: dict[str, Any]) -> str:
     if not chart or not repo_url:
         return chart
     if repo_url.startswith("oci://"):
-        raise SpecError(f"spec.source.repoURL {_without_userinfo(repo_url)!r}: charts from OCI registries are not "
-                        f"supported yet; use a Helm repository (one serving index.yaml) or the chart's folder in git")
-    if not repo_url.startswith(("https://", "http://")):
+        if not _OCI_REPOSITORY.fullmatch(repo_url.removeprefix("oci://")):
+            raise SpecError(f"spec.source.repoURL {_without_userinfo(repo_url)!r}: an OCI registry's repository is "
+                            f"oci://HOST[:PORT]/PATH, the chart's name in spec.source.chart")
+    elif not repo_url.startswith(("https://", "http://")) and not _OCI_REPOSITORY.fullmatch(repo_url):
         raise SpecError(f"spec.source.repoURL {_without_userinfo(repo_url)!r}: a chart comes from a Helm repository, "
-                        f"an https:// or http:// URL serving index.yaml (for a chart in git, drop `chart` and set "
-                        f"`path` to its folder)")
+                        f"an https:// or http:// URL serving index.yaml, or an OCI registry, oci://HOST/PATH (for a "
+                        f"chart in git, drop `chart` and set `path` to its folder)")
     if chart in (".", "..") or not _CHART_NAME.fullmatch(chart):
         raise SpecError(f"spec.source.chart {chart!r} is not a chart name (letters, digits, '.', '_' and '-'; for a "
                         f"chart in git, drop `chart` and set `path` to its folder)")

@@ -33,13 +33,17 @@ log = logging.getLogger(__name__)
 class RepoCredentials:
     """What a repository Secret gives: basic auth for http(s), a private key for ssh.
 
-    `insecure` (Argo CD's field of that name) skips the check of an ssh server's host key.
+    `insecure` (Argo CD's field of that name) skips the check of an ssh server's host key (for
+    an OCI registry: of its TLS certificate). A Helm Secret's `enableOCI` says its URL, written
+    without a scheme, is an OCI registry; `insecureOCIForceHttp` that the registry speaks plain HTTP.
     """
 
     username: str | None = None
     password: str | None = None
     ssh_private_key: str | None = None
     insecure: bool = False
+    enable_oci: bool = False
+    oci_force_http: bool = False
 
     def __repr__(self) -> str:  # never show secrets, not even in a traceback
         return (f"RepoCredentials(username={'set' if self.username else None}, password=***, "

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from helmrepo import HelmRepo
+from ociregistry import OciRegistry
 
 from controller.charts import ChartCache, ChartVersion, pick_version
 from controller.credentials import select
-from controller.helm import Capabilities, ChartRender, template_command
-from controller.model import HelmParameter, HelmSource, RenderError, SourceError
+from controller.helm import Capabilities, ChartRender, OciPull, oci_pull_command, template_command
+from controller.model import AppSpec, HelmParameter, HelmSource, RenderError, SourceError
 from controller.render import render
 from controller.source import RepoCredentials
 
@@ -368,3 +369,108 @@ def test_a_dependency_from_a_private_helm_repository_is_fetched_with_its_own_sec
             render(root, "charts/shop", chart=wrong)
         assert str(caught.value) == (f"charts/shop/Chart.yaml: authentication failed for {served.url} "
                                      f"(a dependency's Helm repository)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts from an OCI registry (crane's registry on loopback, charts pushed by the real helm)
+
+
+def test_oci_pull_command_lines_carry_no_credentials():
+    request = OciPull("oci://registry.example.com/charts/", "shop", "1.2.3")
+    assert request.reference == "oci://registry.example.com/charts/shop"
+    assert oci_pull_command("helm", request, Path("/d")) == [
+        "helm", "pull", "oci://registry.example.com/charts/shop", "--version", "1.2.3", "--destination", "/d"]
+    declared = OciPull("registry.example.com:5000/charts", "shop", "^1", plain_http=True, skip_tls_verify=True)
+    assert oci_pull_command("helm", declared, Path("/d")) == [
+        "helm", "pull", "oci://registry.example.com:5000/charts/shop", "--version", "^1", "--destination", "/d",
+        "--plain-http", "--insecure-skip-tls-verify"]
+
+
+def _oci_secret(url: str, password: str, **flags: str) -> dict:
+    data = {"url": url, "type": "helm", "username": "u", "password": password, **flags}
+    return {"metadata": {"name": password}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def test_an_oci_registry_uses_the_helm_secret_of_its_url_with_or_without_oci_scheme():
+    secrets = [_oci_secret("registry.example.com/charts", "declared-pw", enableOCI="true", insecureOCIForceHttp="true"),
+               _oci_secret("https://registry.example.com/charts", "https-pw"),
+               _oci_secret("oci://registry.example.com/team", "team-pw"),
+               {**_secret("registry.example.com/other", None, "git-pw")}]
+    declared = select(secrets, "oci://registry.example.com/charts", "helm")
+    assert (declared.password, declared.enable_oci, declared.oci_force_http) == ("declared-pw", True, True)
+    assert select(secrets, "registry.example.com/charts/", "helm").password == "declared-pw"
+    assert select(secrets, "oci://REGISTRY.example.com/team/apps", "helm").password == "team-pw"  # a prefix
+    assert select(secrets, "https://registry.example.com/charts", "helm").password == "https-pw"
+    https = select(secrets, "https://registry.example.com/charts", "helm")
+    assert not https.enable_oci and not https.oci_force_http
+    # Neither another Helm repository's Secret nor a git one.
+    assert select(secrets, "oci://registry.example.com/other", "helm") is None
+    assert select(secrets, "oci://registry.example.com/elsewhere", "helm") is None
+
+
+@pytest.mark.parametrize("repo_url", ["oci://127.0.0.1:5000/charts", "registry.example.com/charts",
+                                      "oci://registry.example.com"])
+def test_a_chart_may_come_from_an_oci_registry(repo_url):
+    spec = AppSpec.parse("web", "gantry", {"source": {"repoURL": repo_url, "chart": "shop", "targetRevision": "1.0.0"},
+                                           "destination": {"namespace": "shop"}})
+    assert (spec.repo_url, spec.chart, spec.path, spec.target_revision) == (repo_url, "shop", "shop", "1.0.0")
+
+
+@pytest.fixture
+def registry(crane, helm):
+    with OciRegistry(crane, helm) as served:
+        yield served
+
+
+def _pulls(registry: OciRegistry) -> list[str]:
+    return [r for r in registry.requests() if r.startswith("GET") and "/blobs/" in r]
+
+
+def test_a_chart_from_an_oci_registry_is_pulled_once_per_version_and_rendered(tmp_path, helm, registry):
+    registry.publish(SHOP_V1)
+    plain_http = RepoCredentials(oci_force_http=True)
+    cache = ChartCache(tmp_path / "cache", helm=str(helm), min_fetch_interval=60, credentials=lambda url: plain_http)
+    version = cache.resolve(registry.url, "shop", "1.0.0")
+    assert (version.name, version.version, len(version.digest)) == ("shop", "1.0.0", 64)
+    folder = cache.checkout(registry.url, version)
+    assert settings(render(folder, "shop", chart=chart_render(helm)))["replicas"] == "1"
+    pulled = len(_pulls(registry))
+    assert pulled == 2  # the chart's config and its archive
+    # A version is a tag, kept once pulled: neither a refresh nor a checkout pulls it again.
+    assert cache.resolve(registry.url, "shop", "1.0.0", refresh=True) == version
+    assert cache.checkout(registry.url, version) == folder
+    assert len(_pulls(registry)) == pulled
+    # A range: helm lists the tags and pulls the newest it allows, again on a refresh.
+    assert cache.resolve(registry.url, "shop", "^1").version == "1.0.0"
+    registry.publish(SHOP_V2)
+    assert cache.resolve(registry.url, "shop", "^1").version == "1.0.0"  # within the poll interval
+    newer = cache.resolve(registry.url, "shop", "^1", refresh=True)
+    assert newer.version == "1.1.0"
+    assert settings(render(cache.checkout(registry.url, newer), "shop", chart=chart_render(helm)))["replicas"] == "2"
+    assert cache.resolve(registry.url, "shop", "HEAD").version == "1.1.0"
+    for missing in ("2.0.0", "^3"):
+        with pytest.raises(SourceError) as caught:
+            cache.resolve(registry.url, "shop", missing)
+        assert str(caught.value) == f"chart shop version {missing!r} not found in {registry.url}"
+        assert not caught.value.transient
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(registry.url, "cart", "1.0.0")
+    assert str(caught.value) == f"chart cart version '1.0.0' not found in {registry.url}"
+
+
+def test_an_oci_registry_declared_by_its_secret_and_one_over_plain_http_without_it(tmp_path, helm, registry):
+    registry.publish(SHOP_V1)
+    declared = registry.url.removeprefix("oci://")
+    given: dict[str, RepoCredentials | None] = {"creds": None}
+    cache = ChartCache(tmp_path / "cache", helm=str(helm), credentials=lambda url: given["creds"])
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(declared, "shop", "1.0.0")
+    assert f"spec.source.repoURL {declared!r} has no scheme: it is an OCI registry only when its repository " \
+           f"Secret (type: helm) says enableOCI: \"true\"" in str(caught.value)
+    with pytest.raises(SourceError) as caught:
+        cache.resolve(registry.url, "shop", "1.0.0")
+    assert str(caught.value) == (f"{registry.url} answers plain HTTP: set insecureOCIForceHttp: \"true\" in its "
+                                 f"repository Secret (type: helm) to pull over HTTP")
+    given["creds"] = RepoCredentials(username="deploy", password="s3cr3t-pw", enable_oci=True, oci_force_http=True)
+    version = cache.resolve(declared, "shop", "1.0.0")
+    assert (cache.checkout(declared, version) / "shop" / "Chart.yaml").is_file()
