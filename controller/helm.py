@@ -31,8 +31,9 @@ __all__ = ["CHART_FILE", "Capabilities", "ChartRender", "OciPull", "local_depend
 
 CHART_FILE = "Chart.yaml"
 MiB = 1 << 20
-# What helm prints when a repository refused its credentials (or wanted some it did not get).
-_AUTH_FAILED = re.compile(r"\b(401|403)\b|unauthorized|forbidden|authentication required", re.I)
+# What helm prints when a repository refused its credentials (or wanted some it did not get: an
+# OCI registry asking for basic auth says `basic credential not found`).
+_AUTH_FAILED = re.compile(r"\b(401|403)\b|unauthorized|forbidden|authentication required|credential not found", re.I)
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,24 @@ plain HTTP), charts packaged by the real helm (`helm package`) and pushed by it 
         registry.url  # oci://127.0.0.1:<port>/charts
         registry.requests()  # the registry's log of requests: ["GET /v2/charts/shop/manifests/1.0.0", ...]
 
-Nothing is kept: the registry's content goes with its process.
+With username and password, pulls go through a proxy in front of it that asks for them with
+basic auth (a 401 and `WWW-Authenticate: Basic`, as a registry without a token service does;
+crane's registry asks for nothing); charts are pushed to crane directly. `credentials` may be
+changed while it runs. Nothing is kept: the registry's content goes with its process.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 _SERVING = re.compile(r"serving on port (\d+)")
@@ -26,10 +33,13 @@ _REQUEST = re.compile(r"^\S+ \S+ ((?:GET|HEAD|PUT|POST|PATCH|DELETE) /v2/\S*)", 
 class OciRegistry:
     """crane's registry on 127.0.0.1 at a port the kernel picks (no race for a free one)."""
 
-    def __init__(self, crane: Path, helm: Path) -> None:
+    def __init__(self, crane: Path, helm: Path, *, username: str | None = None, password: str | None = None) -> None:
         self.crane = Path(crane)
         self.helm = Path(helm)
-        self.port = 0
+        self.credentials = (username, password) if username else None
+        self.port = 0  # where pulls go: crane's, or the proxy's when credentials are asked for
+        self._crane_port = 0
+        self._proxy: ThreadingHTTPServer | None = None
         self._work = tempfile.TemporaryDirectory(prefix="gantry-oci-")
         self._log = Path(self._work.name) / "registry.log"
         self._process: subprocess.Popen | None = None
@@ -53,7 +63,7 @@ class OciRegistry:
             (chart / name).write_text(text)
         out = self._helm("package", str(chart), "--destination", str(work))
         archive = Path(out.strip().rsplit(": ", 1)[-1])
-        self._helm("push", str(archive), self.url, "--plain-http")
+        self._helm("push", str(archive), f"oci://127.0.0.1:{self._crane_port}/charts", "--plain-http")
         return archive
 
     def requests(self) -> list[str]:
@@ -80,10 +90,55 @@ class OciRegistry:
                 self.__exit__()
                 raise RuntimeError(f"crane registry serve did not start: {self._log.read_text(errors='replace')}")
             time.sleep(0.05)  # a process starting, not an assertion
-        self.port = int(found[1])
+        self.port = self._crane_port = int(found[1])
+        if self.credentials is not None:
+            self._proxy = ThreadingHTTPServer(("127.0.0.1", 0), self._proxy_handler())
+            self.port = self._proxy.server_address[1]
+            threading.Thread(target=self._proxy.serve_forever, daemon=True).start()
         return self
 
+    def _proxy_handler(self) -> type[BaseHTTPRequestHandler]:
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                user, password = registry.credentials or ("", "")
+                wanted = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                if self.headers.get("Authorization") != wanted:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="gantry-test"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", registry._crane_port, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, headers={k: v for k, v in self.headers.items()
+                                                                      if k.lower() not in ("authorization", "host")})
+                    response = upstream.getresponse()
+                    body = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
     def __exit__(self, *exc) -> None:
+        if self._proxy is not None:
+            self._proxy.shutdown()
+            self._proxy.server_close()
+            self._proxy = None
         if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
             try:

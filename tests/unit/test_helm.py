@@ -474,3 +474,20 @@ def test_an_oci_registry_declared_by_its_secret_and_one_over_plain_http_without_
     given["creds"] = RepoCredentials(username="deploy", password="s3cr3t-pw", enable_oci=True, oci_force_http=True)
     version = cache.resolve(declared, "shop", "1.0.0")
     assert (cache.checkout(declared, version) / "shop" / "Chart.yaml").is_file()
+
+
+def test_a_private_oci_registry_with_basic_auth(tmp_path, crane, helm):
+    with OciRegistry(crane, helm, username="deploy", password="s3cr3t-pw") as registry:
+        registry.publish(SHOP_V1)
+        registry.publish(SHOP_V2)
+        given = {"creds": RepoCredentials(username="deploy", password="s3cr3t-pw", oci_force_http=True)}
+        cache = ChartCache(tmp_path / "cache", helm=str(helm), credentials=lambda url: given["creds"])
+        version = cache.resolve(registry.url, "shop", "1.0.0")
+        assert (cache.checkout(registry.url, version) / "shop" / "Chart.yaml").is_file()
+        for wrong in (RepoCredentials(username="deploy", password="wrong-pw", oci_force_http=True),
+                      RepoCredentials(oci_force_http=True)):
+            given["creds"] = wrong
+            with pytest.raises(SourceError) as caught:
+                cache.resolve(registry.url, "shop", "1.1.0")
+            assert str(caught.value) == f"authentication failed for {registry.url}" and caught.value.transient
+            assert "s3cr3t" not in str(caught.value) and "wrong-pw" not in str(caught.value)
