@@ -11,7 +11,9 @@ are decoded here and go only to git; nothing here logs or returns them in a prin
 A Secret's `type` (Argo CD's field) says what kind of repository it is for: `helm` for a Helm
 repository (its `username`/`password` go to helm: the chart's repository, or a dependency's),
 `git` or none for git. A repository uses only Secrets of its own kind, so a git Secret's password
-never goes to a Helm repository at a matching URL, nor the other way.
+never goes to a Helm repository at a matching URL, nor the other way. An OCI registry's URL
+matches with or without its `oci://` (Argo CD's Secrets name one without it, with
+`enableOCI: "true"`; `insecureOCIForceHttp: "true"` for a registry over plain HTTP).
 """
 
 from __future__ import annotations
