@@ -18,6 +18,7 @@ import pytest
 import yaml
 from harness import APP_NAMESPACE, ROOT, App
 from helmrepo import HelmRepo
+from ociregistry import OciRegistry
 
 from controller.application import rollback_request, sync_request
 
@@ -322,3 +323,63 @@ def test_argo_cds_helm_guestbook_with_its_application_changed_only_in_api_versio
     finally:
         cluster.kubectl("delete", "applications.gantry.dev", app.name, "-n", APP_NAMESPACE, "--wait=false",
                         check=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Charts from an OCI registry (crane's registry on loopback, charts pushed by the real helm)
+
+
+@pytest.fixture
+def oci_registry(crane, cluster):
+    with OciRegistry(crane, cluster.bin_dir / "helm") as served:
+        yield served
+
+
+def oci_secret(cluster, name: str, url: str, **fields: str) -> None:
+    """A repository Secret as Argo CD declares a Helm OCI registry (`type: helm`, `enableOCI`)."""
+    data = {"type": "helm", "name": name, "url": url, **fields}
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": APP_NAMESPACE,
+                                                           "labels": {"gantry.dev/secret-type": "repository"}},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}))
+
+
+def chart_pulls(registry: OciRegistry) -> list[str]:
+    return [r for r in registry.requests() if r.startswith("GET") and "/blobs/" in r]
+
+
+def test_a_chart_from_an_oci_registry_upgraded_then_a_version_that_does_not_exist(make_app, oci_registry, cluster):
+    secret = f"oci-{uuid.uuid4().hex[:6]}"
+    oci_registry.publish(chart("1.0.0"))
+    # The registry speaks plain HTTP, which its repository Secret says, as in Argo CD (whose
+    # Secrets name an OCI registry without oci://).
+    oci_secret(cluster, secret, oci_registry.url.removeprefix("oci://"), enableOCI="true",
+               insecureOCIForceHttp="true")
+    try:
+        app = chart_app(make_app, oci_registry.url, "1.0.0")
+        app.wait_synced("1.0.0")
+        release = app.name
+        assert settings(app, release) == {"greeting": "hello", "color": "red", "version": "1.0.0"}
+        header = gantry(cluster, "app", "get", app.name)
+        assert any(line.split() == ["Chart:", "shop", "1.0.0"] for line in header.splitlines()), header
+
+        # A refresh with nothing new pulls nothing: the version was pulled once and is kept.
+        pulled = chart_pulls(oci_registry)
+        assert len(pulled) == 2, pulled  # the chart's config and its archive
+        app.refresh()
+        app.wait(lambda s: s.get("reconciledAt") and not app.get()["metadata"].get("annotations", {}).get(
+            "gantry.dev/refresh"), "the refresh to be served")
+        assert chart_pulls(oci_registry) == pulled
+
+        # A second version pushed and asked for: the app follows.
+        oci_registry.publish(chart("1.1.0", replicas=2))
+        patch(app, {"spec": {"source": {"targetRevision": "1.1.0"}}})
+        app.wait_synced("1.1.0")
+        assert settings(app, release)["version"] == "1.1.0" and replicas(app, release) == 2
+
+        # A version the registry does not have: Failed naming it, the running release untouched.
+        patch(app, {"spec": {"source": {"targetRevision": "9.9.9"}}})
+        failed_with(app, f"chart shop version '9.9.9' not found in {oci_registry.url}")
+        assert settings(app, release)["version"] == "1.1.0" and replicas(app, release) == 2
+    finally:
+        cluster.kubectl("delete", "secret", secret, "-n", APP_NAMESPACE, check=False)
