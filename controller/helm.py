@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .model import HelmSource, RenderError, SourceError
-from .process import OUT_OF_MEMORY, Run, run_bounded, with_memory_limit
+from .process import Run, limit_hit, run_bounded, with_memory_limit
 from .source import RepoCredentials, redact_url
 
 __all__ = ["CHART_FILE", "Capabilities", "ChartRender", "OciPull", "local_dependencies", "oci_pull_command", "pull",
@@ -429,17 +428,10 @@ def _raise_for(run: Run, what: str, base: Path, chart_dir: Path, chart_name: str
     """The RenderError for a failed helm run (nothing when it succeeded). `base` is the root of the
     source chart_dir is in (the checkout or its copy): files are named relative to it."""
     where = _relative(base, chart_dir / CHART_FILE)
-    if run.timed_out:
-        raise RenderError(f"{what} did not finish within {timeout:g}s", path=where)
-    if run.output_over:
-        raise RenderError(f"{what} printed more than the {max_output // MiB} MiB limit for one app's manifests: "
-                          f"split the app", path=where)
+    if hit := limit_hit(run, what, timeout=timeout, max_output=f"{max_output // MiB} MiB",
+                        memory=f"{memory // MiB} MiB (--kustomize-memory-limit bounds helm too)"):
+        raise RenderError(hit, path=where)
     stderr = run.stderr.decode("utf-8", "replace")
-    if run.returncode != 0 and (OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
-        raise RenderError(f"{what} ran out of memory: it may use {memory // MiB} MiB (--kustomize-memory-limit "
-                          f"bounds helm too)", path=where)
-    if run.returncode is not None and run.returncode < 0:
-        raise RenderError(f"{what} was killed by {signal.Signals(-run.returncode).name}", path=where)
     if run.returncode == 0:
         return
     if run.returncode == 127 and "not found" in stderr:  # the shell that sets the memory limit says so

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OUT_OF_MEMORY", "Run", "run_bounded", "with_memory_limit"]
+__all__ = ["OUT_OF_MEMORY", "Run", "limit_hit", "run_bounded", "with_memory_limit"]
 
 
 # How Go dies when the data segment limit (or the system) gives it no more memory: a fatal error,
@@ -84,3 +84,18 @@ def _kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def limit_hit(run: Run, what: str, *, timeout: float, max_output: str, memory: str) -> str | None:
+    """Which bound a finished run of `what` hit, said for users, or None (it passed, or failed on
+    its own). `max_output` and `memory` are the limits as the message names them."""
+    if run.timed_out:
+        return f"{what} did not finish within {timeout:g}s"
+    if run.output_over:
+        return f"{what} printed more than the {max_output} limit for one app's manifests: split the app"
+    stderr = run.stderr.decode("utf-8", "replace")
+    if run.returncode != 0 and (OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
+        return f"{what} ran out of memory: it may use {memory}"
+    if run.returncode is not None and run.returncode < 0:
+        return f"{what} was killed by {signal.Signals(-run.returncode).name}"
+    return None

@@ -9,7 +9,6 @@ import json
 import os
 import posixpath
 import re
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,7 +19,7 @@ import yaml
 from controller import helm as helm_stage
 from controller.helm import CHART_FILE, ChartRender
 from controller.model import KustomizeOverrides, Manifest, ObjectRef, RenderError
-from controller.process import OUT_OF_MEMORY, run_bounded, with_memory_limit
+from controller.process import limit_hit, run_bounded, with_memory_limit
 
 __all__ = ["KUSTOMIZATION_FILES", "RenderLimits", "load_yaml", "render"]
 
@@ -391,18 +390,11 @@ def _kustomize_build(root: Path, directory: Path, kustomization: Path, binary: P
         run = run_bounded(with_memory_limit(limits.kustomize_memory, [str(binary), "build", str(target)]),
                            cwd=target, env=_kustomize_env(home, limits), timeout=timeout,
                            max_output=limits.total_bytes)
-    if run.timed_out:
-        raise RenderError(f"kustomize build did not finish within {timeout:g}s", path=where)
-    if run.output_over:
-        raise RenderError(f"kustomize build printed more than the {_size(limits.total_bytes)} limit for one app's "
-                          f"manifests: split the app", path=where)
+    if hit := limit_hit(run, "kustomize build", timeout=timeout, max_output=_size(limits.total_bytes),
+                        memory=f"{_size(limits.kustomize_memory)} (--kustomize-memory-limit); a very large input "
+                               f"or YAML aliases nested deep is the usual cause"):
+        raise RenderError(hit, path=where)
     stderr = run.stderr.decode("utf-8", "replace")
-    if run.returncode != 0 and (OUT_OF_MEMORY.search(stderr) or run.returncode == -signal.SIGSEGV):
-        raise RenderError(f"kustomize build ran out of memory: it may use {_size(limits.kustomize_memory)} "
-                          f"(--kustomize-memory-limit); a very large input or YAML aliases nested deep is the usual "
-                          f"cause", path=where)
-    if run.returncode is not None and run.returncode < 0:
-        raise RenderError(f"kustomize build was killed by {signal.Signals(-run.returncode).name}", path=where)
     if run.returncode != 0:
         raise _KustomizeError(root, directory, stderr).mapped()
     # Lines in kustomize's output are not lines of any file in the repo: name the kustomization only.

@@ -96,28 +96,13 @@ class Binaries:
         )
 
     @staticmethod
-    def build_kustomize() -> Path:
-        """Only kustomize (for unit tests of render, which need no cluster): its bin directory."""
+    def build_one(tool: str) -> Path:
+        """Only `tool` (kustomize, helm or crane), for tests that need no cluster (render, charts,
+        the OCI registry crane serves): its bin directory."""
         script = ROOT / "hack" / "build-binaries.sh"
-        subprocess.run(["bash", str(script), "kustomize"], check=True)
+        subprocess.run(["bash", str(script), tool], check=True)
         dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
-        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["KUSTOMIZE_BIN"])
-
-    @staticmethod
-    def build_helm() -> Path:
-        """Only helm (for unit tests of chart rendering, which need no cluster): its bin directory."""
-        script = ROOT / "hack" / "build-binaries.sh"
-        subprocess.run(["bash", str(script), "helm"], check=True)
-        dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
-        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["HELM_BIN"])
-
-    @staticmethod
-    def build_crane() -> Path:
-        """Only crane (whose `crane registry serve` is the tests' OCI registry): its bin directory."""
-        script = ROOT / "hack" / "build-binaries.sh"
-        subprocess.run(["bash", str(script), "crane"], check=True)
-        dirs = subprocess.run(["bash", str(script), "--print-dirs"], check=True, capture_output=True, text=True)
-        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())["CRANE_BIN"])
+        return Path(dict(line.split("=", 1) for line in dirs.stdout.split())[f"{tool.upper()}_BIN"])
 
     def link_into(self, directory: Path) -> None:
         """One PATH entry with every tool, so `source .cluster/env` gives kubectl, kustomize and helm

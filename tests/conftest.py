@@ -51,19 +51,19 @@ class Cluster:
 @pytest.fixture(scope="session")
 def kustomize() -> Path:
     """The pinned, Go-built kustomize binary (built into ~/.cache/gantry on first use)."""
-    return localcluster.Binaries.build_kustomize() / "kustomize"
+    return localcluster.Binaries.build_one("kustomize") / "kustomize"
 
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
     """The pinned, Go-built helm binary (built into ~/.cache/gantry on first use)."""
-    return localcluster.Binaries.build_helm() / "helm"
+    return localcluster.Binaries.build_one("helm") / "helm"
 
 
 @pytest.fixture(scope="session")
 def crane() -> Path:
     """The pinned, Go-built crane binary (its `crane registry serve` is the tests' OCI registry)."""
-    return localcluster.Binaries.build_crane() / "crane"
+    return localcluster.Binaries.build_one("crane") / "crane"
 
 
 @pytest.fixture(scope="session")
