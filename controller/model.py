@@ -649,11 +649,17 @@ def _checked_repo_url(source: dict[str, Any], chart: str = "") -> str:
     repo_url = str(source.get("repoURL") or "").strip()
     if not repo_url:
         raise SpecError("spec.source.repoURL is required")
-    if not chart and not repo_url.startswith(("https://", "http://", "ssh://", "git://", "file://")) \
+    if not chart and repo_url.startswith("file:"):
+        # The controller's own disk holds every app's cached clone: another team's private
+        # repository would be a path away, read with no credentials at all.
+        raise SpecError(
+            f"spec.source.repoURL {_without_userinfo(repo_url)!r}: repositories on the controller's filesystem are "
+            f"not allowed (other apps' cached clones are there); serve it over https://, ssh:// or git://"
+        )
+    if not chart and not repo_url.startswith(("https://", "http://", "ssh://", "git://")) \
             and not _is_scp_url(repo_url):
         raise SpecError(
-            f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh://, git:// "
-            f"or file:// URL"
+            f"spec.source.repoURL {_without_userinfo(repo_url)!r}: use an https://, http://, ssh:// or git:// URL"
         )
     if source.get("plugin"):
         raise SpecError(

@@ -437,8 +437,11 @@ def _check_kustomization_tree(root: Path, directory: Path, limits: RenderLimits)
         if kustomization is None:
             continue
         where = _relative(root, kustomization)
+        text = _Budget(limits).read_text(kustomization, where)
+        # Its aliases too: the walk below would expand them (a 1 KB file, half an hour of CPU).
+        _check_aliases(text, where)
         try:
-            data = yaml.load(_Budget(limits).read_text(kustomization, where), Loader=_Loader)
+            data = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError:
             continue  # kustomize reports it, with its own words
         if not isinstance(data, dict):

@@ -242,6 +242,35 @@ def test_a_kustomization_cannot_read_another_teams_cached_clone(cluster, control
         cleanup(cluster, [team_b], [secret_name])
 
 
+def test_an_application_cannot_name_another_teams_cached_clone_as_its_repository(cluster, controller, private_server,
+                                                                                 make_app, tmp_path):
+    """The same clone named as the Application's own repoURL (file:// or a path): refused by the
+    spec, before git is read, and what the app runs stays as it was."""
+    suffix = uuid.uuid4().hex[:6]
+    team_b, secret_name = team_b_with_a_secret(cluster, private_server, tmp_path, suffix)
+    try:
+        (clone,) = [path for path in (controller_cache(controller) / "git" / "repos").iterdir()
+                    if path.name == hashlib.sha256(team_b.repo_url.encode()).hexdigest()[:32]]
+        team_a = make_app()
+        team_a.apply()
+        team_a.wait_synced(team_a.repo.head)
+        web = team_a.object("deployment", "web")["metadata"]["resourceVersion"]
+        for url in (clone.as_uri(), f"file:{clone}"):
+            team_a.apply(repo_url=url)
+            status = team_a.wait(lambda s: (s.get("sync") or {}).get("status") == "Failed"
+                                 and url in (s.get("conditions") or [{}])[0].get("message", ""), f"Failed for {url}")
+            condition = status["conditions"][0]
+            assert condition["type"] == "InvalidSpecError", condition
+            assert condition["message"] == (f"spec.source.repoURL {url!r}: repositories on the controller's filesystem "
+                                            f"are not allowed (other apps' cached clones are there); serve it over "
+                                            f"https://, ssh:// or git://"), condition
+            assert team_a.object("secret", "db") is None
+            assert team_a.object("deployment", "web")["metadata"]["resourceVersion"] == web
+        assert "team-b-only" not in controller.log()
+    finally:
+        cleanup(cluster, [team_b], [secret_name])
+
+
 def test_a_remote_base_never_gets_another_repositorys_credentials(cluster, controller, private_server, make_app,
                                                                   tmp_path):
     """Remote bases over the network are allowed (as in Argo CD), but kustomize fetches them with

@@ -86,7 +86,11 @@ REJECTED = [
     ("no source", {}, "spec.source.repoURL is required"),
     ("empty repoURL", {"source": {"repoURL": "  "}}, "spec.source.repoURL is required"),
     ("ftp scheme", {"source": {"repoURL": "ftp://git.example.com/shop.git"}},
-     "spec.source.repoURL 'ftp://git.example.com/shop.git': use an https://, http://, ssh://, git:// or file:// URL"),
+     "spec.source.repoURL 'ftp://git.example.com/shop.git': use an https://, http://, ssh:// or git:// URL"),
+    ("file URL", {"source": {"repoURL": "file:///var/cache/gantry/repos/3f2a/team-b.git"}},
+     "spec.source.repoURL 'file:///var/cache/gantry/repos/3f2a/team-b.git': repositories on the controller's "
+     "filesystem are not allowed (other apps' cached clones are there); serve it over https://, ssh:// or git://"),
+    ("file URL without slashes", {"source": {"repoURL": "file:repos/team-b.git"}}, "are not allowed"),
     ("bare host path", {"source": {"repoURL": "git.example.com/shop.git"}}, "use an https://"),
     ("local path with an at sign", {"source": {"repoURL": "repos/me@work:shop.git"}}, "use an https://"),
     ("absolute path", {"source": {"repoURL": REPO, "path": "/etc"}},
@@ -227,7 +231,6 @@ def test_invalid_specs_are_rejected_with_a_message_that_says_what_to_fix(spec, m
     "ssh://git@git.example.com:2222/shop/deploy.git",
     "git://git.example.com/shop.git",
     "http://127.0.0.1:8080/shop.git",
-    "file:///srv/git/shop.git",
 ])
 def test_accepted_repo_urls(url):
     assert parse({"source": {"repoURL": url}}).repo_url == url

@@ -642,6 +642,19 @@ def test_exploding_aliases_are_refused_before_kustomize_reads_them(tmp_path: Pat
     assert error.path == f"base/{name}" and "YAML aliases expand" in str(error)
 
 
+def test_exploding_aliases_in_a_kustomization_itself_are_refused_before_its_entries_are_walked(tmp_path: Path,
+                                                                                               kustomize: Path):
+    # The check of what a kustomization names walks its every value: expanded, nine levels of
+    # aliases are 387 million strings to look up on disk (about half an hour of CPU).
+    laughs = "\n".join(billion_laughs().splitlines()[5:])  # the data: block's lines, l0 … l8
+    error = render_error(tmp_path, {
+        "k8s/kustomization.yaml": "resources:\n- a.yaml\nconfigMapGenerator:\n- name: lol\n  literals:\n"
+                                  + laughs.replace("  l", "  - l", 1).replace("\n  l", "\n  - l") + "\n",
+        "k8s/a.yaml": configmap("a"),
+    }, kustomize=kustomize)
+    assert error.path == "k8s/kustomization.yaml" and "YAML aliases expand" in str(error), error
+
+
 def big_configmaps(count: int, size: int) -> str:
     return "".join(f"---\n{configmap(f'c{i}', blob='x' * size)}" for i in range(count))
 
