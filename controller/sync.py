@@ -352,14 +352,19 @@ class Syncer:
                     results.append(ResourceResult(ref, Action.UNCHANGED, "not pruned: not created by this application"))
                     continue
                 self.count("delete")
+                # On the version just read: another app that adopted it meanwhile keeps it (409).
                 self.client.request("DELETE", resource.object_path(entry.name, entry.namespace or None),
-                                    body={"propagationPolicy": propagation.capitalize()})
+                                    body={"propagationPolicy": propagation.capitalize(),
+                                          "preconditions": {"resourceVersion": live["metadata"]["resourceVersion"]}})
                 results.append(ResourceResult(ref, Action.DELETED, "pruned"))
             except UnservedApiError:
                 results.append(ResourceResult(ref, Action.DELETED, "its API is no longer served"))
             except KubeApiError as error:
                 if error.status == 404:
                     results.append(ResourceResult(ref, Action.DELETED, "already gone"))
+                elif error.status == 409:
+                    results.append(ResourceResult(ref, Action.FAILED, "not pruned: it changed while it was being "
+                                                                      "pruned; looked at again when the sync is retried"))
                 else:
                     results.append(ResourceResult(ref, Action.FAILED, f"prune failed: {error.message or error.reason}"))
         return results
