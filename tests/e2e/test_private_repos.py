@@ -208,6 +208,21 @@ def team_b_with_a_secret(cluster, private_server, tmp_path, suffix: str) -> tupl
     return team_b, secret_name
 
 
+def cached_clone(controller, app) -> Path:
+    """The controller's cached clone of app's repository (its path is the URL's hash)."""
+    (clone,) = [path for path in (controller_cache(controller) / "git" / "repos").iterdir()
+                if path.name == hashlib.sha256(app.repo_url.encode()).hexdigest()[:32]]
+    return clone
+
+
+def synced_team_a(make_app):
+    """An app of team-a, synced; and its Deployment's resourceVersion, to see that nothing touches it."""
+    team_a = make_app()
+    team_a.apply()
+    team_a.wait_synced(team_a.repo.head)
+    return team_a, team_a.object("deployment", "web")["metadata"]["resourceVersion"]
+
+
 def test_a_kustomization_cannot_read_another_teams_cached_clone(cluster, controller, private_server, git_server,
                                                                 make_app, tmp_path):
     """The cached clone of team-b's private repo is a file:// URL or a path away on the controller's
@@ -216,12 +231,8 @@ def test_a_kustomization_cannot_read_another_teams_cached_clone(cluster, control
     suffix = uuid.uuid4().hex[:6]
     team_b, secret_name = team_b_with_a_secret(cluster, private_server, tmp_path, suffix)
     try:
-        (clone,) = [path for path in (controller_cache(controller) / "git" / "repos").iterdir()
-                    if path.name == hashlib.sha256(team_b.repo_url.encode()).hexdigest()[:32]]
-        team_a = make_app()
-        team_a.apply()
-        team_a.wait_synced(team_a.repo.head)
-        web = team_a.object("deployment", "web")["metadata"]["resourceVersion"]
+        clone = cached_clone(controller, team_b)
+        team_a, web = synced_team_a(make_app)
         for field, entry in (("resources", f"file://{clone}//k8s?ref=main"), ("components", f"{clone}/k8s"),
                              ("generators", f"git::file://{clone}//k8s?ref=main")):
             team_a.push({"k8s/kustomization.yaml": f"resources:\n- deployment.yaml\n- service.yaml\n- config.yaml\n"
@@ -249,12 +260,8 @@ def test_an_application_cannot_name_another_teams_cached_clone_as_its_repository
     suffix = uuid.uuid4().hex[:6]
     team_b, secret_name = team_b_with_a_secret(cluster, private_server, tmp_path, suffix)
     try:
-        (clone,) = [path for path in (controller_cache(controller) / "git" / "repos").iterdir()
-                    if path.name == hashlib.sha256(team_b.repo_url.encode()).hexdigest()[:32]]
-        team_a = make_app()
-        team_a.apply()
-        team_a.wait_synced(team_a.repo.head)
-        web = team_a.object("deployment", "web")["metadata"]["resourceVersion"]
+        clone = cached_clone(controller, team_b)
+        team_a, web = synced_team_a(make_app)
         for url in (clone.as_uri(), f"file:{clone}"):
             team_a.apply(repo_url=url)
             status = team_a.wait(lambda s: (s.get("sync") or {}).get("status") == "Failed"
