@@ -26,6 +26,7 @@ import yaml
 
 from . import health as health_stage
 from .charts import ChartCache
+from .helm import helm_binary
 from .credentials import CredentialStore
 from . import plan as plan_stage
 from .cache import LiveCache
@@ -804,7 +805,8 @@ class DiffReport:
 
 def compute_diff(client: KubeClient, app: Manifest, *, kustomize: str, cache_dir: Path,
                  revision: str | None = None, include_prune: bool = True, controller_namespace: str | None = None,
-                 policy: NamespacePolicy | None = None, render_limits: RenderLimits = RenderLimits()) -> DiffReport:
+                 policy: NamespacePolicy | None = None, render_limits: RenderLimits = RenderLimits(),
+                 helm: str | None = None) -> DiffReport:
     """What a sync of `app` (to `revision`, else its targetRevision) would change, found as the
     controller finds it: Reconciler.desired (the render with the app's recurse and kustomize
     overrides, the planner's split of hooks from desired state, every guard) and
@@ -818,9 +820,8 @@ def compute_diff(client: KubeClient, app: Manifest, *, kustomize: str, cache_dir
     credentials = CredentialStore(client, controller_namespace or metadata["namespace"])
     cache = _usable_cache_dir(cache_dir)
     git = GitCache(cache, min_fetch_interval=0, credentials=credentials)
-    # helm as the controller finds it: $GANTRY_HELM, else beside kustomize, else on PATH.
-    beside = Path(kustomize).parent / "helm"
-    helm = os.environ.get("GANTRY_HELM") or (str(beside) if beside.is_file() else shutil.which("helm") or "helm")
+    # helm: the controller's own (its UI), else found as the controller finds it.
+    helm = helm or helm_binary(os.environ.get("GANTRY_HELM"), kustomize) or "helm"
     charts = ChartCache(cache / "charts", helm=helm, min_fetch_interval=0, credentials=credentials.helm)
     # One look at the cluster: no watches, and the dry runs' answers kept for the diff's text.
     reconciler = Reconciler(client, git, LiveCache(client, watch=False), kustomize=kustomize, policy=policy,

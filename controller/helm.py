@@ -25,7 +25,7 @@ from .model import HelmSource, RenderError, SourceError
 from .process import Run, limit_hit, run_bounded, with_memory_limit
 from .source import RepoCredentials, redact_url
 
-__all__ = ["CHART_FILE", "Capabilities", "ChartRender", "OciPull", "local_dependencies", "oci_pull_command", "pull",
+__all__ = ["CHART_FILE", "Capabilities", "ChartRender", "helm_binary", "OciPull", "local_dependencies", "oci_pull_command", "pull",
            "pull_oci", "template", "template_command"]
 
 CHART_FILE = "Chart.yaml"
@@ -33,6 +33,15 @@ MiB = 1 << 20
 # What helm prints when a repository refused its credentials (or wanted some it did not get: an
 # OCI registry asking for basic auth says `basic credential not found`).
 _AUTH_FAILED = re.compile(r"\b(401|403)\b|unauthorized|forbidden|authentication required|credential not found", re.I)
+
+
+def helm_binary(flag: str | None, kustomize: str) -> str | None:
+    """--helm (or $GANTRY_HELM), else the helm beside kustomize (the build cache and the image put
+    them together), else helm on PATH; None when there is none."""
+    if flag:
+        return shutil.which(flag)
+    beside = Path(kustomize).parent / "helm"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("helm")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import kopf
 from .allocator import limit_malloc_arenas, release_free_memory
 from .cache import LiveCache
 from .charts import ChartCache
+from .helm import helm_binary
 from .credentials import CredentialStore
 from .kube import KubeApiError, KubeClient
 from . import health, webhook
@@ -605,7 +606,7 @@ def _ui_diff(options: Options, client: KubeClient, app: Manifest, revision: str 
 
     return compute_diff(client, app, kustomize=options.kustomize, cache_dir=options.cache_dir / "ui-git",
                         revision=revision, controller_namespace=options.namespace, policy=options.policy,
-                        render_limits=options.render_limits)
+                        render_limits=options.render_limits, helm=options.helm)
 
 
 def _healthy() -> bool:
@@ -812,15 +813,6 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return value
-
-
-def helm_binary(flag: str | None, kustomize: str) -> str | None:
-    """--helm (or $GANTRY_HELM), else the helm beside kustomize (the build cache and the image put
-    them together), else helm on PATH; None when there is none."""
-    if flag:
-        return shutil.which(flag)
-    beside = Path(kustomize).parent / "helm"
-    return str(beside) if os.access(beside, os.X_OK) else shutil.which("helm")
 
 
 # A namespace (a DNS label) and a ConfigMap name (a DNS subdomain), or the name alone.
